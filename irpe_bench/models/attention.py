@@ -1,0 +1,96 @@
+"""``RPEAttention``: timm's ``Attention`` with iRPE, a drop-in that keeps timm's qkv/proj parameters.
+
+The maths is in :mod:`irpe_bench.rpe.encoding`; this module only wires it into multi-head attention and picks
+the fastest exact path:
+
+* no value-side table → the iRPE logits term is passed to ``F.scaled_dot_product_attention`` as a float
+  mask, so the softmax stays fused (flash / memory-efficient kernels on GPU, the fused CPU kernel here);
+* a value-side table needs the attention weights themselves → eager softmax, then the efficient value term.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..rpe import RelativePositionEncoding, RPEConfig, attention_logits_bias, bucket_ids
+
+
+class RPEAttention(nn.Module):
+    """Multi-head self-attention with image relative position encoding (paper Eq. 13–17).
+
+    Built from an existing timm ``Attention`` so that weights, init and options (qkv bias, qk-norm,
+    dropout) are timm's own; only ``rpe_q``/``rpe_k``/``rpe_v`` (official parameter names) are added.
+
+    Attributes:
+        grid_size: (height, width) of the patch grid; set from the patch embedding, updated per input when
+            the model has a dynamic image size. Never guessed from the sequence length.
+        num_prefix_tokens: tokens before the patches (class, distillation, registers): they share one bucket.
+    """
+
+    def __init__(self, attn: nn.Module, config: RPEConfig, grid_size: Tuple[int, int], num_prefix_tokens: int):
+        super().__init__()
+        if getattr(attn, "gate", None) is not None:
+            raise ValueError("RPEAttention does not support timm's gated attention (gated=True)")
+        self.num_heads, self.head_dim, self.scale = attn.num_heads, attn.head_dim, attn.scale
+        self.attn_dim = getattr(attn, "attn_dim", attn.num_heads * attn.head_dim)
+        self.fused_attn = bool(getattr(attn, "fused_attn", True))
+        self.qkv, self.q_norm, self.k_norm = attn.qkv, attn.q_norm, attn.k_norm
+        self.attn_drop, self.proj, self.proj_drop = attn.attn_drop, attn.proj, attn.proj_drop
+        self.norm = getattr(attn, "norm", nn.Identity())
+        self.config = config
+        self.grid_size = tuple(grid_size)
+        self.num_prefix_tokens = num_prefix_tokens
+        for a in "qkv":
+            rpe = (RelativePositionEncoding(config, a, self.num_heads, self.head_dim, num_prefix_tokens)
+                   if a in config.on else None)
+            setattr(self, f"rpe_{a}", rpe)
+
+    def bucket_ids(self, seq_len: int, device: torch.device) -> torch.Tensor:
+        """(C, L, L) ids for the current grid; fails clearly if the sequence does not match the grid."""
+        h, w = self.grid_size
+        if seq_len != self.num_prefix_tokens + h * w:
+            raise ValueError(
+                f"sequence length {seq_len} does not match the patch grid {h}x{w} plus "
+                f"{self.num_prefix_tokens} prefix token(s) = {self.num_prefix_tokens + h * w}"
+            )
+        c = self.config
+        return bucket_ids(c.method, c.index, c.alpha, c.beta, c.gamma, h, w, self.num_prefix_tokens, device)
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        if is_causal:
+            raise ValueError("RPEAttention is bidirectional image attention; is_causal=True is not supported")
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # B, H, L, d
+        q, k = self.q_norm(q), self.k_norm(k)
+        ids = self.bucket_ids(N, x.device)
+
+        bias = attention_logits_bias(self.rpe_q, self.rpe_k, q, k, self.scale, ids)  # B|1, H|1, L, L
+        if attn_mask is not None:
+            bias = attn_mask if bias is None else bias + attn_mask
+
+        if self.rpe_v is None and self.fused_attn:
+            if bias is not None:
+                bias = bias.to(q.dtype)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+            )
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if bias is not None:
+                attn = attn + bias
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            out = attn @ v
+            if self.rpe_v is not None:
+                out = out + self.rpe_v(attn, ids)  # NOTE: after dropout, as the official code
+
+        out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
+        return self.proj_drop(self.proj(self.norm(out)))
+
+    def extra_repr(self) -> str:
+        return f"grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}, fused_attn={self.fused_attn}"

@@ -1,0 +1,173 @@
+"""Build timm DeiT / ViT models with iRPE, by their timm names or by the official iRPE model names.
+
+The surgery is small on purpose: timm builds the model (weights init, drop path, heads, everything), then
+``blocks[i].attn`` is replaced by :class:`RPEAttention` in the layers ``rpe.layers`` names, reusing the timm
+attention's own qkv/proj modules. Other layers keep timm's fused attention untouched.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, Optional, Tuple
+
+import timm
+import torch
+from torch import nn
+
+from ..rpe import RPEConfig
+from ..rpe.config import OFFICIAL_METHOD_WORDS, OFFICIAL_MODE_WORDS
+from .attention import RPEAttention
+
+#: Ratios of the official registered models (reference §3): the number in the name counts the buckets
+#: used on 14×14, and these are the ratios that produce them.
+OFFICIAL_RATIOS: Dict[Tuple[str, int], float] = {
+    ("euc", 20): 20.0,
+    ("quant", 51): 33.0,
+    ("cross", 56): 20.0,
+    ("product", 50): 1.9,
+}
+
+_OFFICIAL_NAME = re.compile(
+    r"^(?P<base>deit_(?:tiny|small|base)_patch16_224)_(?P<mode>ctx|bias)_(?P<method>euc|quant|cross|product)_"
+    r"(?P<buckets>\d+)_(?P<shared>shared|unshared)_(?P<on>q?k?v?)$"
+)
+
+
+def parse_official_name(name: str) -> Optional[Tuple[str, RPEConfig]]:
+    """``deit_small_patch16_224_ctx_product_50_shared_qkv`` → (``deit_small_patch16_224``, RPEConfig), or None.
+
+    Every mode / sharing / attachment combination of the official ``get_rpe_config`` is accepted; the
+    method and bucket count must be one the official code registers (they fix the ratio).
+    """
+    m = _OFFICIAL_NAME.match(name)
+    if m is None:
+        return None
+    key = (m["method"], int(m["buckets"]))
+    if key not in OFFICIAL_RATIOS:
+        known = ", ".join(f"{meth}_{n}" for meth, n in OFFICIAL_RATIOS)
+        raise ValueError(f"official model name {name!r}: unknown method/bucket pair '{key[0]}_{key[1]}'; "
+                         f"known: {known}")
+    if not m["on"]:
+        raise ValueError(f"official model name {name!r}: no attachment (expected q, k, v, qk, qkv, …)")
+    config = RPEConfig(
+        method=OFFICIAL_METHOD_WORDS[m["method"]],
+        mode=OFFICIAL_MODE_WORDS[m["mode"]],
+        ratio=OFFICIAL_RATIOS[key],
+        shared_head=m["shared"] == "shared",
+        on=m["on"],
+    )
+    return m["base"], config
+
+
+def _vit_blocks_check(model: nn.Module, name: str) -> None:
+    if not (hasattr(model, "blocks") and hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")):
+        raise ValueError(f"model {name!r} is not a timm VisionTransformer (DeiT/ViT); iRPE needs patch tokens")
+
+
+def _grid_hook(model: nn.Module, args: Tuple[Any, ...]) -> None:
+    """With ``dynamic_img_size`` the grid follows each input; the attention layers read it from here."""
+    grid = tuple(model.patch_embed.dynamic_feat_size(args[0].shape[-2:]))
+    for block in model.blocks:
+        if isinstance(block.attn, RPEAttention):
+            block.attn.grid_size = grid
+
+
+def create_model(
+    name: str,
+    rpe: Optional[RPEConfig | Dict[str, Any]] = None,
+    abs_pos: bool = True,
+    **timm_kwargs: Any,
+) -> nn.Module:
+    """Build a timm DeiT/ViT and give iRPE attention to the layers ``rpe.layers`` names.
+
+    Args:
+        name: a timm model name (``deit_tiny_patch16_224``, any ``vit_*``), or an official iRPE model name
+            such as ``deit_small_patch16_224_ctx_product_50_shared_qkv`` (then ``rpe`` must be None).
+        rpe: the iRPE variant; None builds the plain timm model (the no-RPE baseline).
+        abs_pos: False removes the learnable absolute position embedding (paper Table 4, rows 2–7).
+        timm_kwargs: passed to ``timm.create_model`` (``img_size``, ``patch_size``, ``embed_dim``, ``depth``,
+            ``num_heads``, ``num_classes``, ``drop_path_rate``, …). ``pretrained`` is never used: nothing is
+            downloaded.
+    Returns:
+        the timm model, with ``model.rpe_config`` set (None without iRPE).
+    """
+    official = parse_official_name(name)
+    if official is not None:
+        if rpe is not None:
+            raise ValueError(f"model {name!r} already names its iRPE config; pass rpe=None")
+        name, rpe = official
+    if isinstance(rpe, dict):
+        rpe = RPEConfig(**rpe)
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model {name!r}; use a timm DeiT/ViT name (e.g. {timm.list_models('deit_*')[:4]}) "
+                         "or an official iRPE name such as 'deit_small_patch16_224_ctx_product_50_shared_k'")
+    if timm_kwargs.pop("pretrained", False):
+        raise ValueError("pretrained=True is not supported: no weights are downloaded; use "
+                         "load_official_checkpoint() or a local checkpoint")
+    _check_img_patch(timm_kwargs)
+    if not abs_pos:
+        timm_kwargs["pos_embed"] = "none"
+    model = timm.create_model(name, pretrained=False, **timm_kwargs)
+    _vit_blocks_check(model, name)
+    model.rpe_config = rpe
+    if rpe is None:
+        return model
+    layers = rpe.layer_indices(len(model.blocks))
+    grid = tuple(model.patch_embed.grid_size)
+    for i in layers:
+        block = model.blocks[i]
+        block.attn = RPEAttention(block.attn, rpe, grid, model.num_prefix_tokens)
+    if getattr(model, "dynamic_img_size", False):
+        model.register_forward_pre_hook(_grid_hook)
+    return model
+
+
+def _check_img_patch(kwargs: Dict[str, Any]) -> None:
+    """Fail before building when the image is not an integer number of patches (timm would only warn later)."""
+    img, patch = kwargs.get("img_size"), kwargs.get("patch_size")
+    if img is None or patch is None or kwargs.get("dynamic_img_pad"):
+        return
+    img = (img, img) if isinstance(img, int) else tuple(img)
+    patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    if any(i % p for i, p in zip(img, patch)):
+        raise ValueError(f"img_size={img} is not divisible by patch_size={patch}; choose an image size that is "
+                         "a multiple of the patch size")
+
+
+def rpe_layers(model: nn.Module) -> Tuple[int, ...]:
+    """Indices of the blocks whose attention carries iRPE."""
+    return tuple(i for i, b in enumerate(model.blocks) if isinstance(b.attn, RPEAttention))
+
+
+def variant_slug(model_name: str, rpe: Optional[RPEConfig], num_prefix_tokens: int = 1, abs_pos: bool = True) -> str:
+    """One name per variant (W&B run, leaderboard row, checkpoint dir): ``deit_tiny_ctx_product_50_shared_k``."""
+    base = re.sub(r"_patch\d+_\d+$", "", model_name)
+    parts = [base, rpe.slug(num_prefix_tokens) if rpe is not None else "norpe"]
+    if not abs_pos:
+        parts.append("noabs")
+    return "_".join(parts)
+
+
+@torch.no_grad()
+def count_params_and_macs(model: nn.Module, img_size: Optional[Tuple[int, int]] = None,
+                          in_chans: int = 3) -> Dict[str, int]:
+    """Parameters and multiply–accumulates of one image's forward pass, via torch's flop counter.
+
+    MACs = FLOPs / 2 of the matmul-like ops the counter knows (linear, conv, bmm), the convention of the
+    paper's MACs column. Gathers and scatters (the O(L²) index steps) are not counted, as in the paper.
+    NOTE: attention runs on SDPA's math backend here, because the counter has no formula for the fused CPU
+    kernel and would silently count q·kᵀ and a·v as zero.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if img_size is None:
+        img_size = tuple(model.patch_embed.img_size)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, in_chans, *img_size, device=device))
+    finally:
+        model.train(was_training)
+    return {"params": sum(p.numel() for p in model.parameters()), "macs": counter.get_total_flops() // 2}

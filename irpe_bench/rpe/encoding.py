@@ -1,0 +1,146 @@
+"""Lookup tables of iRPE and the attention terms they produce (paper Eq. 13–17, efficient form Eq. 26–28).
+
+With ``s = head_dim ** -0.5`` and ``I(i, j)`` the bucket id of query ``i`` and key ``j``
+(:mod:`irpe_bench.rpe.mapping`), attention with iRPE is, exactly as the official ``RPEAttention``::
+
+    e_ij = s · q_i·k_j + b^K_ij + b^Q_ij                                        (Eq. 13, 16)
+      contextual:  b^K_ij = s · q_i · r^K[I(i, j)]        b^Q_ij = s · k_j · r^Q[I(j, i)]      (Eq. 15)
+      bias:        b^K_ij = r^K[I(i, j)]                  b^Q_ij = r^Q[I(j, i)]      (Eq. 14, *unscaled*)
+    a_ij = dropout(softmax_j(e_ij))
+    z_i  = Σ_j a_ij v_j + Σ_j a_ij r^V[I(i, j)]                                  (Eq. 17)
+
+NOTE: the query-side term uses the *reversed* offset ``I(j, i)`` (key minus query). That is Eq. 16 up to a
+relabelling of buckets, and it is what the released checkpoints were trained with. Cross has two id
+components whose lookups are summed (Eq. 22–24); every function below sums over components.
+
+Efficient forms (the cost that matters is per layer, L tokens, K buckets, d = head_dim):
+
+* contextual q/k (Eq. 26–28): ``z = x @ r`` for every bucket (O(L·K·d)), then gather ``z[i, I(i, j)]``
+  (O(L²)); ``torch.gather``'s backward is a ``scatter_add`` — no advanced-indexing accumulation.
+* v: ``Σ_j a_ij r[I(i, j)] = Σ_t (Σ_{j: I(i,j)=t} a_ij) r[t]``: scatter-add the attention weights into
+  per-bucket sums (O(L²)), then one matmul with the table (O(L·K·d)) — instead of the official code's
+  O(L²·d) gather of an (L, L, d) tensor.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .config import RPEConfig
+
+
+def _gather_buckets(z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``out[..., i, j] = Σ_c z[..., i, ids[c, i, j]]``: z (B, H, Lq, K), ids (C, Lq, Lk) → (B, H, Lq, Lk)."""
+    shape = (*z.shape[:-2], *ids.shape[1:])
+    out = torch.gather(z, -1, ids[0].expand(shape))
+    for c in range(1, ids.shape[0]):
+        out = out + torch.gather(z, -1, ids[c].expand(shape))
+    return out
+
+
+def contextual_logits(x: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Eq. 15 / 26–28: ``scale · x_i · r[I(i, j)]``.
+
+    The scale multiplies the (B, H, L, K) product rather than x: the official ``rpe_k(q * s)`` up to float
+    rounding, at K/d of the cost.
+
+    Args:
+        x: (B, H, L, d) queries (for r^K) or keys (for r^Q).
+        table: (H or 1, d, K) lookup table.
+        ids: (C, L, L) int64 bucket ids.
+    Returns:
+        (B, H, L, L).
+    """
+    z = torch.matmul(x, table)  # B, H, L, K
+    if scale != 1.0:
+        z = z * scale
+    return _gather_buckets(z, ids)
+
+
+def bias_logits(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Eq. 14: ``r[I(i, j)]``; table (H or 1, K), ids (C, L, L) → (1, H or 1, L, L)."""
+    out = table[:, ids[0]]
+    for c in range(1, ids.shape[0]):
+        out = out + table[:, ids[c]]
+    return out.unsqueeze(0)
+
+
+def contextual_values(attn: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Eq. 17's position term ``Σ_j a_ij r[I(i, j)]``, efficiently: per-bucket sums of ``a``, then ``@ r``.
+
+    Args:
+        attn: (B, H, L, L) attention weights after softmax and dropout.
+        table: (H or 1, K, d) lookup table.
+        ids: (C, L, L) int64 bucket ids.
+    Returns:
+        (B, H, L, d).
+    """
+    per_bucket = attn.new_zeros((*attn.shape[:-1], table.shape[-2]))  # B, H, L, K
+    for c in range(ids.shape[0]):
+        per_bucket = per_bucket.scatter_add(-1, ids[c].expand(attn.shape), attn)
+    return torch.matmul(per_bucket, table)
+
+
+class RelativePositionEncoding(nn.Module):
+    """The learned table of one attachment (q, k or v) of one attention layer.
+
+    Parameter names and shapes follow the official implementation so that its checkpoints map directly:
+    ``lookup_table_weight`` (H, d, K) on q/k and (H, K, d) on v in contextual mode, ``lookup_table_bias``
+    (H, K) in bias mode, with H = 1 when heads share the table. Cross's row and column tables are
+    concatenated along K (rows first). All tables start at zero (paper Supp. §2), so a fresh model computes
+    exactly the attention without iRPE.
+    """
+
+    def __init__(self, config: RPEConfig, attach: str, num_heads: int, head_dim: int, num_prefix_tokens: int):
+        super().__init__()
+        if attach not in ("q", "k", "v"):
+            raise ValueError(f"attach={attach!r}: must be one of 'q', 'k', 'v'")
+        self.config, self.attach = config, attach
+        self.mode = config.mode
+        self.num_heads = 1 if config.shared_head else num_heads
+        self.head_dim = head_dim
+        self.num_buckets = sum(config.num_buckets(num_prefix_tokens))
+        h, d, k = self.num_heads, head_dim, self.num_buckets
+        if config.mode == "bias":
+            if attach == "v":
+                raise ValueError("mode='bias' on v does not exist (paper Eq. 17 needs a vector per bucket)")
+            self.lookup_table_bias = nn.Parameter(torch.zeros(h, k))
+        else:
+            self.lookup_table_weight = nn.Parameter(torch.zeros(h, k, d) if attach == "v" else torch.zeros(h, d, k))
+
+    @property
+    def table(self) -> torch.Tensor:
+        return self.lookup_table_bias if self.mode == "bias" else self.lookup_table_weight
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """q/k: ``x`` (B, H, L, d) → logits term (B or 1, H, L, L), ``scale`` applied in contextual mode only
+        (the official code adds bias-mode terms unscaled); v: ``x`` = attention (B, H, L, L) → (B, H, L, d)."""
+        if self.attach == "v":
+            return contextual_values(x, self.lookup_table_weight, ids)
+        if self.mode == "bias":
+            return bias_logits(self.lookup_table_bias, ids)
+        return contextual_logits(x, self.lookup_table_weight, ids, scale)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"attach={self.attach}, method={c.method}, mode={c.mode}, index={c.index}, "
+                f"alpha={c.alpha:g}, beta={c.beta:g}, gamma={c.gamma:g}, heads={self.num_heads}, "
+                f"buckets={self.num_buckets}")
+
+
+def attention_logits_bias(
+    rpe_q: Optional[RelativePositionEncoding],
+    rpe_k: Optional[RelativePositionEncoding],
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    ids: torch.Tensor,
+) -> Optional[torch.Tensor]:
+    """``b^K_ij + b^Q_ij`` of the module docstring (scale included in contextual mode), or None."""
+    bias = rpe_k(q, ids, scale) if rpe_k is not None else None
+    if rpe_q is not None:
+        term = rpe_q(k, ids, scale).transpose(-1, -2)  # NOTE: reversed offset I(j, i), as the official code
+        bias = term if bias is None else bias + term
+    return bias
