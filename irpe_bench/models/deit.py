@@ -88,7 +88,8 @@ def create_model(
             ``num_heads``, ``num_classes``, ``drop_path_rate``, …). ``pretrained`` is never used: nothing is
             downloaded.
     Returns:
-        the timm model, with ``model.rpe_config`` set (None without iRPE).
+        the timm model, with ``model.rpe_config`` (None without iRPE) and ``model.variant`` (the slug that
+        names its runs, see :func:`variant_slug`) set.
     """
     official = parse_official_name(name)
     if official is not None:
@@ -109,6 +110,7 @@ def create_model(
     model = timm.create_model(name, pretrained=False, **timm_kwargs)
     _vit_blocks_check(model, name)
     model.rpe_config = rpe
+    model.variant = variant_slug(name, rpe, model.num_prefix_tokens, abs_pos)
     if rpe is None:
         return model
     layers = rpe.layer_indices(len(model.blocks))

@@ -131,6 +131,16 @@ class RPEConfig(BaseModel):
                              "mode='contextual' for v")
         return self
 
+    def with_updates(self, **changes) -> "RPEConfig":
+        """A validated copy with ``changes``; a new ``ratio`` replaces explicit coefficients and vice versa."""
+        data = self.model_dump()
+        if "ratio" in changes:
+            data.update(alpha=None, beta=None, gamma=None)
+        if any(k in changes for k in ("alpha", "beta", "gamma")):
+            data["ratio"] = None
+        data.update(changes)
+        return RPEConfig(**data)
+
     # ------------------------------------------------------------------ derived values
     def layer_indices(self, depth: int) -> Tuple[int, ...]:
         """The block indices that get iRPE in a ``depth``-block model; rejects indices out of range."""
