@@ -1,0 +1,27 @@
+"""The `describe` command: the README's first command until the sweep exists."""
+import json
+import subprocess
+import sys
+
+from irpe_bench.cli import main, parse_overrides
+
+
+def test_parse_overrides_nests_and_parses_yaml_values():
+    assert parse_overrides(["rpe.mode=bias", "rpe.layers=[0, 1]", "img_size=32", "rpe.shared_head=false"]) == {
+        "rpe": {"mode": "bias", "layers": [0, 1], "shared_head": False}, "img_size": 32}
+
+
+def test_describe_prints_the_variant(capsys):
+    assert main(["describe", "--set", "img_size=32", "--set", "patch_size=4", "--set", "rpe.on=qk"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["variant"] == "deit_tiny_ctx_product_50_shared_qk"
+    assert info["grid"] == [8, 8] and info["num_buckets"] == [50] and info["rpe_layers"] == list(range(12))
+    # DeiT-Ti, with 8×8 instead of 14×14 position embeddings, 4×4 instead of 16×16 patch kernels, and the tables
+    assert info["params"] == 5_717_416 - (196 - 64) * 192 - 192 * 3 * (256 - 16) + 2 * 12 * 64 * 50
+
+
+def test_describe_bad_input_is_one_clear_line():
+    proc = subprocess.run([sys.executable, "run.py", "describe", "--set", "rpe.method=polar"], capture_output=True,
+                          text=True, cwd=__file__.rsplit("/tests/", 1)[0])
+    assert proc.returncode == 2
+    assert "unknown mapping 'polar'; choices:" in proc.stderr and "Traceback" not in proc.stderr
