@@ -52,18 +52,10 @@ class RPEConfig(BaseModel):
     on: str = "k"
     layers: Union[Literal["all"], Tuple[int, ...]] = "all"
 
-    @field_validator("method")
+    @field_validator("method", "index")
     @classmethod
-    def _known_method(cls, v: str) -> str:
-        if v not in MAPPINGS:
-            raise ValueError(f"unknown mapping {v!r}; choices: {sorted(MAPPINGS)}")
-        return v
-
-    @field_validator("index")
-    @classmethod
-    def _known_index(cls, v: str) -> str:
-        if v not in INDEX_FUNCTIONS:
-            raise ValueError(f"unknown index function {v!r}; choices: {sorted(INDEX_FUNCTIONS)}")
+    def _registered(cls, v: str, info) -> str:
+        (MAPPINGS if info.field_name == "method" else INDEX_FUNCTIONS).lookup(v)
         return v
 
     @field_validator("on")

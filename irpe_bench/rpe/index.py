@@ -23,32 +23,17 @@ compatibility with the released checkpoints.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict
+from typing import Callable
 
 import torch
 
+from .registry import Registry
+
 IndexFunction = Callable[[torch.Tensor, float, float, float], torch.Tensor]
 
-INDEX_FUNCTIONS: Dict[str, IndexFunction] = {}
-
-
-def register_index(name: str) -> Callable[[IndexFunction], IndexFunction]:
-    """Register an index function under ``name`` (config values, CLI choices and search spaces read it)."""
-
-    def decorator(fn: IndexFunction) -> IndexFunction:
-        if name in INDEX_FUNCTIONS:
-            raise ValueError(f"index function {name!r} is already registered")
-        INDEX_FUNCTIONS[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_index(name: str) -> IndexFunction:
-    try:
-        return INDEX_FUNCTIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown index function {name!r}; choices: {sorted(INDEX_FUNCTIONS)}") from None
+INDEX_FUNCTIONS = Registry("index function")
+register_index = INDEX_FUNCTIONS.register
+get_index: Callable[[str], IndexFunction] = INDEX_FUNCTIONS.lookup
 
 
 def _round_to_float(x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +57,10 @@ def piecewise(x: torch.Tensor, alpha: float, beta: float, gamma: float) -> torch
     # NOTE: same operation order and dtype (float32) as the official code; see the module docstring.
     far = (alpha + torch.log(x_abs.float() / alpha) / math.log(gamma / alpha) * (beta - alpha)).round()
     far = torch.sign(x).float() * far.clip(max=beta)
-    return torch.where(near, _round_to_float(x), far).to(torch.long)
+    b = int(beta)
+    # NOTE: the final clamp only matters when float32(β) rounds up to int(β) + 1 (e.g. β = 3.9999999999999964):
+    # the official code then emits an id one past its table. Everywhere else it changes nothing.
+    return torch.where(near, _round_to_float(x), far).to(torch.long).clamp(-b, b)
 
 
 @register_index("clip")

@@ -25,11 +25,12 @@ product       (g(Δr)+b)(2b+1) + g(Δc)+b   Eq. 25: one table of (2b+1)².
 from __future__ import annotations
 
 import functools
-from typing import Callable, Dict, Tuple, Type
+from typing import Callable, Tuple
 
 import torch
 
 from .index import get_index
+from .registry import Registry
 
 
 class Mapping:
@@ -48,27 +49,10 @@ class Mapping:
         raise NotImplementedError
 
 
-MAPPINGS: Dict[str, Mapping] = {}
-
-
-def register_mapping(name: str) -> Callable[[Type[Mapping]], Type[Mapping]]:
-    """Register a mapping class under ``name``; config validation, CLI and sweeps read ``MAPPINGS``."""
-
-    def decorator(cls: Type[Mapping]) -> Type[Mapping]:
-        if name in MAPPINGS:
-            raise ValueError(f"mapping {name!r} is already registered")
-        cls.name = name
-        MAPPINGS[name] = cls()
-        return cls
-
-    return decorator
-
-
-def get_mapping(name: str) -> Mapping:
-    try:
-        return MAPPINGS[name]
-    except KeyError:
-        raise ValueError(f"unknown mapping {name!r}; choices: {sorted(MAPPINGS)}") from None
+#: name -> Mapping instance; ``@register_mapping("name")`` on a subclass registers an instance of it.
+MAPPINGS = Registry("mapping", instantiate=True)
+register_mapping = MAPPINGS.register
+get_mapping: Callable[[str], Mapping] = MAPPINGS.lookup
 
 
 @register_mapping("euclidean")
