@@ -1,0 +1,293 @@
+"""``TrainConfig``: everything one training run needs, typed and validated before any work starts.
+
+Sections mirror the data flow: ``model`` → ``data`` → ``optim`` → ``trainer`` → ``log`` (+ ``seed``). All models
+are frozen and reject unknown keys, so a typo in a YAML file or a ``--set`` override fails with the field's
+name instead of being silently ignored. Defaults are the paper's DeiT recipe (reference §3) where one exists;
+``configs/digits.yaml`` shrinks it for a 2-core CPU.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..rpe import RPEConfig
+
+#: The one monitored metric: ``self.log``, checkpointing, the summary and (later) the sweep objective read it.
+MONITOR = "val/acc1"
+MONITOR_MODE = "max"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(_Frozen):
+    """The network: a timm DeiT/ViT name plus optional size overrides, and the iRPE variant.
+
+    ``rpe: null`` builds the no-RPE baseline. An official iRPE name (``deit_small_patch16_224_ctx_product_50_
+    shared_k``) is resolved here into its timm base name and RPE config (``rpe`` given beside it refines it).
+    """
+
+    name: str = "deit_tiny_patch16_224"
+    img_size: Optional[int] = None
+    patch_size: Optional[int] = None
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    num_classes: Optional[int] = Field(None, description="None: taken from the dataset")
+    drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0)
+    abs_pos: bool = True
+    rpe: Optional[RPEConfig] = RPEConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _official_name(cls, data: Any) -> Any:
+        from ..models import parse_official_name
+
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return data
+        official = parse_official_name(data["name"])
+        if official is None:
+            return data
+        base, rpe = official
+        extra = data.get("rpe")
+        if isinstance(extra, RPEConfig):
+            extra = extra.model_dump()
+        return {**data, "name": base, "rpe": rpe.with_updates(**extra) if extra else rpe}
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        import timm
+
+        if not timm.is_model(v):
+            raise ValueError(f"unknown model {v!r}; use a timm DeiT/ViT name such as 'deit_tiny_patch16_224' "
+                             f"(timm has {timm.list_models('deit_*')[:6]}...) or an official iRPE name such as "
+                             "'deit_small_patch16_224_ctx_product_50_shared_k'")
+        if not v.startswith(("deit", "vit")):
+            raise ValueError(f"model {v!r}: iRPE needs a timm VisionTransformer; use a deit_* or vit_* name")
+        return v
+
+    @model_validator(mode="after")
+    def _geometry(self) -> "ModelConfig":
+        img, patch = self.resolved_img_size, self.resolved_patch_size
+        if img % patch:
+            raise ValueError(f"model.img_size={img} is not divisible by model.patch_size={patch}; "
+                             f"choose a multiple of {patch}")
+        if self.embed_dim is not None and self.num_heads is not None and self.embed_dim % self.num_heads:
+            raise ValueError(f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}")
+        if self.rpe is not None and self.depth is not None:
+            self.rpe.layer_indices(self.depth)  # layer indices within depth
+        return self
+
+    @property
+    def resolved_img_size(self) -> int:
+        m = re.search(r"_(\d+)$", self.name)
+        return self.img_size or (int(m.group(1)) if m else 224)
+
+    @property
+    def resolved_patch_size(self) -> int:
+        m = re.search(r"patch(\d+)", self.name)
+        return self.patch_size or (int(m.group(1)) if m else 16)
+
+    def timm_kwargs(self, num_classes: int) -> Dict[str, Any]:
+        """Keyword arguments for ``create_model``; unset sizes keep the timm model's own defaults."""
+        kw = {k: getattr(self, k) for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads",
+                                            "mlp_ratio") if getattr(self, k) is not None}
+        return {**kw, "num_classes": self.num_classes or num_classes, "drop_path_rate": self.drop_path_rate}
+
+
+class DataConfig(_Frozen):
+    """Dataset and input pipeline; augmentation values are timm's (``create_transform`` / ``Mixup``)."""
+
+    name: str = "digits"
+    root: Optional[str] = Field(None, description="cifar10/cifar100/imagefolder root directory")
+    download: bool = False
+    batch_size: int = Field(128, ge=1, description="per device")
+    eval_batch_size: Optional[int] = Field(None, ge=1, description="None: 1.5 × batch_size, as in DeiT")
+    num_workers: int = Field(0, ge=0)
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="digits: stratified validation share")
+    # synthetic data (throughput runs)
+    num_samples: int = Field(1024, ge=2)
+    num_classes: int = Field(1000, ge=2, description="synthetic only")
+    # augmentation (timm.data.create_transform)
+    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = 0.4
+    reprob: float = Field(0.25, ge=0.0, le=1.0)
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    scale: Tuple[float, float] = (0.08, 1.0)
+    interpolation: str = "bicubic"
+    crop_pct: Optional[float] = None
+    # batch mixing (timm.data.Mixup), applied in the LightningModule
+    mixup: float = Field(0.8, ge=0.0)
+    cutmix: float = Field(1.0, ge=0.0)
+    mixup_prob: float = Field(1.0, ge=0.0, le=1.0)
+    mixup_switch_prob: float = Field(0.5, ge=0.0, le=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from .data import DATAMODULES
+
+        if v not in DATAMODULES:
+            raise ValueError(f"unknown dataset {v!r}; choices: {sorted(DATAMODULES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> "DataConfig":
+        if self.name in ("cifar10", "cifar100", "imagefolder") and not self.root:
+            raise ValueError(f"data.root is required for data.name={self.name!r} (the directory holding the files)")
+        return self
+
+    @property
+    def mixing(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+
+class OptimConfig(_Frozen):
+    """DeiT's AdamW recipe: lr scaled by global batch / ``lr_base_batch``, cosine with warmup (timm factories)."""
+
+    opt: str = "adamw"
+    lr: float = Field(5e-4, gt=0.0, description="base lr for a global batch of lr_base_batch")
+    lr_base_batch: int = Field(512, ge=1)
+    scale_lr: bool = True
+    weight_decay: float = Field(0.05, ge=0.0)
+    decay_rpe_tables: bool = Field(False, description="paper: no decay on RPE tables; official code decays them")
+    opt_eps: float = 1e-8
+    sched: str = "cosine"
+    min_lr: float = Field(1e-5, ge=0.0)
+    warmup_lr: float = Field(1e-6, ge=0.0)
+    warmup_epochs: int = Field(5, ge=0)
+    step_on_epochs: bool = Field(True, description="DeiT steps the schedule per epoch; False: per update")
+    smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    clip_grad: Optional[float] = Field(None, gt=0.0)
+    ema_decay: Optional[float] = Field(None, gt=0.0, lt=1.0, description="None: no EMA. With EMA, Lightning's "
+                                       "EMAWeightAveraging validates and ends with the averaged weights")
+
+
+class TrainerConfig(_Frozen):
+    """Passed through to ``pl.Trainer``; ``precision: auto`` is bf16-mixed on GPU and 32 on CPU."""
+
+    max_epochs: int = Field(300, ge=1)
+    accelerator: str = "auto"
+    devices: Union[int, str, List[int]] = 1
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    precision: str = "auto"
+    accumulate_grad_batches: int = Field(1, ge=1)
+    limit_train_batches: Optional[Union[int, float]] = None
+    limit_val_batches: Optional[Union[int, float]] = None
+    deterministic: Union[bool, Literal["auto"]] = "auto"
+    log_every_n_steps: int = Field(20, ge=1)
+    enable_progress_bar: bool = True
+    throughput_skip_steps: int = Field(5, ge=0, description="first steps of each epoch left out of train img/s")
+    benchmark_batches: int = Field(10, ge=0, description="timed inference batches after training; 0: skip")
+
+
+class LogConfig(_Frozen):
+    """W&B identity; offline automatically without an API key. ``runs_dir`` holds one directory per run."""
+
+    wandb: bool = True
+    project: str = "irpe_bench"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: Tuple[str, ...] = ()
+    mode: Literal["auto", "online", "offline"] = "auto"
+    runs_dir: str = "results/runs"
+    save_top_k: int = Field(1, ge=0)
+
+
+class TrainConfig(_Frozen):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    log: LogConfig = LogConfig()
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _cross(self) -> "TrainConfig":
+        if self.data.mixing and self.data.batch_size % 2:
+            raise ValueError(f"data.batch_size={self.data.batch_size}: mixup/cutmix need an even batch size")
+        return self
+
+
+def _merge(base: Dict[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def format_errors(err: ValidationError, source: str = "config") -> str:
+    """One line per problem, naming the dotted field, the value given and what is allowed."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parent = e["loc"][:-1]
+            model: Any = TrainConfig
+            for p in parent:
+                ann = model.model_fields[p].annotation
+                model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
+                              and issubclass(a, BaseModel)), ann)
+            msg = f"unknown key; allowed: {sorted(model.model_fields)}"
+        given = e.get("input")
+        lines.append(f"{loc}: {msg} (given: {given!r})" if e["type"] != "extra_forbidden" else f"{loc}: {msg}")
+    return f"invalid {source}:\n  " + "\n  ".join(lines)
+
+
+def build_config(data: Optional[Mapping[str, Any]] = None, overrides: Optional[Mapping[str, Any]] = None,
+                 source: str = "config") -> TrainConfig:
+    """Validate a nested dict (plus nested overrides); raise ``ValueError`` with readable field errors."""
+    merged = _merge(dict(data or {}), overrides or {})
+    try:
+        return TrainConfig(**merged)
+    except ValidationError as e:
+        raise ValueError(format_errors(e, source)) from None
+
+
+class _Yaml12BoolLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 booleans: only true/false. Under YAML 1.1 the key ``on`` (iRPE's
+    attachment field) would load as the boolean True."""
+
+
+_Yaml12BoolLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12BoolLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def load_config(path: Union[str, Path], overrides: Optional[Mapping[str, Any]] = None) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    with path.open() as f:
+        data = yaml.load(f, Loader=_Yaml12BoolLoader) or {}  # safe: a SafeLoader subclass
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r}: expected a mapping of sections, got {type(data).__name__}")
+    return build_config(data, overrides, source=f"config {path}")
+
+
+def dump_config(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"model": {"rpe": {"on": "k"}}}`` → ``{"model.rpe.on": "k"}``: W&B filters and groups on flat keys."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out

@@ -1,0 +1,133 @@
+"""The LightningModule: DeiT's loss, optimiser and schedule around a network it is handed.
+
+It knows nothing about iRPE: the caller passes the names of parameters that must not be decayed (the RPE tables
+when the paper's recipe is followed), so the same module trains any timm classifier.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from .config import MONITOR, DataConfig, OptimConfig
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN/inf: the run stops instead of wasting the remaining budget."""
+
+
+class ClassificationModule(pl.LightningModule):
+    """Cross-entropy with label smoothing (soft-target CE under mixup/cutmix), AdamW + cosine, top-1/top-5.
+
+    Args:
+        net: the built model (timm ViT with or without iRPE).
+        num_classes: classes of the dataset.
+        optim: the optimisation recipe.
+        data: for mixup/cutmix settings, applied here on whole batches.
+        no_weight_decay: parameter names (of ``net``) excluded from weight decay beyond timm's defaults.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int, optim: OptimConfig, data: DataConfig,
+                 no_weight_decay: Iterable[str] = ()) -> None:
+        super().__init__()
+        from timm.data import Mixup
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        self.net = net
+        self.optim_cfg, self.batch_size = optim, data.batch_size
+        self.no_weight_decay = set(no_weight_decay)
+        self.mixup: Optional[Mixup] = None
+        if data.mixing:
+            self.mixup = Mixup(mixup_alpha=data.mixup, cutmix_alpha=data.cutmix, prob=data.mixup_prob,
+                               switch_prob=data.mixup_switch_prob, mode="batch", label_smoothing=optim.smoothing,
+                               num_classes=num_classes)
+            self.train_criterion: nn.Module = SoftTargetCrossEntropy()
+        elif optim.smoothing > 0:
+            self.train_criterion = LabelSmoothingCrossEntropy(optim.smoothing)
+        else:
+            self.train_criterion = nn.CrossEntropyLoss()
+        self.val_criterion = nn.CrossEntropyLoss()
+        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        self.best_acc1 = 0.0  # kept in the checkpoint (on_save_checkpoint) so resume keeps the best so far
+
+    @property
+    def global_batch(self) -> int:
+        """Images per optimiser step across devices (DeiT: 128 × 8 = 1024)."""
+        return self.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    @property
+    def lr(self) -> float:
+        """DeiT's linear scaling rule: lr × global batch / 512."""
+        o = self.optim_cfg
+        return o.lr * self.global_batch / o.lr_base_batch if o.scale_lr else o.lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        loss = self.train_criterion(self(x), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"train/loss became {loss.item()} at epoch {self.current_epoch}, step "
+                                     f"{self.global_step} (lr {self.lr:g}); lower optim.lr or set optim.clip_grad")
+        self.train_loss(loss.detach())
+        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_loss(self.val_criterion(logits.float(), y))
+        self.val_acc1(logits, y)
+        self.val_acc5(logits, y)
+        self.log("val/loss", self.val_loss, on_epoch=True, sync_dist=True)
+        self.log(MONITOR, self.val_acc1, on_epoch=True, prog_bar=True)
+        self.log("val/acc5", self.val_acc5, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        acc1 = float(self.val_acc1.compute())
+        self.best_acc1 = max(self.best_acc1, acc1)
+        self.log(f"{MONITOR}_best", self.best_acc1, sync_dist=False)
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["best_acc1"] = self.best_acc1
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        self.best_acc1 = float(checkpoint.get("best_acc1", 0.0))
+
+    # ---- optimisation (timm factories)
+    def configure_optimizers(self):
+        from timm.optim import create_optimizer_v2, param_groups_weight_decay
+        from timm.scheduler import create_scheduler_v2
+
+        o = self.optim_cfg
+        skip = set(getattr(self.net, "no_weight_decay", lambda: set())()) | self.no_weight_decay
+        groups = param_groups_weight_decay(self.net, o.weight_decay, no_weight_decay_list=list(skip))
+        optimizer = create_optimizer_v2(groups, opt=o.opt, lr=self.lr, weight_decay=o.weight_decay, eps=o.opt_eps)
+        # NOTE: estimated_stepping_batches loads the train loader if needed; num_training_batches is not set yet.
+        steps_per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // self.trainer.max_epochs)
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=o.sched, num_epochs=self.trainer.max_epochs, warmup_epochs=o.warmup_epochs,
+            min_lr=o.min_lr, warmup_lr=o.warmup_lr, cooldown_epochs=0, step_on_epochs=o.step_on_epochs,
+            updates_per_epoch=steps_per_epoch,
+        )
+        interval = "epoch" if o.step_on_epochs else "step"
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        # NOTE: timm schedulers take the *next* epoch / update count; Lightning calls this after the epoch / step.
+        if self.optim_cfg.step_on_epochs:
+            scheduler.step(epoch=self.current_epoch + 1)
+        else:
+            scheduler.step_update(num_updates=self.global_step)

@@ -1,0 +1,241 @@
+"""``train(config) -> summary``: the single entry that the CLI and the sweep call, in-process or in a child.
+
+Everything that identifies a run — its directory, its W&B id and the checkpoint to resume from — is an argument,
+so a caller (a sweep trial, a retry) can decide them; defaults are invented only when none are given.
+Order of work: validate data and model (cheap, fails early) → run directory and resolved config → fit →
+inference benchmark → ``summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import secrets
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from .config import MONITOR, MONITOR_MODE, TrainConfig, dump_config
+from .data import build_datamodule
+from .module import ClassificationModule, NonFiniteLossError
+from .throughput import TrainThroughput, benchmark_inference
+
+RUN_META = "run.json"
+CKPT_DIR = "checkpoints"
+LAST_CKPT = "last.ckpt"
+_ENV_RUN_DIR, _ENV_WANDB_ID = "IRPE_BENCH_RUN_DIR", "IRPE_BENCH_WANDB_ID"
+_RPE_TABLE = re.compile(r"\.rpe_[qkv]\.lookup_table_(weight|bias)$")
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised after ``summary.json`` records the divergence; ``.summary`` holds it for the caller."""
+
+    def __init__(self, message: str, summary: Dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class SeedEachEpoch(pl.Callback):
+    """Reseed torch/numpy/random from (seed, epoch, rank) at each epoch start.
+
+    Augmentations, mixup, drop path and loader workers then depend only on the epoch, not on how the process got
+    there, so resuming from an epoch-end checkpoint replays exactly what an uninterrupted run would do.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        derived = int(np.random.SeedSequence([self.seed, trainer.current_epoch, trainer.global_rank])
+                      .generate_state(1)[0])
+        pl.seed_everything(derived, workers=True, verbose=False)
+
+
+def _is_child_rank() -> bool:
+    """A DDP process started by Lightning's launcher (it re-runs the command with LOCAL_RANK set)."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def _git_commit() -> Optional[str]:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("-dirty" if dirty else "")) or None
+
+
+def _versions() -> Dict[str, str]:
+    import lightning
+    import timm
+    import torchmetrics
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "lightning": lightning.__version__, "torchmetrics": torchmetrics.__version__}
+
+
+def resolve_precision(config: TrainConfig) -> str:
+    p = config.trainer.precision
+    if p != "auto":
+        return p
+    gpu = torch.cuda.is_available() and config.trainer.accelerator in ("auto", "gpu", "cuda")
+    return "bf16-mixed" if gpu else "32-true"
+
+
+def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    from ..models import create_model
+
+    m = config.model
+    return create_model(m.name, rpe=m.rpe, abs_pos=m.abs_pos, **m.timm_kwargs(num_classes))
+
+
+def no_decay_names(model: torch.nn.Module, config: TrainConfig):
+    """RPE lookup tables when the paper's recipe (no decay) is followed; timm handles norms, biases, pos/cls."""
+    if config.optim.decay_rpe_tables:
+        return []
+    return [n for n, _ in model.named_parameters() if _RPE_TABLE.search(n)]
+
+
+def default_run_dir(config: TrainConfig, slug: str) -> Path:
+    return Path(config.log.runs_dir) / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def find_checkpoint(run_dir: Union[str, Path]) -> Path:
+    """The checkpoint ``--resume RUN_DIR`` continues from; a clear error when there is none."""
+    ckpt = Path(run_dir) / CKPT_DIR / LAST_CKPT
+    if not Path(run_dir).is_dir():
+        raise ValueError(f"--resume {str(run_dir)!r}: no such run directory")
+    if not ckpt.is_file():
+        raise ValueError(f"--resume {str(run_dir)!r}: holds no checkpoint (expected {str(ckpt)!r}); the run was "
+                         "killed before its first epoch ended — start it again instead")
+    return ckpt
+
+
+def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb_id: Optional[str] = None,
+          resume_from: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
+    """Train one variant and return its summary (also written to ``run_dir/summary.json``).
+
+    Args:
+        config: the validated run configuration.
+        run_dir: where config, checkpoints, logs and summary go; default ``log.runs_dir/<slug>-<time>-<id>``.
+        wandb_id: the W&B run id (pass the stored one to continue a run's W&B history); default: new.
+        resume_from: a Lightning checkpoint (``run_dir/checkpoints/last.ckpt``) to continue from exactly.
+    Raises:
+        ValueError: bad data location or model before any training work.
+        TrainingDiverged: the loss became NaN/inf (``summary.json`` says so first).
+    """
+    # ---- 1. cheap checks that must fail before anything is written
+    dm = build_datamodule(config.data, config.model.resolved_img_size, config.seed)
+    dm.check()
+    if resume_from is not None and not Path(resume_from).is_file():
+        raise ValueError(f"resume_from={str(resume_from)!r}: no such checkpoint file")
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    net = build_model(config, dm.num_classes)
+    slug = net.variant
+    child = _is_child_rank()
+    if child:
+        run_dir, wandb_id = os.environ.get(_ENV_RUN_DIR, run_dir), os.environ.get(_ENV_WANDB_ID, wandb_id)
+
+    # ---- 2. the run directory: resolved config, identity
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config, slug)
+    meta_path = run_dir / RUN_META
+    if wandb_id is None and meta_path.is_file():
+        wandb_id = json.loads(meta_path.read_text()).get("wandb_id")
+    wandb_id = wandb_id or secrets.token_hex(4)
+    if not child:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(config))
+        meta_path.write_text(json.dumps({"slug": slug, "wandb_id": wandb_id}, indent=2))
+        os.environ[_ENV_RUN_DIR], os.environ[_ENV_WANDB_ID] = str(run_dir), wandb_id
+    cost = count_cost(net)
+
+    # ---- 3. fit
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from .wandb_setup import finish_wandb, make_wandb_logger
+
+    module = ClassificationModule(net, dm.num_classes, config.optim, config.data, no_decay_names(net, config))
+    throughput = TrainThroughput(config.trainer.throughput_skip_steps)
+    checkpoint = ModelCheckpoint(dirpath=run_dir / CKPT_DIR, monitor=MONITOR, mode=MONITOR_MODE, save_last=True,
+                                 save_top_k=config.log.save_top_k, auto_insert_metric_name=False,
+                                 filename="epoch{epoch:03d}-acc1{val/acc1:.4f}")
+    callbacks = [checkpoint, throughput, SeedEachEpoch(config.seed)]
+    if config.optim.ema_decay is not None:
+        callbacks.append(EMAWeightAveraging(decay=config.optim.ema_decay))
+    loggers = [CSVLogger(str(run_dir), name="", version="csv")]
+    if config.log.wandb:
+        loggers.append(make_wandb_logger(config, slug, run_dir, wandb_id))
+    t = config.trainer
+    precision = resolve_precision(config)
+    deterministic = (not torch.cuda.is_available() or t.accelerator == "cpu") if t.deterministic == "auto" \
+        else t.deterministic
+    trainer = pl.Trainer(
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        num_nodes=t.num_nodes, precision=precision, accumulate_grad_batches=t.accumulate_grad_batches,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        gradient_clip_val=config.optim.clip_grad, deterministic=deterministic, log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0, use_distributed_sampler=False,
+        callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir), enable_model_summary=False,
+    )
+    started, status, error = time.time(), "finished", None
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
+    except NonFiniteLossError as e:
+        status, error = "diverged", str(e)
+    wall = time.time() - started
+
+    # ---- 4. benchmark and summary (rank zero)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+    summary: Dict[str, Any] = {
+        "status": status, "error": error, "variant": slug, "run_dir": str(run_dir), "wandb_id": wandb_id,
+        "seed": config.seed, "monitor": MONITOR, MONITOR: metrics.get(MONITOR),
+        f"{MONITOR}_best": module.best_acc1 if status == "finished" else None,
+        "metrics": metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step,
+        "best_checkpoint": checkpoint.best_model_path or None, "wall_s": wall, **cost,
+        "throughput/train_img_s": throughput.last, "throughput/batch_size": config.data.batch_size,
+        "throughput/precision": precision, "throughput/device": _device_name(module.device),
+        "world_size": trainer.world_size, "versions": _versions(), "git_commit": _git_commit(),
+        "resumed_from": str(resume_from) if resume_from else None,
+    }
+    if trainer.is_global_zero and status == "finished" and t.benchmark_batches > 0:
+        bench = benchmark_inference(module.net, config.data.eval_batch_size or config.data.batch_size,
+                                    config.model.resolved_img_size, precision, module.device,
+                                    batches=t.benchmark_batches)
+        summary.update(bench)
+        for lg in trainer.loggers:
+            lg.log_metrics(bench, step=trainer.global_step)
+            lg.save()
+    if trainer.is_global_zero:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if config.log.wandb:
+        if trainer.is_global_zero:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+        finish_wandb(exit_code=0 if status == "finished" else 1)
+    if status == "diverged":
+        raise TrainingDiverged(f"{error} (recorded in {run_dir / 'summary.json'})", summary)
+    return summary
+
+
+def count_cost(net: torch.nn.Module) -> Dict[str, int]:
+    from ..models import count_params_and_macs
+
+    return count_params_and_macs(net)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"

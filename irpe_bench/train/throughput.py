@@ -1,0 +1,85 @@
+"""Honest speed numbers: training images/s over an epoch and a timm-style inference benchmark.
+
+Training throughput leaves out the first steps of every epoch (allocator warm-up, lazy kernel selection, the
+data loader's first batches) and synchronises the GPU around the timed window, so the number is steady-state
+speed rather than wall time. The inference benchmark follows timm's ``benchmark.py`` / nanoGPT's ``bench.py``:
+warm-up batches, then timed batches with a synchronisation before reading the clock.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from typing import Dict, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TrainThroughput(pl.Callback):
+    """Logs ``throughput/train_img_s`` (per device × world size) at each epoch end; keeps the last value."""
+
+    def __init__(self, skip_steps: int = 5) -> None:
+        self.skip_steps = skip_steps
+        self.last: Optional[float] = None
+        self._images = 0
+        self._t0: Optional[float] = None
+        self._elapsed = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._images, self._elapsed, self._t0 = 0, 0.0, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx >= self.skip_steps:
+            _sync(pl_module.device)
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._t0 is None:
+            return
+        _sync(pl_module.device)
+        self._elapsed += time.perf_counter() - self._t0
+        self._images += len(batch[0])
+        self._t0 = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._images and self._elapsed > 0:
+            self.last = self._images * trainer.world_size / self._elapsed
+            pl_module.log("throughput/train_img_s", self.last, on_epoch=True, rank_zero_only=True)
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The autocast context that matches a Lightning precision string (``bf16-mixed`` / ``16-mixed``)."""
+    if precision.startswith("bf16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision.startswith("16"):
+        return torch.autocast(device.type, dtype=torch.float16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def benchmark_inference(model: nn.Module, batch_size: int, img_size: int, precision: str,
+                        device: Optional[torch.device] = None, warmup: int = 3, batches: int = 10) -> Dict[str, float]:
+    """Images/s of ``model`` in eval mode on random input; restores the model's training flag."""
+    device = device or next(model.parameters()).device
+    x = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast_for(precision, device):
+            for _ in range(warmup):
+                model(x)
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                model(x)
+            _sync(device)
+            elapsed = time.perf_counter() - t0
+    finally:
+        model.train(was_training)
+    return {"throughput/infer_img_s": batch_size * batches / elapsed, "throughput/infer_batch_size": batch_size}
