@@ -70,8 +70,36 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from .train.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Train one variant (config in, summary.json out); --resume RUN_DIR continues a killed run."""
+    from .train.cli import run
+
+    return run(args)
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    from .bench import add_arguments
+
+    add_arguments(p)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Measure iRPE's cost against the no-RPE baseline and the reference implementation (ratios, memory)."""
+    from .bench import run
+
+    return run(args)
+
+
 COMMANDS: List[Command] = [
     ("describe", _describe_args, _describe),
+    ("bench", _bench_args, _bench),
+    ("train", _train_args, _train),
 ]
 
 
