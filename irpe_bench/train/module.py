@@ -79,7 +79,8 @@ class ClassificationModule(pl.LightningModule):
             raise NonFiniteLossError(f"train/loss became {loss.item()} at epoch {self.current_epoch}, step "
                                      f"{self.global_step} (lr {self.lr:g}); lower optim.lr or set optim.clip_grad")
         self.train_loss(loss.detach())
-        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 

@@ -73,20 +73,33 @@ def finish_wandb(exit_code: int = 0) -> None:
         teardown()
 
 
-def read_offline_history(run_dir: Path) -> Optional[List[dict]]:
-    """History rows of the offline run under ``run_dir/wandb``, via ``wandb leet inspect --json``."""
-    import json
+def _leet(run_dir: Path, *args: str) -> Optional[str]:
     import subprocess
 
     files = sorted(Path(run_dir, "wandb").glob("offline-run-*/run-*.wandb"))
     if not files:
         return None
-    rows: List[dict] = []
-    for f in files:
-        out = subprocess.run(["wandb", "leet", "inspect", "--json", str(f)], capture_output=True, text=True,
-                             timeout=120, check=True).stdout
-        for line in out.splitlines():
-            rec = json.loads(line)
-            if rec.get("type") == "history":
-                rows.append(rec)
-    return rows
+    return subprocess.run(["wandb", "leet", "inspect", *args, str(files[-1])], capture_output=True, text=True,
+                          timeout=120, check=True).stdout
+
+
+def read_offline_history(run_dir: Path) -> Optional[List[dict]]:
+    """Logged history rows (metric → value) of the latest offline run under ``run_dir/wandb``.
+
+    Read with wandb's own ``wandb leet inspect --json`` so the check is of what ``wandb sync`` would upload.
+    """
+    import json
+
+    out = _leet(run_dir, "--json")
+    if out is None:
+        return None
+    recs = (json.loads(line) for line in out.splitlines() if line.strip())
+    return [r["history"]["item"] for r in recs if r.get("type") == "history"]
+
+
+def read_offline_summary(run_dir: Path) -> Optional[dict]:
+    """State, name, tags, config and summary of the latest offline run (``wandb leet inspect --summary``)."""
+    import json
+
+    out = _leet(run_dir, "--summary", "--json")
+    return None if out is None else json.loads(out)

@@ -1,0 +1,97 @@
+"""train(): a real tiny run end to end — summary.json, determinism, W&B offline history, NaN handling, decay groups."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from irpe_bench.train import MONITOR, TrainingDiverged, train
+from irpe_bench.train.run import no_decay_names, build_model
+from irpe_bench.train.wandb_setup import read_offline_history, read_offline_summary
+
+from ._train_helpers import tiny_config
+
+
+def test_train_writes_summary_and_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    config = tiny_config(tmp_path, log={"wandb": True, "group": "pytest"})
+    run_dir = tmp_path / "run"
+    summary = train(config, run_dir=run_dir, wandb_id="pytest01")
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["status"] == "finished" and saved["variant"] == "deit_tiny_ctx_product_50_shared_k"
+    assert saved[MONITOR] == summary[MONITOR] and 0.0 <= saved[MONITOR] <= 1.0
+    assert saved[f"{MONITOR}_best"] >= saved[MONITOR]
+    for key in ("throughput/train_img_s", "throughput/infer_img_s"):
+        assert saved[key] > 0
+    assert saved["throughput/precision"] == "32-true" and saved["throughput/batch_size"] == 32
+    assert saved["params"] > 0 and saved["macs"] > 0 and saved["seed"] == 0
+    assert saved["versions"]["torch"] == torch.__version__ and saved["epochs"] == 2
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert saved["wandb_id"] == "pytest01"
+
+    history = read_offline_history(run_dir)
+    assert history, "no offline W&B run found"
+    val_rows = [r for r in history if MONITOR in r]
+    assert len(val_rows) == 2 and [r["epoch"] for r in val_rows] == [0, 1]
+    assert val_rows[-1][MONITOR] == pytest.approx(saved[MONITOR])
+    assert val_rows[-1]["val/loss"] == pytest.approx(saved["metrics"]["val/loss"])
+    assert max(r[MONITOR] for r in val_rows) == pytest.approx(val_rows[-1][f"{MONITOR}_best"])
+    assert any("train/loss" in r for r in history) and any("throughput/train_img_s" in r for r in history)
+    assert any(r.get("throughput/infer_img_s") == pytest.approx(saved["throughput/infer_img_s"]) for r in history)
+    run = read_offline_summary(run_dir)
+    assert run["state"] == "finished" and run["run_id"] == "pytest01"
+    assert run["name"] == "deit_tiny_ctx_product_50_shared_k" and run["project"] == "irpe_bench"
+    assert {"method:product", "mode:contextual", "on:k", "layers:all", "index:piecewise"} <= set(run["tags"])
+    assert run["config"]["model.rpe.method"] == "product" and run["config"]["model.embed_dim"] == 32
+    assert run["summary"]["status"] == "finished"
+    import wandb
+    assert wandb.run is None  # finished
+
+
+def test_same_seed_same_metrics(tmp_path):
+    a = train(tiny_config(tmp_path, trainer={"max_epochs": 1, "benchmark_batches": 0}), run_dir=tmp_path / "a")
+    b = train(tiny_config(tmp_path, trainer={"max_epochs": 1, "benchmark_batches": 0}), run_dir=tmp_path / "b")
+    assert a["metrics"] == b["metrics"]
+    assert a["metrics"]["train/loss_epoch"] > 0
+
+
+def test_nan_loss_stops_with_recorded_error(tmp_path):
+    config = tiny_config(tmp_path, optim={"lr": 1e30, "warmup_epochs": 0},
+                         trainer={"max_epochs": 2, "limit_train_batches": 6})
+    with pytest.raises(TrainingDiverged) as e:
+        train(config, run_dir=tmp_path / "nan")
+    saved = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    assert saved["status"] == "diverged" and "train/loss became" in saved["error"]
+    assert "nan" in saved["error"].lower() or "inf" in saved["error"].lower()
+    assert e.value.summary["status"] == "diverged"
+
+
+def test_rpe_tables_excluded_from_weight_decay_by_default(tmp_path):
+    config = tiny_config(tmp_path)
+    names = no_decay_names(build_model(config, 10), config)
+    assert names and all(".rpe_k.lookup_table_weight" in n for n in names) and len(names) == 2  # depth 2
+    decayed = tiny_config(tmp_path, optim={"decay_rpe_tables": True})
+    assert no_decay_names(build_model(decayed, 10), decayed) == []
+
+
+def test_optimizer_groups_follow_deit_recipe(tmp_path):
+    import lightning.pytorch as pl
+
+    from irpe_bench.train.data import build_datamodule
+    from irpe_bench.train.module import ClassificationModule
+
+    config = tiny_config(tmp_path, optim={"scale_lr": True, "lr": 5e-4})
+    net = build_model(config, 10)
+    module = ClassificationModule(net, 10, config.optim, config.data, no_decay_names(net, config))
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.fit(module, datamodule=build_datamodule(config.data, 16, 0))
+    groups = trainer.optimizers[0].param_groups
+    by_id = {id(p): n for n, p in net.named_parameters()}
+    no_decay = {by_id[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    decay = {by_id[id(p)] for g in groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    assert {"pos_embed", "cls_token", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias",
+            "blocks.1.attn.rpe_k.lookup_table_weight"} <= no_decay
+    assert "blocks.0.attn.qkv.weight" in decay and "head.weight" in decay
+    assert module.lr == pytest.approx(5e-4 * 32 / 512)
