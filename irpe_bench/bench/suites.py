@@ -1,0 +1,218 @@
+"""The standard benchmark cases: whole-model training steps and inference, single attention layers.
+
+Every suite builds, in one process, the no-RPE baseline (timm's DeiT with fused attention), irpe_bench's
+model for each iRPE mode and the same mode's reference model (``benchmarks/reference_irpe.py``, the
+official algorithm written plainly: advanced indexing, naive value path), with identical weights for ours and
+the reference, and times them interleaved (:mod:`irpe_bench.bench.harness`).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import RPEAttention, create_model
+from ..rpe import RPEConfig
+from .harness import Case, peak_memory, run_interleaved, summarize, tensor_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: iRPE variants of the issue's goals: product mapping, ratio 1.9 (50 buckets), shared heads, all layers.
+MODES: Dict[str, Dict[str, str]] = {
+    "k": dict(mode="contextual", on="k"),
+    "qk": dict(mode="contextual", on="qk"),
+    "qkv": dict(mode="contextual", on="qkv"),
+    "bias_k": dict(mode="bias", on="k"),
+}
+
+#: Model shapes (timm kwargs on top of ``deit_tiny_patch16_224``). ``digits``: the CPU training config
+#: (configs/digits.yaml): 32×32, patch 4 → 8×8 + cls = 65 tokens, width 64, depth 4, 2 heads.
+#: ``tiny64``: DeiT-Tiny (192 wide, 3 heads, depth 12) on the same 65 tokens. ``tiny224``: DeiT-Tiny at 224.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "digits": dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2, mlp_ratio=2.0, num_classes=10),
+    "tiny64": dict(img_size=32, patch_size=4, num_classes=10),
+    "tiny224": dict(img_size=224, patch_size=16, num_classes=1000),
+    "micro": dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=10),  # smoke tests
+}
+BASE_MODEL = "deit_tiny_patch16_224"
+TABLE_STD = 0.1  # random tables so that iRPE changes the outputs (zero tables would hide errors)
+
+
+def reference_module():
+    """``benchmarks/reference_irpe.py``, the plain official algorithm (lives beside the package, not in it)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import reference_irpe
+    except ImportError as e:  # an installed package without the repository
+        raise ValueError(f"benchmarks/reference_irpe.py not found under {ROOT}: run from a checkout") from e
+    return reference_irpe
+
+
+def rpe_config(mode: str) -> RPEConfig:
+    if mode not in MODES:
+        raise ValueError(f"unknown bench mode {mode!r}; choices: {list(MODES)}")
+    return RPEConfig(method="product", ratio=1.9, shared_head=True, layers="all", **MODES[mode])
+
+
+def _randomise_tables(model: nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lookup_table" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * TABLE_STD)
+
+
+def build_models(preset: str, modes: Sequence[str], impls: Sequence[str], seed: int = 0) -> Dict[str, nn.Module]:
+    """``{"baseline": m, "k/ours": m, "k/reference": m, …}``; ours and reference share every weight."""
+    kw = PRESETS[preset]
+    torch.manual_seed(seed)
+    models = {"baseline": create_model(BASE_MODEL, rpe=None, **kw)}
+    ref = reference_module() if "reference" in impls else None
+    for mode in modes:
+        cfg = rpe_config(mode)
+        torch.manual_seed(seed)
+        ours = create_model(BASE_MODEL, rpe=cfg, **kw)
+        _randomise_tables(ours, seed)
+        if "ours" in impls:
+            models[f"{mode}/ours"] = ours
+        if ref is not None:
+            r = ref.build_reference_model(BASE_MODEL, "product", mode=cfg.mode, ratio=1.9, shared_head=True,
+                                          rpe_on=cfg.on, **kw)
+            r.load_state_dict(ours.state_dict())
+            models[f"{mode}/reference"] = r
+    return models
+
+
+def _autocast(device: torch.device, amp: Optional[torch.dtype]):
+    return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+
+
+def max_difference(a: nn.Module, b: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Largest |a - b| over logits and all parameter gradients (float32, no autocast), same batch."""
+    out = []
+    for m in (a, b):
+        m.zero_grad(set_to_none=True)
+        logits = m(x)
+        F.cross_entropy(logits, y).backward()
+        out.append((logits.detach(), {n: p.grad.detach().clone() for n, p in m.named_parameters()
+                                      if p.grad is not None}))
+        m.zero_grad(set_to_none=True)
+    (la, ga), (lb, gb) = out
+    diff = (la - lb).abs().max().item()
+    for n in ga:
+        diff = max(diff, (ga[n] - gb[n]).abs().max().item())
+    return diff
+
+
+def _split(name: str):
+    return ("none", "baseline") if name == "baseline" else tuple(name.split("/"))
+
+
+def model_suite(preset: str, batch: int, modes: Sequence[str], device: torch.device, warmup: int = 2,
+                rounds: int = 7, train: bool = True, memory: bool = True, impls=("ours", "reference"),
+                amp: Optional[torch.dtype] = None, budget_s: Optional[float] = None, seed: int = 0) -> List[Dict]:
+    """Training steps (forward, backward, AdamW) or, with ``train=False``, inference forwards (eval mode)."""
+    models = build_models(preset, modes, impls, seed)
+    kw = PRESETS[preset]
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, kw["img_size"], kw["img_size"], generator=gen).to(device)
+    y = torch.randint(0, kw["num_classes"], (batch,), generator=gen).to(device)
+    cases = []
+    for name, m in models.items():
+        m.to(device).train(train)
+        mode, impl = _split(name)
+        if train:
+            opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
+
+            def step(m=m, opt=opt):
+                with _autocast(device, amp):
+                    loss = F.cross_entropy(m(x), y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        else:
+            opt = None
+
+            def step(m=m):
+                with torch.inference_mode(), _autocast(device, amp):
+                    return m(x)
+        case = Case(name=f"{mode}/{impl}" if impl != "baseline" else "baseline", mode=mode, impl=impl, step=step)
+        case.opt = opt
+        cases.append(case)
+    by_name = {c.name: c for c in cases}
+    for c in cases:  # exactness first: same weights, same batch, before any optimiser step
+        if c.impl == "ours" and f"{c.mode}/reference" in by_name:
+            was = models[c.name].training
+            models[c.name].eval(), models[f"{c.mode}/reference"].eval()
+            small = min(batch, 8)
+            c.check = max_difference(models[c.name], models[f"{c.mode}/reference"], x[:small], y[:small])
+            models[c.name].train(was), models[f"{c.mode}/reference"].train(was)
+    run_interleaved(cases, warmup, rounds, device, budget_s)
+    if memory:
+        for c in cases:
+            m = models[c.name]
+            state = [t for s in (c.opt.state.values() if c.opt else []) for t in s.values()]
+            c.static_bytes = tensor_bytes(list(m.parameters()) + list(m.buffers()) + state)
+            c.peak_bytes = peak_memory(c.step, device)
+    return summarize(cases)
+
+
+def _layer(preset: str) -> nn.Module:
+    kw = PRESETS[preset]
+    from timm.layers import Attention
+
+    dim = kw.get("embed_dim", 192)
+    return Attention(dim, num_heads=kw.get("num_heads", 3), qkv_bias=True)
+
+
+def layer_suite(preset: str, batch: int, modes: Sequence[str], device: torch.device, warmup: int = 3,
+                rounds: int = 15, impls=("ours", "reference"), amp: Optional[torch.dtype] = None,
+                budget_s: Optional[float] = None, seed: int = 0) -> List[Dict]:
+    """One attention layer, forward + backward (to its input and weights), at the preset's width and tokens."""
+    kw = PRESETS[preset]
+    grid = (kw["img_size"] // kw["patch_size"],) * 2
+    L = 1 + grid[0] * grid[1]
+    torch.manual_seed(seed)
+    base = _layer(preset)
+    layers = {"baseline": base}
+    ref = reference_module() if "reference" in impls else None
+    for mode in modes:
+        cfg = rpe_config(mode)
+        ours = RPEAttention(copy.deepcopy(base), cfg, grid, 1)
+        _randomise_tables(ours, seed)
+        if "ours" in impls:
+            layers[f"{mode}/ours"] = ours
+        if ref is not None:
+            r = ref.ReferenceRPEAttention(copy.deepcopy(base), "product", cfg.mode, 1.9, True, cfg.on, skip=1)
+            r.load_state_dict(ours.state_dict())
+            layers[f"{mode}/reference"] = r
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, L, base.qkv.in_features, generator=gen).to(device).requires_grad_()
+    g = torch.randn(batch, L, base.qkv.in_features, generator=gen).to(device)
+    cases = []
+    for name, m in layers.items():
+        m.to(device)
+        mode, impl = _split(name)
+
+        def step(m=m):
+            with _autocast(device, amp):
+                out = m(x)
+            out.backward(g.to(out.dtype))
+            x.grad = None
+            for p in m.parameters():
+                p.grad = None
+        cases.append(Case(name=name, mode=mode, impl=impl, step=step))
+    by_name = {c.name: c for c in cases}
+    for c in cases:
+        if c.impl == "ours" and f"{c.mode}/reference" in by_name:
+            a, b = layers[c.name](x), layers[f"{c.mode}/reference"](x)
+            c.check = (a - b).abs().max().item()
+    run_interleaved(cases, warmup, rounds, device, budget_s)
+    return summarize(cases)

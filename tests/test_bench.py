@@ -1,0 +1,52 @@
+"""The benchmark command runs end to end on a tiny model and reports what it promises (never how fast)."""
+import json
+
+import pytest
+import torch
+
+from irpe_bench.bench import goals
+from irpe_bench.bench.harness import Case, format_table, peak_memory, summarize
+from irpe_bench.cli import main
+
+
+def test_bench_quick_writes_tables_and_json(tmp_path, capsys):
+    assert main(["bench", "--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "[layer] micro" in printed and "[train] micro" in printed and "goals" in printed
+    payload = json.loads((tmp_path / "quick.json").read_text())
+    assert payload["environment"]["threads"] == 1
+    suites = {r["suite"]: r for r in payload["results"]}
+    assert set(suites) == {"layer", "train", "infer"}
+    train = {row["case"]: row for row in suites["train"]["rows"]}
+    assert set(train) == {"baseline", *(f"{m}/{i}" for m in ("k", "qk", "qkv", "bias_k")
+                                         for i in ("ours", "reference"))}
+    assert train["baseline"]["x_base"] == 1.0 and train["baseline"]["mem_x_base"] == 1.0
+    for m in ("k", "qk", "qkv", "bias_k"):
+        ours = train[f"{m}/ours"]
+        assert ours["rounds"] == 3 and ours["median_ms"] > 0 and ours["peak_mib"] > 0
+        assert ours["max_abs_diff"] <= 1e-5  # same weights, same batch: the reference's logits and grads
+    # a v table holds more live memory than the baseline in the same step
+    assert train["qkv/reference"]["mem_x_base"] > 1.0
+    assert any(g["goal"].startswith("train k ×base") for g in payload["goals"])
+
+
+def test_summarize_pairs_rounds_and_goals():
+    cases = [Case("baseline", "none", "baseline", step=lambda: None, times=[1.0, 2.0, 1.0]),
+             Case("k/ours", "k", "ours", step=lambda: None, times=[1.1, 2.2, 1.1], check=0.0),
+             Case("k/reference", "k", "reference", step=lambda: None, times=[2.2, 4.4, 2.2])]
+    rows = summarize(cases)
+    by = {r["case"]: r for r in rows}
+    assert by["k/ours"]["x_base"] == pytest.approx(1.1) and by["k/ours"]["x_ref"] == pytest.approx(0.5)
+    assert "k/ours" in format_table("t", rows) and "| variant |" in format_table("t", rows, markdown=True)
+    met = {g["goal"]: g["met"] for g in goals([dict(suite="train", preset="p", rows=rows)])}
+    assert met == {"train k ×base ≤ 1.05": False, "train k faster than reference": True,
+                   "train k = reference (≤ 1e-05)": True}
+
+
+def test_peak_memory_counts_live_tensors():
+    def step():
+        a = torch.empty(1024, 1024)  # 4 MiB live while b is made
+        b = torch.empty(512, 1024)  # 2 MiB
+        del a, b
+
+    assert peak_memory(step, torch.device("cpu")) >= 6 * 2 ** 20

@@ -1,0 +1,182 @@
+"""Each fast path of iRPE against a plain O(L²·d) form of the same equation: values and gradients.
+
+The plain forms below materialise the (L, L, d) per-pair table ``r[I(i, j)]`` and sum over d — the naive
+cost the efficient forms (paper Eq. 26–28, per-bucket value sums) avoid. The attention paths (fused SDPA
+with a float mask, eager scores with an in-place iRPE term) are checked against each other and against the
+official-algorithm reference in ``benchmarks/reference_irpe.py``.
+"""
+import copy
+
+import pytest
+import torch
+from timm.layers import Attention
+
+from benchmarks.reference_irpe import ReferenceRPEAttention
+from irpe_bench.models import RPEAttention
+from irpe_bench.models.attention import attention_scores
+from irpe_bench.rpe import RPEConfig, bias_logits, bucket_ids, contextual_logits, contextual_values
+
+torch.set_default_dtype(torch.float64)  # the maths, not float rounding, is under test here
+GRID = (3, 4)
+PREFIX = 1
+L = PREFIX + GRID[0] * GRID[1]
+
+
+def _ids(method):
+    c = RPEConfig(method=method)
+    return bucket_ids(method, "piecewise", c.alpha, c.beta, c.gamma, *GRID, PREFIX), sum(c.num_buckets(PREFIX))
+
+
+def _per_pair(table_kd, ids):
+    """(H, K, d) table → (H, L, L, d) per-pair vectors Σ_c r[I_c(i, j)]: the naive O(L²·d) tensor."""
+    return sum(table_kd[:, ids[c]] for c in range(ids.shape[0]))
+
+
+def _grads(fn, *tensors):
+    out = fn(*tensors)
+    g = torch.randn_like(out)
+    return out.detach(), torch.autograd.grad(out, tensors, g)
+
+
+def _grads_with(fn, g, *tensors):
+    out = fn(*tensors)
+    return out.detach(), torch.autograd.grad(out, tensors, g)
+
+
+@pytest.mark.parametrize("method", ["product", "cross", "euclidean", "quant"])
+@pytest.mark.parametrize("heads", [1, 3])
+def test_contextual_logits_match_naive(method, heads):
+    ids, K = _ids(method)
+    x = torch.randn(2, 3, L, 5, requires_grad=True)
+    table = torch.randn(heads, 5, K, requires_grad=True)
+    g = torch.randn(2, 3, L, L)
+    fast = _grads_with(lambda x, t: contextual_logits(x, t, ids, 0.3), g, x, table)
+    naive = _grads_with(lambda x, t: 0.3 * torch.einsum("bhid,hijd->bhij", x, _per_pair(t.transpose(1, 2), ids)),
+                        g, x, table)
+    torch.testing.assert_close(fast[0], naive[0])
+    for a, b in zip(fast[1], naive[1]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("method", ["product", "cross"])
+def test_bias_logits_match_naive(method):
+    ids, K = _ids(method)
+    table = torch.randn(3, K, requires_grad=True)
+    g = torch.randn(1, 3, L, L)
+    fast = _grads_with(lambda t: bias_logits(t, ids), g, table)
+    naive = _grads_with(lambda t: _per_pair(t.unsqueeze(-1), ids).squeeze(-1).unsqueeze(0), g, table)
+    torch.testing.assert_close(fast[0], naive[0])
+    torch.testing.assert_close(fast[1][0], naive[1][0])
+
+
+@pytest.mark.parametrize("method", ["product", "cross", "quant"])
+@pytest.mark.parametrize("heads", [1, 3])
+def test_contextual_values_match_naive(method, heads):
+    ids, K = _ids(method)
+    attn = torch.rand(2, 3, L, L).softmax(-1).requires_grad_()
+    table = torch.randn(heads, K, 5, requires_grad=True)
+    g = torch.randn(2, 3, L, 5)
+    fast = _grads_with(lambda a, t: contextual_values(a, t, ids), g, attn, table)
+    naive = _grads_with(lambda a, t: torch.einsum("bhij,hijd->bhid", a, _per_pair(t, ids)), g, attn, table)
+    torch.testing.assert_close(fast[0], naive[0])
+    for a, b in zip(fast[1], naive[1]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (1, 1), (1, 3)])
+def test_attention_scores_in_place_bias(shape):
+    q, k = torch.randn(2, 3, L, 4, requires_grad=True), torch.randn(2, 3, L, 4, requires_grad=True)
+    bias = torch.randn(*shape, L, L, requires_grad=True)
+    g = torch.randn(2, 3, L, L)
+    fast = _grads_with(lambda q, k, b: attention_scores(q, k, b, 0.5), g, q, k, bias)
+    naive = _grads_with(lambda q, k, b: 0.5 * q @ k.transpose(-1, -2) + b, g, q, k, bias)
+    torch.testing.assert_close(fast[0], naive[0])
+    for a, b in zip(fast[1], naive[1]):
+        torch.testing.assert_close(a, b)
+
+
+SQUARE = (3, 3)  # the reference guesses the grid from sqrt(L), as the official DeiT code
+LS = PREFIX + SQUARE[0] * SQUARE[1]
+MODES = [dict(mode="contextual", on="k"), dict(mode="contextual", on="qk"), dict(mode="contextual", on="qkv"),
+         dict(mode="bias", on="k"), dict(mode="bias", on="qk"), dict(mode="contextual", on="q", method="quant"),
+         dict(mode="contextual", on="kv", shared_head=False)]
+
+
+def _layers(mode):
+    torch.manual_seed(0)
+    base = Attention(8, num_heads=2, qkv_bias=True)
+    cfg = RPEConfig(**{"method": "product", **mode})
+    ours = RPEAttention(copy.deepcopy(base), cfg, SQUARE, PREFIX)
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "lookup_table" in name:
+                p.normal_(0, 0.5)
+    ref = ReferenceRPEAttention(copy.deepcopy(base), cfg.method, cfg.mode,
+                                cfg.ratio, cfg.shared_head, cfg.on, skip=PREFIX)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(map(str, m.values())))
+def test_attention_paths_match_reference(mode):
+    """The path the model takes in training on CPU (eager), and the fused path, both equal the reference."""
+    ours, ref = _layers(mode)
+    x = torch.randn(2, LS, 8)
+    g = torch.randn(2, LS, 8)
+
+    def run(m, **kw):
+        xi = x.clone().requires_grad_()
+        out = m(xi)
+        params = [p for p in m.parameters()]
+        grads = torch.autograd.grad(out, [xi, *params], g)
+        return out.detach(), grads
+
+    want = run(ref)
+    got_default = run(ours)
+    ours.fused_attn = False
+    got_eager = run(ours)
+    for got in (got_default, got_eager):
+        torch.testing.assert_close(got[0], want[0])
+        for a, b in zip(got[1], want[1]):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("mode", MODES[:4], ids=lambda m: "-".join(map(str, m.values())))
+def test_fused_inference_path_matches_reference(mode):
+    ours, ref = _layers(mode)
+    x = torch.randn(2, LS, 8)
+    with torch.no_grad():
+        assert ours.use_sdpa(torch.zeros(1, requires_grad=True)) == ("v" not in mode["on"])
+        torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_path_choice_per_device():
+    ours, _ = _layers(dict(mode="contextual", on="k"))
+    grad_bias = torch.zeros(1, requires_grad=True)
+    assert not ours.use_sdpa(grad_bias)  # CPU: the fused kernel has no mask gradient
+    assert ours.use_sdpa(torch.zeros(1))  # no gradient needed: fused
+    with torch.no_grad():
+        assert ours.use_sdpa(grad_bias)
+    qkv, _ = _layers(dict(mode="contextual", on="qkv"))
+    assert not qkv.use_sdpa(None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES[:4], ids=lambda m: "-".join(map(str, m.values())))
+def test_cuda_bf16_autocast_close_to_fp32_reference(mode):
+    """On CUDA the fused SDPA path (memory-efficient kernel, mask gradient) runs under bf16 autocast."""
+    torch.set_default_dtype(torch.float32)
+    try:
+        ours, ref = _layers(mode)
+        ours, ref = ours.cuda(), ref.cuda()
+        x = torch.randn(4, LS, 8, device="cuda")
+        assert ours.use_sdpa(torch.zeros(1, device="cuda", requires_grad=True)) == ("v" not in mode["on"])
+        want = ref(x)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = ours(x)
+        got.float().sum().backward()
+        torch.testing.assert_close(got.float(), want, atol=5e-2, rtol=5e-2)
+        for name, p in ours.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    finally:
+        torch.set_default_dtype(torch.float64)
