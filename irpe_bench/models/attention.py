@@ -3,9 +3,14 @@
 The maths is in :mod:`irpe_bench.rpe.encoding`; this module only wires it into multi-head attention and picks
 the fastest exact path:
 
-* no value-side table → the iRPE logits term is passed to ``F.scaled_dot_product_attention`` as a float
-  mask, so the softmax stays fused (flash / memory-efficient kernels on GPU, the fused CPU kernel here);
-* a value-side table needs the attention weights themselves → eager softmax, then the efficient value term.
+* no value-side table, and either no gradient to the logits term or a CUDA device → the iRPE logits term is
+  passed to ``F.scaled_dot_product_attention`` as a float mask, so the softmax stays fused (CUDA's
+  memory-efficient kernel computes the mask's gradient itself; the fused CPU kernel serves inference);
+* a gradient to the logits term on CPU → eager attention. NOTE: the fused CPU kernel has no mask gradient,
+  so SDPA would silently fall back to its math path (a "safe" softmax with extra ``isneginf``/``all``/
+  ``where`` passes over the L×L scores, ~25% of the layer). Eager here is a matmul, an in-place add of the
+  iRPE term, a softmax and a matmul;
+* a value-side table needs the attention weights themselves → eager, then the efficient value term.
 """
 from __future__ import annotations
 
@@ -16,6 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..rpe import RelativePositionEncoding, RPEConfig, attention_logits_bias, bucket_ids
+
+
+def attention_scores(q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """``(scale · q) kᵀ + bias`` (B, H, L, L), as the official code orders it.
+
+    NOTE: the bias is added in place into the fresh matmul output (its backward needs neither): one pass
+    over the L×L scores fewer than ``a + b``; on CPU this beats ``baddbmm``, which copies its input first.
+    """
+    attn = (q * scale) @ k.transpose(-2, -1)
+    return attn if bias is None else attn.add_(bias)
 
 
 class RPEAttention(nn.Module):
@@ -74,23 +89,28 @@ class RPEAttention(nn.Module):
         if attn_mask is not None:
             bias = attn_mask if bias is None else bias + attn_mask
 
-        if self.rpe_v is None and self.fused_attn:
-            if bias is not None:
-                bias = bias.to(q.dtype)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        if self.use_sdpa(bias):
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
             )
         else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if bias is not None:
-                attn = attn + bias
-            attn = self.attn_drop(attn.softmax(dim=-1))
+            attn = self.attn_drop(attention_scores(q, k, bias, self.scale).softmax(dim=-1))
             out = attn @ v
             if self.rpe_v is not None:
                 out = out + self.rpe_v(attn, ids)  # NOTE: after dropout, as the official code
 
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
         return self.proj_drop(self.proj(self.norm(out)))
+
+    def use_sdpa(self, bias: Optional[torch.Tensor]) -> bool:
+        """The fused kernel when it is exact and fast (module docstring): no v table, and no mask gradient
+        that only the math fallback could compute (CPU)."""
+        if self.rpe_v is not None or not self.fused_attn:
+            return False
+        needs_grad = bias is not None and bias.requires_grad and torch.is_grad_enabled()
+        return not needs_grad or bias.device.type == "cuda"
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}, fused_attn={self.fused_attn}"
