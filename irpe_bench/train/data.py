@@ -4,7 +4,8 @@
 Every image dataset goes through the same timm ``create_transform`` pipeline (RandAugment, random erasing, …) so
 that small datasets exercise the ImageNet recipe's code path. The training sampler is always a seeded
 ``DistributedSampler`` (world size 1 on one device) and Lightning calls its ``set_epoch``: the data order is a pure
-function of (seed, epoch), which is what lets a killed run resume with the same order.
+function of (seed, epoch), which is what lets a killed run resume with the same order. The sampler also reseeds the
+global RNGs when an epoch's data stream starts (see :class:`EpochSeededSampler`).
 """
 from __future__ import annotations
 
@@ -27,6 +28,62 @@ def register_datamodule(name: str) -> Callable[[Type["ImageDataModule"]], Type["
         cls.name = name
         return cls
     return deco
+
+
+def _posterize_zero_bits_compat() -> None:
+    """Let timm's RandAugment posterize to 0 bits again, as the DeiT recipe did.
+
+    NOTE: ``rand-m9-mstd0.5-inc1`` samples magnitude 10 about 2% of the time; ``PosterizeIncreasing`` then asks
+    Pillow for 0 bits, which Pillow >= 10 rejects with a ValueError mid-epoch (old Pillow, used by DeiT, returned a
+    black image). We restore the old result instead of clipping the magnitude (``mmax9``), which would change the
+    augmentation distribution of the recipe.
+    """
+    from PIL import Image
+    from timm.data import auto_augment as aa
+
+    original = aa.posterize
+    if getattr(original, "_zero_bits_compat", False):
+        return
+
+    def posterize(img, bits_to_keep, **kwargs):
+        if bits_to_keep >= 8:
+            return img
+        if bits_to_keep <= 0:
+            return Image.new(img.mode, img.size)
+        return original(img, bits_to_keep, **kwargs)
+
+    posterize._zero_bits_compat = True
+    aa.posterize = posterize
+    for name, fn in list(aa.NAME_TO_OP.items()):
+        if fn is original:
+            aa.NAME_TO_OP[name] = posterize
+
+
+class EpochSeededSampler(DistributedSampler):
+    """``DistributedSampler`` that reseeds torch/numpy/random from (seed, epoch, rank) when iteration starts.
+
+    Augmentations, mixup and drop path then depend only on the epoch, not on how the process got there. NOTE: the
+    reseed is here, at the first fetch of an epoch, rather than in ``on_train_epoch_start``, because on resume
+    Lightning creates the iterator and prefetches the first batch before that hook; iteration start is the one
+    point both paths share. With ``num_workers > 0`` the workers' seeds come from the loader's generator, which
+    ``set_epoch`` reseeds too.
+    """
+
+    def __init__(self, *args, loader_generator: Optional[torch.Generator] = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loader_generator = loader_generator
+
+    def _epoch_seed(self) -> int:
+        return int(np.random.SeedSequence([self.seed, self.epoch, self.rank]).generate_state(1)[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if self.loader_generator is not None:
+            self.loader_generator.manual_seed(self._epoch_seed())
+
+    def __iter__(self):
+        pl.seed_everything(self._epoch_seed(), workers=True, verbose=False)
+        return super().__iter__()
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -58,6 +115,7 @@ class ImageDataModule(pl.LightningDataModule):
         from timm.data import create_transform
 
         c = self.config
+        _posterize_zero_bits_compat()
         return create_transform(
             input_size=(3, self.img_size, self.img_size), is_training=training, scale=c.scale, hflip=c.hflip,
             color_jitter=c.color_jitter, auto_augment=c.auto_augment, interpolation=c.interpolation,
@@ -75,9 +133,11 @@ class ImageDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()
-        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
-                                     drop_last=True)
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = EpochSeededSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
+                                     drop_last=True, loader_generator=generator)
         return DataLoader(self.train_set, batch_size=self.config.batch_size, sampler=sampler, drop_last=True,
+                          generator=generator,
                           num_workers=self.config.num_workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=False)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 
 from .config import MONITOR, MONITOR_MODE, TrainConfig, dump_config
@@ -39,22 +38,6 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, message: str, summary: Dict[str, Any]) -> None:
         super().__init__(message)
         self.summary = summary
-
-
-class SeedEachEpoch(pl.Callback):
-    """Reseed torch/numpy/random from (seed, epoch, rank) at each epoch start.
-
-    Augmentations, mixup, drop path and loader workers then depend only on the epoch, not on how the process got
-    there, so resuming from an epoch-end checkpoint replays exactly what an uninterrupted run would do.
-    """
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        derived = int(np.random.SeedSequence([self.seed, trainer.current_epoch, trainer.global_rank])
-                      .generate_state(1)[0])
-        pl.seed_everything(derived, workers=True, verbose=False)
 
 
 def _is_child_rank() -> bool:
@@ -169,7 +152,7 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
     checkpoint = ModelCheckpoint(dirpath=run_dir / CKPT_DIR, monitor=MONITOR, mode=MONITOR_MODE, save_last=True,
                                  save_top_k=config.log.save_top_k, auto_insert_metric_name=False,
                                  filename="epoch{epoch:03d}-acc1{val/acc1:.4f}")
-    callbacks = [checkpoint, throughput, SeedEachEpoch(config.seed)]
+    callbacks = [checkpoint, throughput]
     if config.optim.ema_decay is not None:
         callbacks.append(EMAWeightAveraging(decay=config.optim.ema_decay))
     loggers = [CSVLogger(str(run_dir), name="", version="csv")]
