@@ -133,9 +133,11 @@ def test_attention_paths_match_reference(mode):
 
     want = run(ref)
     got_default = run(ours)
+    ours.recompute_weights = not ours.recompute_weights  # v tables: weights kept vs recomputed in backward
+    got_other = run(ours)
     ours.fused_attn = False
     got_eager = run(ours)
-    for got in (got_default, got_eager):
+    for got in (got_default, got_other, got_eager):
         torch.testing.assert_close(got[0], want[0])
         for a, b in zip(got[1], want[1]):
             torch.testing.assert_close(a, b)

@@ -30,14 +30,18 @@ GOALS = [("train", "k", 1.05), ("train", "qk", 1.08), ("train", "qkv", 1.20), ("
 EXACT_TOL = 1e-5
 
 #: (suite, preset, batch, modes) of the standard set; ``--quick`` swaps in a tiny model for smoke tests.
+#: NOTE: DeiT-Tiny at 224 trains at batch 8 here to keep the set within ~5 minutes on 2 CPU cores (every op
+#: scales linearly in the batch on CPU, so the ratios barely move); ``--batch 32`` gives the issue's setting.
 STANDARD = [
-    ("layer", "tiny224", 32, list(MODES)),
-    ("layer", "tiny64", 32, list(MODES)),
+    ("layer", "tiny224", 32, list(MODES)[:4]),
+    ("layer", "tiny64", 32, list(MODES)[:4]),
     ("train", "digits", 32, list(MODES)),
-    ("train", "tiny224", 32, list(MODES)),
+    ("train", "tiny64", 32, list(MODES)[:4]),
+    ("train", "tiny224", 8, list(MODES)[:4]),
     ("infer", "tiny224", 32, ["k"]),
     ("infer", "digits", 32, ["k"]),
 ]
+QUICK = [("layer", "micro", 4, list(MODES)[:4]), ("train", "micro", 4, list(MODES)), ("infer", "micro", 4, ["k"])]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,13 +54,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: process CPU time (use with --threads 1 on a machine shared with other jobs)")
     p.add_argument("--no-reference", action="store_true", help="skip the (slow) reference implementation")
     p.add_argument("--out", type=Path, default=Path("results/bench"), help="folder for the JSON")
     p.add_argument("--quick", action="store_true", help="tiny model, 3 rounds: checks the script, not speed")
 
 
 def _rounds(suite: str, args) -> Dict[str, Any]:
-    defaults = {"layer": (3, 15), "train": (2, 7), "infer": (2, 9)}[suite]
+    defaults = {"layer": (2, 9), "train": (2, 7), "infer": (2, 9)}[suite]
     warmup, rounds = defaults
     if args.quick:
         warmup, rounds = 1, 3
@@ -96,14 +102,15 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     modes = args.modes.split(",") if args.modes else None
-    plan = [(s, "micro", 4, m) for s, _, _, m in STANDARD[::2]] if args.quick else STANDARD
+    plan = QUICK if args.quick else STANDARD
     if args.suite:
         plan = [p for p in plan if p[0] in args.suite]
     if args.preset and not args.quick:
         plan = [p for p in plan if p[1] in args.preset]
     impls = ("ours",) if args.no_reference else ("ours", "reference")
     env = environment(threads, device)
-    print(f"# irpe_bench bench — {env['processor']}, {threads} thread(s), device {device}"
+    env["clock"] = args.clock
+    print(f"# irpe_bench bench — {env['processor']}, {threads} thread(s), {args.clock} clock, device {device}"
           f"{' (' + env['gpu'] + ', bf16 autocast)' if 'gpu' in env else ', fp32'}, torch {env['torch']}")
     results = []
     t_start = time.perf_counter()
@@ -111,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         batch = args.batch or batch
         mds = [m for m in suite_modes if modes is None or m in modes]
         t0 = time.perf_counter()
-        kw = dict(device=device, impls=impls, amp=amp, **_rounds(suite, args))
+        kw = dict(device=device, impls=impls, amp=amp, clock=args.clock, **_rounds(suite, args))
         if suite == "layer":
             rows = layer_suite(preset, batch, mds, **kw)
         else:

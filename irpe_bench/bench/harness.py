@@ -6,6 +6,8 @@ How it measures (and why):
   step of every case, in an order rotated per round. Slow drifts of the machine (other processes, thermal,
   allocator state) hit all cases alike. A case's time is the median over rounds; ``spread`` is the
   inter-quartile range over the median.
+* **Clock.** Wall time by default; ``--clock cpu`` (process CPU time, for single-threaded runs on a busy,
+  shared machine) where other jobs would otherwise be timed too.
 * **Paired ratios.** ``×base`` and ``×ref`` are medians of the *per-round* ratios to the baseline / to the
   reference implementation of the same mode, so a noisy round cancels out of the pair.
 * **Peak memory**: one extra, untimed training step under ``torch.profiler`` with
@@ -48,6 +50,7 @@ class Case:
     check: Optional[float] = None  # max |ours - reference| (filled for ours)
     times: List[float] = field(default_factory=list)
     peak_bytes: Optional[int] = None
+    macs: Optional[int] = None  # multiply–accumulates of one image's forward (the FLOP floor of a ratio)
 
 
 def _sync(device: torch.device) -> None:
@@ -55,9 +58,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def run_interleaved(cases: Sequence[Case], warmup: int, rounds: int, device: torch.device,
-                    budget_s: Optional[float] = None) -> None:
-    """Warm every case up, then ``rounds`` rounds of one step per case, order rotated per round."""
+                    budget_s: Optional[float] = None, clock: str = "wall") -> None:
+    """Warm every case up, then ``rounds`` rounds of one step per case, order rotated per round.
+
+    ``clock="cpu"`` times each step by the process's CPU time instead of wall time: on a machine shared
+    with other jobs, a single-threaded run is then immune to being descheduled (with more threads it would
+    also count OpenMP spin-waits, so use it with ``threads=1``). CUDA always uses wall time.
+    """
+    timer = CLOCKS["wall" if device.type == "cuda" else clock]
     for case in cases:
         for _ in range(warmup):
             case.step()
@@ -67,10 +79,10 @@ def run_interleaved(cases: Sequence[Case], warmup: int, rounds: int, device: tor
         order = list(cases[r % len(cases):]) + list(cases[:r % len(cases)])
         for case in order:
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = timer()
             case.step()
             _sync(device)
-            case.times.append(time.perf_counter() - t0)
+            case.times.append(timer() - t0)
         if budget_s is not None and r >= 2 and time.perf_counter() - start > budget_s:
             break  # NOTE: never fewer than 3 rounds; the budget only trims long runs
 
@@ -126,7 +138,7 @@ def tensor_bytes(tensors) -> int:
     return total
 
 
-def summarize(cases: Sequence[Case]) -> List[Dict[str, Any]]:
+def summarize(cases: Sequence[Case], reference_of: Optional[Dict[str, str]] = None) -> List[Dict[str, Any]]:
     """One row per case: median, spread, paired ratios to the baseline and to the same mode's reference."""
     base = next((c for c in cases if c.impl == "baseline"), None)
     refs = {c.mode: c for c in cases if c.impl == "reference"}
@@ -139,7 +151,7 @@ def summarize(cases: Sequence[Case]) -> List[Dict[str, Any]]:
                    rounds=len(c.times))
         if base is not None:
             row["x_base"] = statistics.median(c.times[i] / base.times[i] for i in range(n))
-        ref = refs.get(c.mode)
+        ref = refs.get((reference_of or {}).get(c.mode, c.mode))
         if ref is not None and c.impl != "baseline":
             m = min(len(c.times), len(ref.times))
             row["x_ref"] = statistics.median(c.times[i] / ref.times[i] for i in range(m))
@@ -147,6 +159,8 @@ def summarize(cases: Sequence[Case]) -> List[Dict[str, Any]]:
             row["peak_mib"] = (c.static_bytes + c.peak_bytes) / 2 ** 20
             if base is not None and base.peak_bytes is not None:
                 row["mem_x_base"] = (c.static_bytes + c.peak_bytes) / (base.static_bytes + base.peak_bytes)
+        if c.macs is not None and base is not None and base.macs:
+            row["macs_x_base"] = c.macs / base.macs
         if c.check is not None:
             row["max_abs_diff"] = c.check
         rows.append(row)
@@ -154,9 +168,9 @@ def summarize(cases: Sequence[Case]) -> List[Dict[str, Any]]:
 
 
 COLUMNS = [("case", "{:<22}"), ("median_ms", "{:>10.1f}"), ("spread", "{:>7.1%}"), ("x_base", "{:>7.3f}"),
-           ("x_ref", "{:>7.3f}"), ("peak_mib", "{:>9.1f}"), ("mem_x_base", "{:>8.3f}"),
+           ("x_ref", "{:>7.3f}"), ("macs_x_base", "{:>8.3f}"), ("peak_mib", "{:>9.1f}"), ("mem_x_base", "{:>8.3f}"),
            ("max_abs_diff", "{:>9.1e}")]
-HEADERS = {"case": "variant", "median_ms": "median ms", "spread": "IQR/med", "x_base": "×base", "x_ref": "×ref",
+HEADERS = {"case": "variant", "median_ms": "median ms", "spread": "IQR/med", "x_base": "×base", "x_ref": "×ref", "macs_x_base": "MACs×base",
            "peak_mib": "peak MiB", "mem_x_base": "mem×base", "max_abs_diff": "max|Δ|"}
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import RPEAttention, create_model
+from ..models import RPEAttention, count_params_and_macs, create_model
 from ..rpe import RPEConfig
 from .harness import Case, peak_memory, run_interleaved, summarize, tensor_bytes
 
@@ -29,7 +29,10 @@ MODES: Dict[str, Dict[str, str]] = {
     "qk": dict(mode="contextual", on="qk"),
     "qkv": dict(mode="contextual", on="qkv"),
     "bias_k": dict(mode="bias", on="k"),
+    "qkv_lowmem": dict(mode="contextual", on="qkv", recompute_weights=True),  # weights recomputed in backward
 }
+#: Attributes of :class:`RPEAttention` a bench mode sets (the rest of a MODES entry is the RPEConfig).
+MODULE_OPTIONS = ("recompute_weights",)
 
 #: Model shapes (timm kwargs on top of ``deit_tiny_patch16_224``). ``digits``: the CPU training config
 #: (configs/digits.yaml): 32×32, patch 4 → 8×8 + cls = 65 tokens, width 64, depth 4, 2 heads.
@@ -58,7 +61,23 @@ def reference_module():
 def rpe_config(mode: str) -> RPEConfig:
     if mode not in MODES:
         raise ValueError(f"unknown bench mode {mode!r}; choices: {list(MODES)}")
-    return RPEConfig(method="product", ratio=1.9, shared_head=True, layers="all", **MODES[mode])
+    fields = {k: v for k, v in MODES[mode].items() if k not in MODULE_OPTIONS}
+    return RPEConfig(method="product", ratio=1.9, shared_head=True, layers="all", **fields)
+
+
+def _set_options(model: nn.Module, mode: str) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, RPEAttention):
+            for k in MODULE_OPTIONS:
+                if k in MODES[mode]:
+                    setattr(m, k, MODES[mode][k])
+    return model
+
+
+def reference_of(mode: str, modes: Sequence[str]) -> str:
+    """The mode whose reference model a mode is compared with: ``qkv_lowmem`` shares ``qkv``'s."""
+    base = mode.split("_")[0]
+    return base if mode.endswith("lowmem") and base in modes else mode
 
 
 def _randomise_tables(model: nn.Module, seed: int) -> None:
@@ -78,11 +97,11 @@ def build_models(preset: str, modes: Sequence[str], impls: Sequence[str], seed: 
     for mode in modes:
         cfg = rpe_config(mode)
         torch.manual_seed(seed)
-        ours = create_model(BASE_MODEL, rpe=cfg, **kw)
+        ours = _set_options(create_model(BASE_MODEL, rpe=cfg, **kw), mode)
         _randomise_tables(ours, seed)
         if "ours" in impls:
             models[f"{mode}/ours"] = ours
-        if ref is not None:
+        if ref is not None and reference_of(mode, modes) == mode:
             r = ref.build_reference_model(BASE_MODEL, "product", mode=cfg.mode, ratio=1.9, shared_head=True,
                                           rpe_on=cfg.on, **kw)
             r.load_state_dict(ours.state_dict())
@@ -117,7 +136,8 @@ def _split(name: str):
 
 def model_suite(preset: str, batch: int, modes: Sequence[str], device: torch.device, warmup: int = 2,
                 rounds: int = 7, train: bool = True, memory: bool = True, impls=("ours", "reference"),
-                amp: Optional[torch.dtype] = None, budget_s: Optional[float] = None, seed: int = 0) -> List[Dict]:
+                amp: Optional[torch.dtype] = None, budget_s: Optional[float] = None, seed: int = 0,
+                clock: str = "wall") -> List[Dict]:
     """Training steps (forward, backward, AdamW) or, with ``train=False``, inference forwards (eval mode)."""
     models = build_models(preset, modes, impls, seed)
     kw = PRESETS[preset]
@@ -126,6 +146,7 @@ def model_suite(preset: str, batch: int, modes: Sequence[str], device: torch.dev
     y = torch.randint(0, kw["num_classes"], (batch,), generator=gen).to(device)
     cases = []
     for name, m in models.items():
+        macs = count_params_and_macs(m)["macs"] if not name.endswith("reference") else None
         m.to(device).train(train)
         mode, impl = _split(name)
         if train:
@@ -144,24 +165,22 @@ def model_suite(preset: str, batch: int, modes: Sequence[str], device: torch.dev
                 with torch.inference_mode(), _autocast(device, amp):
                     return m(x)
         case = Case(name=f"{mode}/{impl}" if impl != "baseline" else "baseline", mode=mode, impl=impl, step=step)
-        case.opt = opt
+        case.opt, case.macs = opt, macs
         cases.append(case)
     by_name = {c.name: c for c in cases}
     for c in cases:  # exactness first: same weights, same batch, before any optimiser step
-        if c.impl == "ours" and f"{c.mode}/reference" in by_name:
-            was = models[c.name].training
-            models[c.name].eval(), models[f"{c.mode}/reference"].eval()
-            small = min(batch, 8)
-            c.check = max_difference(models[c.name], models[f"{c.mode}/reference"], x[:small], y[:small])
-            models[c.name].train(was), models[f"{c.mode}/reference"].train(was)
-    run_interleaved(cases, warmup, rounds, device, budget_s)
+        ref_name = f"{reference_of(c.mode, modes)}/reference"
+        if c.impl == "ours" and ref_name in by_name:
+            small = min(batch, 8)  # NOTE: train mode (DeiT has no dropout), so each training path is checked
+            c.check = max_difference(models[c.name], models[ref_name], x[:small], y[:small])
+    run_interleaved(cases, warmup, rounds, device, budget_s, clock)
     if memory:
         for c in cases:
             m = models[c.name]
             state = [t for s in (c.opt.state.values() if c.opt else []) for t in s.values()]
             c.static_bytes = tensor_bytes(list(m.parameters()) + list(m.buffers()) + state)
             c.peak_bytes = peak_memory(c.step, device)
-    return summarize(cases)
+    return summarize(cases, {m: reference_of(m, modes) for m in modes})
 
 
 def _layer(preset: str) -> nn.Module:
@@ -174,7 +193,7 @@ def _layer(preset: str) -> nn.Module:
 
 def layer_suite(preset: str, batch: int, modes: Sequence[str], device: torch.device, warmup: int = 3,
                 rounds: int = 15, impls=("ours", "reference"), amp: Optional[torch.dtype] = None,
-                budget_s: Optional[float] = None, seed: int = 0) -> List[Dict]:
+                budget_s: Optional[float] = None, seed: int = 0, clock: str = "wall") -> List[Dict]:
     """One attention layer, forward + backward (to its input and weights), at the preset's width and tokens."""
     kw = PRESETS[preset]
     grid = (kw["img_size"] // kw["patch_size"],) * 2
@@ -185,11 +204,11 @@ def layer_suite(preset: str, batch: int, modes: Sequence[str], device: torch.dev
     ref = reference_module() if "reference" in impls else None
     for mode in modes:
         cfg = rpe_config(mode)
-        ours = RPEAttention(copy.deepcopy(base), cfg, grid, 1)
+        ours = _set_options(RPEAttention(copy.deepcopy(base), cfg, grid, 1), mode)
         _randomise_tables(ours, seed)
         if "ours" in impls:
             layers[f"{mode}/ours"] = ours
-        if ref is not None:
+        if ref is not None and reference_of(mode, modes) == mode:
             r = ref.ReferenceRPEAttention(copy.deepcopy(base), "product", cfg.mode, 1.9, True, cfg.on, skip=1)
             r.load_state_dict(ours.state_dict())
             layers[f"{mode}/reference"] = r
@@ -211,8 +230,9 @@ def layer_suite(preset: str, batch: int, modes: Sequence[str], device: torch.dev
         cases.append(Case(name=name, mode=mode, impl=impl, step=step))
     by_name = {c.name: c for c in cases}
     for c in cases:
-        if c.impl == "ours" and f"{c.mode}/reference" in by_name:
-            a, b = layers[c.name](x), layers[f"{c.mode}/reference"](x)
+        ref_name = f"{reference_of(c.mode, modes)}/reference"
+        if c.impl == "ours" and ref_name in by_name:
+            a, b = layers[c.name](x), layers[ref_name](x)
             c.check = (a - b).abs().max().item()
-    run_interleaved(cases, warmup, rounds, device, budget_s)
-    return summarize(cases)
+    run_interleaved(cases, warmup, rounds, device, budget_s, clock)
+    return summarize(cases, {m: reference_of(m, modes) for m in modes})

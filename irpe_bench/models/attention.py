@@ -10,7 +10,8 @@ the fastest exact path:
   so SDPA would silently fall back to its math path (a "safe" softmax with extra ``isneginf``/``all``/
   ``where`` passes over the L×L scores, ~25% of the layer). Eager here is a matmul, an in-place add of the
   iRPE term, a softmax and a matmul;
-* a value-side table needs the attention weights themselves → eager, then the efficient value term.
+* a value-side table needs the attention weights themselves → eager, then the efficient value term
+  (optionally recomputing the weights in the backward pass instead of storing them: ``RECOMPUTE_WEIGHTS``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..rpe import RelativePositionEncoding, RPEConfig, attention_logits_bias, bucket_ids
 
@@ -31,6 +33,14 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tens
     """
     attn = (q * scale) @ k.transpose(-2, -1)
     return attn if bias is None else attn.add_(bias)
+
+
+#: With a v table, recompute the (B, H, L, L) attention weights in the backward pass instead of keeping them
+#: (activation checkpointing of :meth:`RPEAttention.attend` only). The no-RPE baseline's fused kernel keeps no
+#: L×L tensor, so this holds QKV's peak training memory near the baseline's, but it re-runs the attention
+#: core in the backward pass (measured on CPU: +30–40% step time for QKV). Off by default: sweeps pay for time,
+#: not memory. Per module: ``attn.recompute_weights = True``.
+RECOMPUTE_WEIGHTS = False
 
 
 class RPEAttention(nn.Module):
@@ -58,6 +68,7 @@ class RPEAttention(nn.Module):
         self.config = config
         self.grid_size = tuple(grid_size)
         self.num_prefix_tokens = num_prefix_tokens
+        self.recompute_weights = RECOMPUTE_WEIGHTS
         for a in "qkv":
             rpe = (RelativePositionEncoding(config, a, self.num_heads, self.head_dim, num_prefix_tokens)
                    if a in config.on else None)
@@ -84,25 +95,30 @@ class RPEAttention(nn.Module):
         q, k, v = qkv.unbind(0)  # B, H, L, d
         q, k = self.q_norm(q), self.k_norm(k)
         ids = self.bucket_ids(N, x.device)
+        if self.rpe_v is not None and self.recompute_weights and self.training and torch.is_grad_enabled():
+            out = checkpoint(self.attend, q, k, v, ids, attn_mask, use_reentrant=False)
+        else:
+            out = self.attend(q, k, v, ids, attn_mask)
+        out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
+        return self.proj_drop(self.proj(self.norm(out)))
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ids: torch.Tensor,
+               attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attention with iRPE on (B, H, L, d) q, k, v → (B, H, L, d), on the path :meth:`use_sdpa` picks."""
         bias = attention_logits_bias(self.rpe_q, self.rpe_k, q, k, self.scale, ids)  # B|1, H|1, L, L
         if attn_mask is not None:
             bias = attn_mask if bias is None else bias + attn_mask
-
         if bias is not None:
             bias = bias.to(q.dtype)
         if self.use_sdpa(bias):
-            out = F.scaled_dot_product_attention(
+            return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
             )
-        else:
-            attn = self.attn_drop(attention_scores(q, k, bias, self.scale).softmax(dim=-1))
-            out = attn @ v
-            if self.rpe_v is not None:
-                out = out + self.rpe_v(attn, ids)  # NOTE: after dropout, as the official code
-
-        out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
-        return self.proj_drop(self.proj(self.norm(out)))
+        attn = self.attn_drop(attention_scores(q, k, bias, self.scale).softmax(dim=-1))
+        out = attn @ v
+        if self.rpe_v is not None:
+            out = out + self.rpe_v(attn, ids)  # NOTE: after dropout, as the official code
+        return out
 
     def use_sdpa(self, bias: Optional[torch.Tensor]) -> bool:
         """The fused kernel when it is exact and fast (module docstring): no v table, and no mask gradient

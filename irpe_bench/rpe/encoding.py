@@ -31,20 +31,42 @@ from torch import nn
 from .config import RPEConfig
 
 
+class _BucketGather(torch.autograd.Function):
+    """``out[..., i, j] = Σ_c z[..., i, ids[c, i, j]]``; backward ``scatter_add`` into per-bucket sums.
+
+    NOTE: ``torch.gather``'s own backward saves ``z`` (B, H, L, K) for its shape; this one saves only the
+    shared (C, L, L) ids, so the contextual path keeps no more activations than the official code.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.z_shape = z.shape
+        shape = (*z.shape[:-2], *ids.shape[1:])
+        out = torch.gather(z, -1, ids[0].expand(shape))
+        for c in range(1, ids.shape[0]):
+            out += torch.gather(z, -1, ids[c].expand(shape))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ids,) = ctx.saved_tensors
+        grad_z = grad.new_zeros(ctx.z_shape)
+        for c in range(ids.shape[0]):
+            grad_z.scatter_add_(-1, ids[c].expand(grad.shape), grad)
+        return grad_z, None
+
+
 def _gather_buckets(z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """``out[..., i, j] = Σ_c z[..., i, ids[c, i, j]]``: z (B, H, Lq, K), ids (C, Lq, Lk) → (B, H, Lq, Lk)."""
-    shape = (*z.shape[:-2], *ids.shape[1:])
-    out = torch.gather(z, -1, ids[0].expand(shape))
-    for c in range(1, ids.shape[0]):
-        out = out + torch.gather(z, -1, ids[c].expand(shape))
-    return out
+    return _BucketGather.apply(z, ids)
 
 
 def contextual_logits(x: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Eq. 15 / 26–28: ``scale · x_i · r[I(i, j)]``.
 
-    The scale multiplies the (B, H, L, K) product rather than x: the official ``rpe_k(q * s)`` up to float
-    rounding, at K/d of the cost.
+    The scale multiplies the (H, d, K) table rather than x or the (B, H, L, K) product: the official
+    ``rpe_k(q * s)`` up to float rounding, at no cost proportional to the batch.
 
     Args:
         x: (B, H, L, d) queries (for r^K) or keys (for r^Q).
@@ -53,18 +75,26 @@ def contextual_logits(x: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, s
     Returns:
         (B, H, L, L).
     """
-    z = torch.matmul(x, table)  # B, H, L, K
     if scale != 1.0:
-        z = z * scale
+        table = table * scale
+    z = torch.matmul(x, _as_matrix(table))  # B, H, L, K
     return _gather_buckets(z, ids)
+
+
+def _as_matrix(table: torch.Tensor) -> torch.Tensor:
+    """A shared (1, m, n) table as (m, n). NOTE: ``matmul`` folds (B, H, L, m) @ (m, n) into one matrix
+    product (and its table gradient into another), where a (1, m, n) operand makes it expand the table to
+    B·H small batched products."""
+    return table[0] if table.shape[0] == 1 else table
 
 
 def bias_logits(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Eq. 14: ``r[I(i, j)]``; table (H or 1, K), ids (C, L, L) → (1, H or 1, L, L)."""
-    out = table[:, ids[0]]
+    L = ids.shape[-1]
+    out = table.index_select(1, ids[0].flatten())  # NOTE: backward is an index_add, not an index_put sort
     for c in range(1, ids.shape[0]):
-        out = out + table[:, ids[c]]
-    return out.unsqueeze(0)
+        out = out + table.index_select(1, ids[c].flatten())
+    return out.view(1, table.shape[0], -1, L)
 
 
 def contextual_values(attn: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -79,8 +109,8 @@ def contextual_values(attn: torch.Tensor, table: torch.Tensor, ids: torch.Tensor
     """
     per_bucket = attn.new_zeros((*attn.shape[:-1], table.shape[-2]))  # B, H, L, K
     for c in range(ids.shape[0]):
-        per_bucket = per_bucket.scatter_add(-1, ids[c].expand(attn.shape), attn)
-    return torch.matmul(per_bucket, table)
+        per_bucket.scatter_add_(-1, ids[c].expand(attn.shape), attn)  # NOTE: in place: no copy of the zeros
+    return torch.matmul(per_bucket, _as_matrix(table).to(per_bucket.dtype))
 
 
 class RelativePositionEncoding(nn.Module):
