@@ -22,20 +22,24 @@ def _sync(device: torch.device) -> None:
 
 
 class TrainThroughput(pl.Callback):
-    """Logs ``throughput/train_img_s`` (per device × world size) at each epoch end; keeps the last value."""
+    """Logs ``throughput/train_img_s`` (all devices) at each epoch end; keeps the last value.
+
+    The clock runs from the start of step ``skip_steps`` to the end of the epoch's last step, so data loading
+    between steps counts (it is part of training speed) but the warm-up steps do not.
+    """
 
     def __init__(self, skip_steps: int = 5) -> None:
         self.skip_steps = skip_steps
         self.last: Optional[float] = None
         self._images = 0
         self._t0: Optional[float] = None
-        self._elapsed = 0.0
+        self._t1: Optional[float] = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._images, self._elapsed, self._t0 = 0, 0.0, None
+        self._images, self._t0, self._t1 = 0, None, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if batch_idx >= self.skip_steps:
+        if batch_idx == self.skip_steps:
             _sync(pl_module.device)
             self._t0 = time.perf_counter()
 
@@ -43,13 +47,12 @@ class TrainThroughput(pl.Callback):
         if self._t0 is None:
             return
         _sync(pl_module.device)
-        self._elapsed += time.perf_counter() - self._t0
+        self._t1 = time.perf_counter()
         self._images += len(batch[0])
-        self._t0 = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._images and self._elapsed > 0:
-            self.last = self._images * trainer.world_size / self._elapsed
+        if self._images and self._t0 is not None and self._t1 is not None and self._t1 > self._t0:
+            self.last = self._images * trainer.world_size / (self._t1 - self._t0)
             pl_module.log("throughput/train_img_s", self.last, on_epoch=True, rank_zero_only=True)
 
 
