@@ -88,7 +88,7 @@ def test_attention_scores_in_place_bias(shape):
     q, k = torch.randn(2, 3, L, 4, requires_grad=True), torch.randn(2, 3, L, 4, requires_grad=True)
     bias = torch.randn(*shape, L, L, requires_grad=True)
     g = torch.randn(2, 3, L, L)
-    fast = _grads_with(lambda q, k, b: attention_scores(q, k, b, 0.5), g, q, k, bias)
+    fast = _grads_with(lambda q, k, b: attention_scores(q, k, [b], 0.5), g, q, k, bias)
     naive = _grads_with(lambda q, k, b: 0.5 * q @ k.transpose(-1, -2) + b, g, q, k, bias)
     torch.testing.assert_close(fast[0], naive[0])
     for a, b in zip(fast[1], naive[1]):
@@ -148,19 +148,20 @@ def test_fused_inference_path_matches_reference(mode):
     ours, ref = _layers(mode)
     x = torch.randn(2, LS, 8)
     with torch.no_grad():
-        assert ours.use_sdpa(torch.zeros(1, requires_grad=True)) == ("v" not in mode["on"])
+        assert ours.use_sdpa([torch.zeros(1, requires_grad=True)]) == ("v" not in mode["on"])
         torch.testing.assert_close(ours(x), ref(x))
 
 
 def test_path_choice_per_device():
     ours, _ = _layers(dict(mode="contextual", on="k"))
-    grad_bias = torch.zeros(1, requires_grad=True)
+    grad_bias = [torch.zeros(1, requires_grad=True)]
     assert not ours.use_sdpa(grad_bias)  # CPU: the fused kernel has no mask gradient
-    assert ours.use_sdpa(torch.zeros(1))  # no gradient needed: fused
+    assert ours.use_sdpa([torch.zeros(1)])  # no gradient needed: fused
+    assert ours.use_sdpa([])
     with torch.no_grad():
         assert ours.use_sdpa(grad_bias)
     qkv, _ = _layers(dict(mode="contextual", on="qkv"))
-    assert not qkv.use_sdpa(None)
+    assert not qkv.use_sdpa([])
 
 
 @pytest.mark.gpu
@@ -172,7 +173,7 @@ def test_cuda_bf16_autocast_close_to_fp32_reference(mode):
         ours, ref = _layers(mode)
         ours, ref = ours.cuda(), ref.cuda()
         x = torch.randn(4, LS, 8, device="cuda")
-        assert ours.use_sdpa(torch.zeros(1, device="cuda", requires_grad=True)) == ("v" not in mode["on"])
+        assert ours.use_sdpa([torch.zeros(1, device="cuda", requires_grad=True)]) == ("v" not in mode["on"])
         want = ref(x)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             got = ours(x)
@@ -182,3 +183,19 @@ def test_cuda_bf16_autocast_close_to_fp32_reference(mode):
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
     finally:
         torch.set_default_dtype(torch.float64)
+
+
+@pytest.mark.parametrize("method", ["product", "cross"])
+def test_query_side_term_is_the_transposed_key_side_term(method):
+    """``transpose=True`` gives ``x_j · r[I(j, i)]`` directly in (query, key) layout, with its gradients."""
+    ids, K = _ids(method)
+    x = torch.randn(2, 3, L, 5, requires_grad=True)
+    table = torch.randn(1, 5, K, requires_grad=True)
+    g = torch.randn(2, 3, L, L)
+    fast = _grads_with(lambda x, t: contextual_logits(x, t, ids, 0.3, transpose=True), g, x, table)
+    naive = _grads_with(lambda x, t: 0.3 * torch.einsum("bhjd,hjid->bhij", x, _per_pair(t.transpose(1, 2), ids)),
+                        g, x, table)
+    assert fast[0].is_contiguous()
+    torch.testing.assert_close(fast[0], naive[0])
+    for a, b in zip(fast[1], naive[1]):
+        torch.testing.assert_close(a, b)

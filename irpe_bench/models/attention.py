@@ -15,24 +15,28 @@ the fastest exact path:
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..rpe import RelativePositionEncoding, RPEConfig, attention_logits_bias, bucket_ids
+from ..rpe import RelativePositionEncoding, RPEConfig, bucket_ids
+from ..rpe.encoding import attention_logits_terms
 
 
-def attention_scores(q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    """``(scale · q) kᵀ + bias`` (B, H, L, L), as the official code orders it.
+def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: Sequence[torch.Tensor], scale: float) -> torch.Tensor:
+    """``(scale · q) kᵀ + Σ terms`` (B, H, L, L), as the official code orders it.
 
-    NOTE: the bias is added in place into the fresh matmul output (its backward needs neither): one pass
-    over the L×L scores fewer than ``a + b``; on CPU this beats ``baddbmm``, which copies its input first.
+    NOTE: the terms are added in place into the fresh matmul output (the backward of neither needs it): no
+    intermediate sum of the terms, one pass over the L×L scores per term; on CPU this beats ``baddbmm``,
+    which copies its input first.
     """
     attn = (q * scale) @ k.transpose(-2, -1)
-    return attn if bias is None else attn.add_(bias)
+    for t in terms:
+        attn.add_(t)
+    return attn
 
 
 #: With a v table, recompute the (B, H, L, L) attention weights in the backward pass instead of keeping them
@@ -105,28 +109,28 @@ class RPEAttention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ids: torch.Tensor,
                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attention with iRPE on (B, H, L, d) q, k, v → (B, H, L, d), on the path :meth:`use_sdpa` picks."""
-        bias = attention_logits_bias(self.rpe_q, self.rpe_k, q, k, self.scale, ids)  # B|1, H|1, L, L
+        terms = attention_logits_terms(self.rpe_q, self.rpe_k, q, k, self.scale, ids)  # each B|1, H|1, L, L
         if attn_mask is not None:
-            bias = attn_mask if bias is None else bias + attn_mask
-        if bias is not None:
-            bias = bias.to(q.dtype)
-        if self.use_sdpa(bias):
+            terms.append(attn_mask)
+        terms = [t.to(q.dtype) for t in terms]
+        if self.use_sdpa(terms):
+            bias = None if not terms else terms[0] if len(terms) == 1 else sum(terms[1:], terms[0])
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
             )
-        attn = self.attn_drop(attention_scores(q, k, bias, self.scale).softmax(dim=-1))
+        attn = self.attn_drop(attention_scores(q, k, terms, self.scale).softmax(dim=-1))
         out = attn @ v
         if self.rpe_v is not None:
             out = out + self.rpe_v(attn, ids)  # NOTE: after dropout, as the official code
         return out
 
-    def use_sdpa(self, bias: Optional[torch.Tensor]) -> bool:
+    def use_sdpa(self, terms: Sequence[torch.Tensor]) -> bool:
         """The fused kernel when it is exact and fast (module docstring): no v table, and no mask gradient
-        that only the math fallback could compute (CPU)."""
+        that only the math fallback could compute (CPU). ``terms``: the logits terms to be added."""
         if self.rpe_v is not None or not self.fused_attn:
             return False
-        needs_grad = bias is not None and bias.requires_grad and torch.is_grad_enabled()
-        return not needs_grad or bias.device.type == "cuda"
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in terms)
+        return not needs_grad or terms[0].device.type == "cuda"
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}, fused_attn={self.fused_attn}"

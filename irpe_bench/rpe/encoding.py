@@ -16,14 +16,15 @@ components whose lookups are summed (Eq. 22–24); every function below sums ove
 Efficient forms (the cost that matters is per layer, L tokens, K buckets, d = head_dim):
 
 * contextual q/k (Eq. 26–28): ``z = x @ r`` for every bucket (O(L·K·d)), then gather ``z[i, I(i, j)]``
-  (O(L²)); ``torch.gather``'s backward is a ``scatter_add`` — no advanced-indexing accumulation.
+  (O(L²)) as an ``index_select`` with a flat index, whose backward is an ``index_add`` — no
+  advanced-indexing accumulation (the official code's slow backward).
 * v: ``Σ_j a_ij r[I(i, j)] = Σ_t (Σ_{j: I(i,j)=t} a_ij) r[t]``: scatter-add the attention weights into
   per-bucket sums (O(L²)), then one matmul with the table (O(L·K·d)) — instead of the official code's
   O(L²·d) gather of an (L, L, d) tensor.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -31,39 +32,38 @@ from torch import nn
 from .config import RPEConfig
 
 
-class _BucketGather(torch.autograd.Function):
-    """``out[..., i, j] = Σ_c z[..., i, ids[c, i, j]]``; backward ``scatter_add`` into per-bucket sums.
+def _row_flat_ids(ids: torch.Tensor, num_buckets: int, transpose: bool) -> torch.Tensor:
+    """(C, L, L) ids → (C, L·L) positions in a row-major (L, K) product ``z``.
 
-    NOTE: ``torch.gather``'s own backward saves ``z`` (B, H, L, K) for its shape; this one saves only the
-    shared (C, L, L) ids, so the contextual path keeps no more activations than the official code.
+    ``transpose=False``: entry (i, j) reads ``z[i, I(i, j)]``; ``transpose=True``: it reads ``z[j, I(j, i)]``,
+    the query-side term already in (query, key) layout."""
+    L = ids.shape[-1]
+    rows = torch.arange(L, device=ids.device) * num_buckets
+    flat = ids.transpose(-1, -2) + rows.view(1, 1, L) if transpose else ids + rows.view(1, L, 1)
+    return flat.reshape(ids.shape[0], L * L)
+
+
+def _gather_buckets(z: torch.Tensor, ids: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """``out[..., i, j] = Σ_c z[..., i, ids[c, i, j]]`` (or ``z[..., j, ids[c, j, i]]`` with ``transpose``):
+    z (B, H, L, K), ids (C, L, L) → (B, H, L, L), contiguous.
+
+    NOTE: one ``index_select`` per component on z viewed as (B·H, L·K) with a precomputed flat (L·L) index:
+    no expanded (B, H, L, L) index, the query-side term is produced in place of a transposed copy, and the
+    backward is an ``index_add`` that keeps only the index (``gather`` would keep z itself for its shape).
     """
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(ids)
-        ctx.z_shape = z.shape
-        shape = (*z.shape[:-2], *ids.shape[1:])
-        out = torch.gather(z, -1, ids[0].expand(shape))
-        for c in range(1, ids.shape[0]):
-            out += torch.gather(z, -1, ids[c].expand(shape))
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (ids,) = ctx.saved_tensors
-        grad_z = grad.new_zeros(ctx.z_shape)
-        for c in range(ids.shape[0]):
-            grad_z.scatter_add_(-1, ids[c].expand(grad.shape), grad)
-        return grad_z, None
+    B, H, L, K = z.shape
+    flat = _row_flat_ids(ids, K, transpose)
+    z2 = z.reshape(B * H, L * K)
+    out = z2.index_select(1, flat[0])
+    for c in range(1, flat.shape[0]):
+        out = out + z2.index_select(1, flat[c])
+    return out.view(B, H, L, L)
 
 
-def _gather_buckets(z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """``out[..., i, j] = Σ_c z[..., i, ids[c, i, j]]``: z (B, H, Lq, K), ids (C, Lq, Lk) → (B, H, Lq, Lk)."""
-    return _BucketGather.apply(z, ids)
-
-
-def contextual_logits(x: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Eq. 15 / 26–28: ``scale · x_i · r[I(i, j)]``.
+def contextual_logits(x: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, scale: float = 1.0,
+                      transpose: bool = False) -> torch.Tensor:
+    """Eq. 15 / 26–28: ``scale · x_i · r[I(i, j)]``; with ``transpose``, its transpose ``scale · x_j · r[I(j, i)]``
+    (the query-side term b^Q of the module docstring, computed directly in (query, key) layout).
 
     The scale multiplies the (H, d, K) table rather than x or the (B, H, L, K) product: the official
     ``rpe_k(q * s)`` up to float rounding, at no cost proportional to the batch.
@@ -78,7 +78,7 @@ def contextual_logits(x: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, s
     if scale != 1.0:
         table = table * scale
     z = torch.matmul(x, _as_matrix(table))  # B, H, L, K
-    return _gather_buckets(z, ids)
+    return _gather_buckets(z, ids, transpose)
 
 
 def _as_matrix(table: torch.Tensor) -> torch.Tensor:
@@ -144,20 +144,39 @@ class RelativePositionEncoding(nn.Module):
     def table(self) -> torch.Tensor:
         return self.lookup_table_bias if self.mode == "bias" else self.lookup_table_weight
 
-    def forward(self, x: torch.Tensor, ids: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, scale: float = 1.0, transpose: bool = False) -> torch.Tensor:
         """q/k: ``x`` (B, H, L, d) → logits term (B or 1, H, L, L), ``scale`` applied in contextual mode only
-        (the official code adds bias-mode terms unscaled); v: ``x`` = attention (B, H, L, L) → (B, H, L, d)."""
+        (the official code adds bias-mode terms unscaled), transposed with ``transpose``; v: ``x`` = attention
+        (B, H, L, L) → (B, H, L, d)."""
         if self.attach == "v":
             return contextual_values(x, self.lookup_table_weight, ids)
         if self.mode == "bias":
-            return bias_logits(self.lookup_table_bias, ids)
-        return contextual_logits(x, self.lookup_table_weight, ids, scale)
+            out = bias_logits(self.lookup_table_bias, ids)
+            return out.transpose(-1, -2) if transpose else out
+        return contextual_logits(x, self.lookup_table_weight, ids, scale, transpose)
 
     def extra_repr(self) -> str:
         c = self.config
         return (f"attach={self.attach}, method={c.method}, mode={c.mode}, index={c.index}, "
                 f"alpha={c.alpha:g}, beta={c.beta:g}, gamma={c.gamma:g}, heads={self.num_heads}, "
                 f"buckets={self.num_buckets}")
+
+
+def attention_logits_terms(
+    rpe_q: Optional[RelativePositionEncoding],
+    rpe_k: Optional[RelativePositionEncoding],
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    ids: torch.Tensor,
+) -> List[torch.Tensor]:
+    """``[b^K, b^Q]`` of the module docstring (those present), each (B|1, H|1, L, L) in (query, key) layout."""
+    terms = []
+    if rpe_k is not None:
+        terms.append(rpe_k(q, ids, scale))
+    if rpe_q is not None:
+        terms.append(rpe_q(k, ids, scale, transpose=True))  # NOTE: reversed offset I(j, i), as the official code
+    return terms
 
 
 def attention_logits_bias(
@@ -169,8 +188,7 @@ def attention_logits_bias(
     ids: torch.Tensor,
 ) -> Optional[torch.Tensor]:
     """``b^K_ij + b^Q_ij`` of the module docstring (scale included in contextual mode), or None."""
-    bias = rpe_k(q, ids, scale) if rpe_k is not None else None
-    if rpe_q is not None:
-        term = rpe_q(k, ids, scale).transpose(-1, -2)  # NOTE: reversed offset I(j, i), as the official code
-        bias = term if bias is None else bias + term
-    return bias
+    terms = attention_logits_terms(rpe_q, rpe_k, q, k, scale, ids)
+    if not terms:
+        return None
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
