@@ -16,7 +16,16 @@ from irpe_bench.models import RPEAttention
 from irpe_bench.models.attention import attention_scores
 from irpe_bench.rpe import RPEConfig, bias_logits, bucket_ids, contextual_logits, contextual_values
 
-torch.set_default_dtype(torch.float64)  # the maths, not float rounding, is under test here
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """The maths, not float rounding, is under test here; restored after each test (other modules use fp32)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
 GRID = (3, 4)
 PREFIX = 1
 L = PREFIX + GRID[0] * GRID[1]
@@ -168,21 +177,18 @@ def test_path_choice_per_device():
 @pytest.mark.parametrize("mode", MODES[:4], ids=lambda m: "-".join(map(str, m.values())))
 def test_cuda_bf16_autocast_close_to_fp32_reference(mode):
     """On CUDA the fused SDPA path (memory-efficient kernel, mask gradient) runs under bf16 autocast."""
-    torch.set_default_dtype(torch.float32)
-    try:
-        ours, ref = _layers(mode)
-        ours, ref = ours.cuda(), ref.cuda()
-        x = torch.randn(4, LS, 8, device="cuda")
-        assert ours.use_sdpa([torch.zeros(1, device="cuda", requires_grad=True)]) == ("v" not in mode["on"])
-        want = ref(x)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            got = ours(x)
-        got.float().sum().backward()
-        torch.testing.assert_close(got.float(), want, atol=5e-2, rtol=5e-2)
-        for name, p in ours.named_parameters():
-            assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    finally:
-        torch.set_default_dtype(torch.float64)
+    torch.set_default_dtype(torch.float32)  # the autouse fixture restores the default afterwards
+    ours, ref = _layers(mode)
+    ours, ref = ours.cuda(), ref.cuda()
+    x = torch.randn(4, LS, 8, device="cuda")
+    assert ours.use_sdpa([torch.zeros(1, device="cuda", requires_grad=True)]) == ("v" not in mode["on"])
+    want = ref(x)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = ours(x)
+    got.float().sum().backward()
+    torch.testing.assert_close(got.float(), want, atol=5e-2, rtol=5e-2)
+    for name, p in ours.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
 @pytest.mark.parametrize("method", ["product", "cross"])
