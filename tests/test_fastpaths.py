@@ -205,3 +205,28 @@ def test_query_side_term_is_the_transposed_key_side_term(method):
     torch.testing.assert_close(fast[0], naive[0])
     for a, b in zip(fast[1], naive[1]):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("on", ["k", "qkv"])
+def test_cuda_bf16_model_training_step(on):
+    """A whole DeiT with iRPE trains one step on CUDA under bf16 autocast, close to the fp32 reference."""
+    from benchmarks.reference_irpe import build_reference_model
+    from irpe_bench.models import create_model
+
+    torch.set_default_dtype(torch.float32)
+    kw = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+    ours = create_model("deit_tiny_patch16_224", rpe=RPEConfig(on=on), **kw).cuda()
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "lookup_table" in name:
+                p.normal_(0, 0.5)
+    ref = build_reference_model("deit_tiny_patch16_224", "product", rpe_on=on, **kw).cuda()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 3, 16, 16, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = ours(x)
+    logits.float().sum().backward()
+    torch.testing.assert_close(logits.float(), ref(x), atol=1e-1, rtol=1e-1)
+    assert all(torch.isfinite(p.grad).all() for p in ours.parameters() if p.grad is not None)
+    assert ours.blocks[0].attn.rpe_k.lookup_table_weight.grad.abs().sum() > 0
