@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..rpe import RelativePositionEncoding, RPEConfig, bucket_ids
-from ..rpe.encoding import attention_logits_terms
+from ..rpe import RelativePositionEncoding, RPEConfig, attention_logits_terms, bucket_ids
 
 
 def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: Sequence[torch.Tensor], scale: float) -> torch.Tensor:

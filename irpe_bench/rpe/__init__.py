@@ -2,7 +2,7 @@
 from .config import RPEConfig
 from .encoding import (
     RelativePositionEncoding,
-    attention_logits_bias,
+    attention_logits_terms,
     bias_logits,
     contextual_logits,
     contextual_values,
@@ -11,7 +11,7 @@ from .index import INDEX_FUNCTIONS, get_index, register_index
 from .mapping import MAPPINGS, Mapping, bucket_ids, get_mapping, grid_offsets, num_buckets, register_mapping
 
 __all__ = [
-    "RPEConfig", "RelativePositionEncoding", "attention_logits_bias", "bias_logits", "contextual_logits",
+    "RPEConfig", "RelativePositionEncoding", "attention_logits_terms", "bias_logits", "contextual_logits",
     "contextual_values", "INDEX_FUNCTIONS", "get_index", "register_index", "MAPPINGS", "Mapping",
     "bucket_ids", "get_mapping", "grid_offsets", "num_buckets", "register_mapping",
 ]

@@ -178,17 +178,3 @@ def attention_logits_terms(
         terms.append(rpe_q(k, ids, scale, transpose=True))  # NOTE: reversed offset I(j, i), as the official code
     return terms
 
-
-def attention_logits_bias(
-    rpe_q: Optional[RelativePositionEncoding],
-    rpe_k: Optional[RelativePositionEncoding],
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: float,
-    ids: torch.Tensor,
-) -> Optional[torch.Tensor]:
-    """``b^K_ij + b^Q_ij`` of the module docstring (scale included in contextual mode), or None."""
-    terms = attention_logits_terms(rpe_q, rpe_k, q, k, scale, ids)
-    if not terms:
-        return None
-    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
