@@ -40,6 +40,7 @@ def _describe_args(p: argparse.ArgumentParser) -> None:
 
 
 def _describe(args: argparse.Namespace) -> int:
+    """Build a model and print its variant name, buckets, parameters and MACs (no training)."""
     from .models import count_params_and_macs, create_model, parse_official_name, rpe_layers
     from .rpe import RPEConfig
 
@@ -104,7 +105,8 @@ COMMANDS: List[Command] = [
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="irpe-bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="irpe-bench", description="Benchmark harness for image relative "
+                                     "position encoding (iRPE) in timm DeiT.")
     sub = parser.add_subparsers(dest="command", required=True)
     runners = {}
     for name, add_args, run in COMMANDS:
