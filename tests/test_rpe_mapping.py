@@ -115,3 +115,32 @@ def test_bucket_count_follows_ratio():
 def test_unknown_mapping_names_choices():
     with pytest.raises(ValueError, match=r"unknown mapping 'polar'; choices: \['cross', 'euclidean', "):
         get_mapping("polar")
+
+
+@pytest.fixture
+def rows_only():
+    """A user-defined mapping, registered for one test and removed after it."""
+    from irpe_bench.rpe import Mapping, register_mapping
+
+    @register_mapping("rows_only")
+    class RowsOnly(Mapping):
+        directed = True
+
+        def ids(self, diff, g, beta):
+            return (g(diff[..., 0]) + int(beta)).unsqueeze(0)
+
+    yield "rows_only"
+    del MAPPINGS["rows_only"]
+
+
+def test_a_registered_mapping_plugs_into_config_and_model(rows_only):
+    from irpe_bench.models import create_model
+
+    cfg = RPEConfig(method=rows_only, ratio=1.9)
+    assert cfg.num_buckets() == (8,) and cfg.slug() == "ctx_rows_only_8_shared_k"
+    ids = ids_for(rows_only, 1.9, 3, 4, 1)[0]
+    assert ids[1 + 0, 1 + 4].item() == 3 - 1  # query row 0, key row 1: g(-1) + 3
+    model = create_model("deit_tiny_patch16_224", img_size=12, patch_size=4, embed_dim=16, depth=1, num_heads=2,
+                         num_classes=2, rpe=cfg)
+    assert model.blocks[0].attn.rpe_k.table.shape == (1, 16 // 2, 8)
+    assert model(torch.randn(1, 3, 12, 12)).shape == (1, 2)
