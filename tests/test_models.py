@@ -246,3 +246,9 @@ def test_deit_tiny_and_base_parameter_counts_match_the_official_logs():
     assert count_params_and_macs(create_model("deit_tiny_patch16_224_ctx_product_50_shared_k"))["params"] == 5_755_816
     base = create_model("deit_base_patch16_224_ctx_product_50_shared_k")
     assert sum(p.numel() for p in base.parameters()) == 86_606_056
+
+
+def test_official_name_refined_by_a_dict_of_fields():
+    model = create_model("deit_tiny_patch16_224_ctx_product_50_shared_qkv", rpe={"layers": [0], "mode": "contextual"},
+                         **TINY)
+    assert rpe_layers(model) == (0,) and model.rpe_config.on == "qkv" and model.rpe_config.ratio == 1.9

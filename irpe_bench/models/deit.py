@@ -71,6 +71,19 @@ def _grid_hook(model: nn.Module, args: Tuple[Any, ...]) -> None:
             block.attn.grid_size = grid
 
 
+def resolve_rpe(name: str, rpe: Optional[RPEConfig | Dict[str, Any]]) -> Tuple[str, Optional[RPEConfig]]:
+    """(timm name, iRPE config) for ``create_model``: an official name brings its config, which a dict of fields
+    refines (``{"layers": [0, 1]}``); a plain timm name takes ``rpe`` as given (dict or RPEConfig or None)."""
+    official = parse_official_name(name)
+    if official is None:
+        return name, RPEConfig(**rpe) if isinstance(rpe, dict) else rpe
+    if isinstance(rpe, RPEConfig):
+        raise ValueError(f"model {name!r} already names its iRPE config; pass rpe=None, or a dict of the "
+                         "fields to change")
+    base, config = official
+    return base, config.with_updates(**rpe) if rpe else config
+
+
 def create_model(
     name: str,
     rpe: Optional[RPEConfig | Dict[str, Any]] = None,
@@ -82,7 +95,8 @@ def create_model(
     Args:
         name: a timm model name (``deit_tiny_patch16_224``, any ``vit_*``), or an official iRPE model name
             such as ``deit_small_patch16_224_ctx_product_50_shared_qkv`` (then ``rpe`` must be None).
-        rpe: the iRPE variant; None builds the plain timm model (the no-RPE baseline).
+        rpe: the iRPE variant; None builds the plain timm model (the no-RPE baseline). With an official name:
+            None, or a dict of fields that refine the official config.
         abs_pos: False removes the learnable absolute position embedding (paper Table 4, rows 2–7).
         timm_kwargs: passed to ``timm.create_model`` (``img_size``, ``patch_size``, ``embed_dim``, ``depth``,
             ``num_heads``, ``num_classes``, ``drop_path_rate``, …). ``pretrained`` is never used: nothing is
@@ -91,13 +105,7 @@ def create_model(
         the timm model, with ``model.rpe_config`` (None without iRPE) and ``model.variant`` (the slug that
         names its runs, see :func:`variant_slug`) set.
     """
-    official = parse_official_name(name)
-    if official is not None:
-        if rpe is not None:
-            raise ValueError(f"model {name!r} already names its iRPE config; pass rpe=None")
-        name, rpe = official
-    if isinstance(rpe, dict):
-        rpe = RPEConfig(**rpe)
+    name, rpe = resolve_rpe(name, rpe)
     if not timm.is_model(name):
         raise ValueError(f"unknown model {name!r}; use a timm DeiT/ViT name (e.g. {timm.list_models('deit_*')[:4]}) "
                          "or an official iRPE name such as 'deit_small_patch16_224_ctx_product_50_shared_k'")

@@ -9,20 +9,21 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML file (see configs/); omit with --resume")
-    p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. --set model.abs_pos=false optim.lr=1e-3")
+    from ..cli import add_set_argument
+
+    add_set_argument(p, "dotted overrides, e.g. --set model.abs_pos=false optim.lr=1e-3")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from RUN_DIR/checkpoints/last.ckpt")
     p.add_argument("--run-dir", help="run directory (default: results/runs/<variant>-<time>-<id>)")
     p.add_argument("--wandb-id", help="W&B run id (default: new, or the one stored in the run directory)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train one DeiT variant and print its summary."""
+    """Train one variant (config in, summary.json out); --resume RUN_DIR continues a killed run."""
     from ..cli import parse_overrides
     from .config import load_config
     from .run import TrainingDiverged, find_checkpoint, train
 
-    overrides = parse_overrides([item for group in args.overrides for item in group])
+    overrides = parse_overrides(args.overrides)
     resume_from = None
     run_dir = args.run_dir
     if args.resume:

@@ -47,18 +47,13 @@ class ModelConfig(_Frozen):
     @model_validator(mode="before")
     @classmethod
     def _official_name(cls, data: Any) -> Any:
-        from ..models import parse_official_name
+        from ..models import parse_official_name, resolve_rpe
 
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-            return data
-        official = parse_official_name(data["name"])
-        if official is None:
-            return data
-        base, rpe = official
-        extra = data.get("rpe")
-        if isinstance(extra, RPEConfig):
-            extra = extra.model_dump()
-        return {**data, "name": base, "rpe": rpe.with_updates(**extra) if extra else rpe}
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str) or \
+                parse_official_name(data["name"]) is None:
+            return data  # plain names: pydantic validates rpe field by field (errors keep their dotted path)
+        name, rpe = resolve_rpe(data["name"], data.get("rpe"))
+        return {**data, "name": name, "rpe": rpe}
 
     @field_validator("name")
     @classmethod

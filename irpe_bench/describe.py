@@ -1,0 +1,37 @@
+"""``irpe-bench describe``: build a model and print what a variant is, without training."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import add_set_argument
+
+    p.add_argument("model", nargs="?", default="deit_tiny_patch16_224_ctx_product_50_shared_k",
+                   help="timm DeiT/ViT name or official iRPE name")
+    add_set_argument(p, "rpe.* fields, abs_pos, or timm kwargs (img_size, patch_size, num_classes, ...)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build a model and print its variant name, buckets, parameters and MACs (no training)."""
+    from .cli import parse_overrides
+    from .models import count_params_and_macs, create_model, rpe_layers
+
+    kwargs = parse_overrides(args.overrides)
+    rpe = kwargs.pop("rpe", None)  # with an official name: fields that refine its config
+    abs_pos = bool(kwargs.pop("abs_pos", True))
+    model = create_model(args.model, rpe=rpe, abs_pos=abs_pos, **kwargs)
+    cfg = model.rpe_config
+    cost = count_params_and_macs(model)
+    info = {
+        "variant": model.variant,
+        "rpe": cfg.model_dump() if cfg is not None else None,
+        "rpe_layers": rpe_layers(model),
+        "grid": list(model.patch_embed.grid_size),
+        "num_prefix_tokens": model.num_prefix_tokens,
+        "num_buckets": list(cfg.num_buckets(model.num_prefix_tokens)) if cfg is not None else [],
+        **cost,
+    }
+    print(json.dumps(info, indent=2))
+    return 0
