@@ -1,4 +1,5 @@
-"""The one registry type behind index functions and mappings: a dict with a decorator and a clear lookup error."""
+"""The one registry type behind index functions, mappings and datasets: a dict with a decorator and a clear
+lookup error. Registered classes get their registry name as ``cls.name``."""
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, TypeVar
@@ -22,7 +23,7 @@ class Registry(Dict[str, Any]):
         def decorator(obj: T) -> T:
             if name in self:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
-            if self.instantiate:
+            if isinstance(obj, type):
                 obj.name = name  # type: ignore[attr-defined]
             self[name] = obj() if self.instantiate else obj  # type: ignore[operator]
             return obj

@@ -129,8 +129,7 @@ class DataConfig(_Frozen):
     def _known_dataset(cls, v: str) -> str:
         from .data import DATAMODULES
 
-        if v not in DATAMODULES:
-            raise ValueError(f"unknown dataset {v!r}; choices: {sorted(DATAMODULES)}")
+        DATAMODULES.lookup(v)
         return v
 
     @model_validator(mode="after")

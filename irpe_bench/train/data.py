@@ -10,24 +10,19 @@ global RNGs when an epoch's data stream starts (see :class:`EpochSeededSampler`)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Type
+from typing import Optional, Tuple
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..rpe.registry import Registry
 from .config import DataConfig
 
-DATAMODULES: Dict[str, Type["ImageDataModule"]] = {}
-
-
-def register_datamodule(name: str) -> Callable[[Type["ImageDataModule"]], Type["ImageDataModule"]]:
-    def deco(cls: Type["ImageDataModule"]) -> Type["ImageDataModule"]:
-        DATAMODULES[name] = cls
-        cls.name = name
-        return cls
-    return deco
+#: name -> DataModule class; ``data.name`` in configs, CLI choices and tests read its keys.
+DATAMODULES = Registry("dataset")
+register_datamodule = DATAMODULES.register
 
 
 def _posterize_zero_bits_compat() -> None:
@@ -298,4 +293,4 @@ class SyntheticDataModule(ImageDataModule):
 
 
 def build_datamodule(config: DataConfig, img_size: int, seed: int) -> ImageDataModule:
-    return DATAMODULES[config.name](config, img_size, seed)
+    return DATAMODULES.lookup(config.name)(config, img_size, seed)
