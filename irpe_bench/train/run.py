@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Union
 import lightning.pytorch as pl
 import torch
 
+from ..models import count_params_and_macs, create_model
 from .config import MONITOR, MONITOR_MODE, TrainConfig, dump_config
 from .data import build_datamodule
 from .module import ClassificationModule, NonFiniteLossError
@@ -75,8 +76,6 @@ def resolve_precision(config: TrainConfig) -> str:
 
 
 def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
-    from ..models import create_model
-
     m = config.model
     return create_model(m.name, rpe=m.rpe, abs_pos=m.abs_pos, **m.timm_kwargs(num_classes))
 
@@ -139,7 +138,7 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
         (run_dir / "config.yaml").write_text(dump_config(config))
         meta_path.write_text(json.dumps({"slug": slug, "wandb_id": wandb_id}, indent=2))
         os.environ[_ENV_RUN_DIR], os.environ[_ENV_WANDB_ID] = str(run_dir), wandb_id
-    cost = count_cost(net)
+    cost = count_params_and_macs(net)
 
     # ---- 3. fit
     from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
@@ -210,12 +209,6 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
     if status == "diverged":
         raise TrainingDiverged(f"{error} (recorded in {run_dir / 'summary.json'})", summary)
     return summary
-
-
-def count_cost(net: torch.nn.Module) -> Dict[str, int]:
-    from ..models import count_params_and_macs
-
-    return count_params_and_macs(net)
 
 
 def _device_name(device: torch.device) -> str:
