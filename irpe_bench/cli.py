@@ -37,11 +37,14 @@ def add_set_argument(p: argparse.ArgumentParser, help_text: str) -> None:
                    help=help_text)
 
 
-#: subcommand -> module defining ``add_arguments(parser)`` and ``run(args) -> exit code`` (its docstring is the help)
+#: subcommand -> module (or ``module:attribute``) defining ``add_arguments(parser)`` and ``run(args) -> exit code``
+#: (its docstring is the help)
 COMMANDS: Dict[str, str] = {
     "describe": "irpe_bench.describe",
     "train": "irpe_bench.train.cli",
     "bench": "irpe_bench.bench",
+    "sweep": "irpe_bench.sweep.cli",
+    "leaderboard": "irpe_bench.sweep.cli:Leaderboard",
 }
 
 
@@ -51,7 +54,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     runners = {}
     for name, module in COMMANDS.items():
-        mod = importlib.import_module(module)
+        path, _, attr = module.partition(":")
+        mod = importlib.import_module(path)
+        mod = getattr(mod, attr) if attr else mod
         p = sub.add_parser(name, help=(mod.run.__doc__ or "").strip().split("\n")[0] or None)
         mod.add_arguments(p)
         runners[name] = mod.run

@@ -15,7 +15,7 @@ import secrets
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import torch
@@ -103,7 +103,8 @@ def find_checkpoint(run_dir: Union[str, Path]) -> Path:
 
 
 def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb_id: Optional[str] = None,
-          resume_from: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
+          resume_from: Optional[Union[str, Path]] = None,
+          callbacks: Sequence[pl.Callback] = ()) -> Dict[str, Any]:
     """Train one variant and return its summary (also written to ``run_dir/summary.json``).
 
     Args:
@@ -111,9 +112,12 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
         run_dir: where config, checkpoints, logs and summary go; default ``log.runs_dir/<slug>-<time>-<id>``.
         wandb_id: the W&B run id (pass the stored one to continue a run's W&B history); default: new.
         resume_from: a Lightning checkpoint (``run_dir/checkpoints/last.ckpt``) to continue from exactly.
+        callbacks: extra Lightning callbacks (the sweep's pruning callback).
     Raises:
         ValueError: bad data location or model before any training work.
         TrainingDiverged: the loss became NaN/inf (``summary.json`` says so first).
+        Exception: whatever stopped ``fit`` (a pruning decision, an error) after ``summary.json`` records it
+            as ``"status": "stopped"`` with the reason and the W&B run is closed.
     """
     # ---- 1. cheap checks that must fail before anything is written
     dm = build_datamodule(config.data, config.model.resolved_img_size, config.seed)
@@ -151,9 +155,9 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
     checkpoint = ModelCheckpoint(dirpath=run_dir / CKPT_DIR, monitor=MONITOR, mode=MONITOR_MODE, save_last=True,
                                  save_top_k=config.log.save_top_k, auto_insert_metric_name=False,
                                  filename="epoch{epoch:03d}-acc1{val/acc1:.4f}")
-    callbacks = [checkpoint, throughput]
+    all_callbacks = [checkpoint, throughput, *callbacks]
     if config.optim.ema_decay is not None:
-        callbacks.append(EMAWeightAveraging(decay=config.optim.ema_decay))
+        all_callbacks.append(EMAWeightAveraging(decay=config.optim.ema_decay))
     loggers = [CSVLogger(str(run_dir), name="", version="csv")]
     if config.log.wandb:
         loggers.append(make_wandb_logger(config, slug, run_dir, wandb_id))
@@ -167,13 +171,15 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         gradient_clip_val=config.optim.clip_grad, deterministic=deterministic, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0, use_distributed_sampler=False,
-        callbacks=callbacks, logger=loggers, default_root_dir=str(run_dir), enable_model_summary=False,
+        callbacks=all_callbacks, logger=loggers, default_root_dir=str(run_dir), enable_model_summary=False,
     )
-    started, status, error = time.time(), "finished", None
+    started, status, error, stopped_by = time.time(), "finished", None, None
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
     except NonFiniteLossError as e:
         status, error = "diverged", str(e)
+    except Exception as e:  # noqa: BLE001 - recorded, the W&B run closed, then raised again below
+        status, error, stopped_by = "stopped", f"{type(e).__name__}: {e}", e
     wall = time.time() - started
 
     # ---- 4. benchmark and summary (rank zero)
@@ -206,6 +212,8 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
             if wandb.run is not None:
                 wandb.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
         finish_wandb(exit_code=0 if status == "finished" else 1)
+    if stopped_by is not None:
+        raise stopped_by
     if status == "diverged":
         raise TrainingDiverged(f"{error} (recorded in {run_dir / 'summary.json'})", summary)
     return summary

@@ -1,0 +1,50 @@
+"""Reporting: the leaderboard of a sweep, read from its Optuna storage and nothing else.
+
+The storage is the source of truth (see ``DESIGN.md``): any worker, at any time, during or after a sweep, can
+regenerate the same report from it. ``write_report`` is therefore a pure function of the storage (plus the
+caller's ``meta``): no clock, no host names, no storage URL; writing twice gives byte-identical md/csv/json.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import optuna
+
+from .leaderboard import GroupRow, Leaderboard, TrialRow, collect
+from .plots import PlotResult, make_plots
+from .render import redact_data, to_csv, to_html, to_markdown
+
+__all__ = ["GroupRow", "Leaderboard", "PlotResult", "TrialRow", "collect", "to_csv", "to_html", "to_json",
+           "to_markdown", "write_report"]
+
+
+def to_json(board: Leaderboard, meta: Optional[Mapping[str, Any]] = None) -> str:
+    """The board as plain data, keys in a fixed order, for scripts and for diffing two reports."""
+    data = {"meta": redact_data(dict(meta or {})), **asdict(board)}
+    return json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n"
+
+
+def write_report(study: optuna.Study, out_dir: Path, meta: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Write ``leaderboard.{md,csv,html,json}``, ``trials.csv`` and the PNG plots into ``out_dir``.
+
+    Returns name → path for every file written (``md``, ``csv``, ``trials_csv``, ``html``, ``json`` and one
+    key per drawn plot, e.g. ``accuracy_by_variant``), plus ``markdown`` (the Markdown text, to print) and
+    ``board`` (the ``Leaderboard``, e.g. for ``wandb_table.log_leaderboard``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    board = collect(study)
+    plots = make_plots(study, board, out)
+    drawn = {name: p.path for name, p in plots.items() if p.path is not None}
+
+    markdown = to_markdown(board, meta, drawn)
+    paths: Dict[str, Any] = {"md": out / "leaderboard.md", "html": out / "leaderboard.html",
+                             "json": out / "leaderboard.json"}
+    paths["md"].write_text(markdown, encoding="utf-8")
+    paths["csv"], paths["trials_csv"] = to_csv(board, out)
+    paths["html"].write_text(to_html(board, meta, plots), encoding="utf-8")
+    paths["json"].write_text(to_json(board, meta), encoding="utf-8")
+    return {**paths, **drawn, "markdown": markdown, "board": board}

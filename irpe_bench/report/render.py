@@ -1,0 +1,265 @@
+"""The board as text: Markdown (README/PR-ready), CSV (spreadsheets, plain values) and self-contained HTML.
+
+Each table is built once as header + rows of display strings and then rendered to Markdown or HTML, so both
+show the same numbers. CSV holds raw values (full precision, empty for missing) because it is for machines.
+Nothing here reads a clock or the storage: the same board and meta give the same bytes.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import re
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
+
+from .leaderboard import GroupRow, Leaderboard, TrialRow
+
+DASH = "—"
+REASON_CHARS = 160  # Markdown/HTML show the head of a traceback; CSV and JSON keep all of it
+Table = Tuple[List[str], List[List[str]]]
+
+BASELINE_NOTE = (
+    "Δacc1, ×base (train and inference img/s divided by the baseline's) and Δparams compare each group with "
+    "the no-RPE baseline group trained with exactly the same configuration apart from iRPE and the seed "
+    "(same epochs, data, abs_pos, optimiser …). “—” means no such baseline was run, so no comparison is made; "
+    "speed ratios additionally need the same device, precision and batch size. acc1 is the best validation "
+    "top-1 (%) of each run, as mean ± sample std (n − 1) over seeds."
+)
+
+
+# ------------------------------------------------------------------------------------------------ formats
+def _f(x: Optional[float], digits: int = 2) -> str:
+    return DASH if x is None else f"{x:.{digits}f}"
+
+
+def _signed(x: Optional[float], digits: int = 2) -> str:
+    return DASH if x is None else f"{x:+.{digits}f}"
+
+
+def _ratio(x: Optional[float]) -> str:
+    return DASH if x is None else f"{x:.2f}×"
+
+
+def _si(x: Optional[float], signed: bool = False) -> str:
+    """5717416 → ``5.72M``: parameter and MAC counts are read by magnitude, not by digit."""
+    if x is None:
+        return DASH
+    sign = ("+" if x >= 0 else "-") if signed else ("-" if x < 0 else "")
+    a = abs(x)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if a >= scale:
+            return f"{sign}{a / scale:.2f}{unit}"
+    return f"{sign}{a:g}"
+
+
+def _speed(x: Optional[float]) -> str:
+    return DASH if x is None else f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def _acc(mean: Optional[float], std: Optional[float]) -> str:
+    return _f(mean) if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def _bool(x: Optional[bool]) -> str:
+    return DASH if x is None else "yes" if x else "no"
+
+
+def _text(x: Any) -> str:
+    return DASH if x is None or x == "" else str(x)
+
+
+def _reason(x: Optional[str]) -> str:
+    if not x:
+        return DASH
+    one_line = " ".join(str(x).split())
+    return one_line if len(one_line) <= REASON_CHARS else one_line[:REASON_CHARS - 1] + "…"
+
+
+_CREDENTIALS = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def redact(text: str) -> str:
+    """``postgresql://u:secret@h`` → ``postgresql://u:***@h``: a header must never leak a password."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
+def redact_data(obj: Any) -> Any:
+    """``redact`` applied to every string inside nested dicts/lists (for the JSON copy of ``meta``)."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, Mapping):
+        return {k: redact_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_data(v) for v in obj]
+    return obj
+
+
+def _meta_value(v: Any) -> str:
+    return redact(v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str))
+
+
+def header_items(board: Leaderboard, meta: Optional[Mapping[str, Any]]) -> List[Tuple[str, str]]:
+    """Sweep attributes stored in the study, then the caller's meta (e.g. when/where the report was made)."""
+    items = [(f"sweep.{k}", _meta_value(v)) for k, v in sorted(board.sweep.items())]
+    return items + [(str(k), _meta_value(v)) for k, v in (meta or {}).items()]
+
+
+def counts_line(board: Leaderboard) -> str:
+    c = board.counts
+    retried = f" (+{c['retried']} retried)" if c["retried"] else ""
+    return (f"{c['complete']} complete · {c['pruned']} pruned · {c['failed']} failed{retried} · "
+            f"{c['running']} running · {c['total']} trials in {c['groups']} groups")
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def ranking_table(board: Leaderboard) -> Table:
+    head = ["#", "variant", "method", "mode", "on", "index", "α:β:γ", "shared", "layers", "abs pos", "n",
+            "acc1 best", "Δacc1", "acc1 final", "params", "Δparams", "MACs", "train img/s", "×base",
+            "infer img/s", "×base", "trials"]
+    rows = [[str(g.rank), g.variant, _text(g.method), _text(g.mode), _text(g.on), _text(g.index),
+             _text(g.coefficients), _bool(g.shared), _text(g.layers), _bool(g.abs_pos), str(g.n),
+             _acc(g.acc1_best_mean, g.acc1_best_std), _signed(g.delta_acc1), _f(g.acc1_final_mean),
+             _si(g.params), _si(g.delta_params, signed=True), _si(g.macs), _speed(g.train_img_s),
+             _ratio(g.train_speed), _speed(g.infer_img_s), _ratio(g.infer_speed),
+             " ".join(map(str, g.trials))] for g in board.groups]
+    return head, rows
+
+
+def failed_table(board: Leaderboard) -> Table:
+    head = ["trial", "variant", "seed", "status", "epochs", "reason"]
+    return head, [[str(t.number), t.variant, _text(t.seed), _text(t.status), str(t.epochs_reported),
+                   _reason(t.reason)] for t in board.failed]
+
+
+def pruned_table(board: Leaderboard) -> Table:
+    head = ["trial", "variant", "seed", "epochs reached", "last val acc1", "reason"]
+    return head, [[str(t.number), t.variant, _text(t.seed), str(t.epochs_reported), _f(t.last_acc1),
+                   _reason(t.reason)] for t in board.pruned]
+
+
+def running_table(board: Leaderboard) -> Table:
+    head = ["trial", "variant", "seed", "epochs so far", "last val acc1"]
+    return head, [[str(t.number), t.variant, _text(t.seed), str(t.epochs_reported), _f(t.last_acc1)]
+                  for t in board.running]
+
+
+def sections(board: Leaderboard) -> List[Tuple[str, Table, str, str]]:
+    """(title, table, text when empty, note below) in report order; shared by Markdown and HTML."""
+    retried = ""
+    if board.retried:
+        nums = ", ".join(str(t.number) for t in board.retried)
+        retried = (f"Not listed: trial(s) {nums}, which failed and were retried; the retry's own row carries "
+                   "the outcome.")
+    return [
+        ("Ranking", ranking_table(board), "No trial has completed yet.", BASELINE_NOTE),
+        ("Failed", failed_table(board), "No failed trials.", retried),
+        ("Pruned", pruned_table(board), "No pruned trials.", ""),
+        ("Running", running_table(board), "No running trials.", ""),
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+def _md_cell(s: str) -> str:
+    """Escape what would end a cell or be read as an HTML tag (GitHub drops unknown tags like ``<noabs>``)."""
+    for ch in "\\|<>":
+        s = s.replace(ch, "\\" + ch)
+    return s.replace("\n", " ")
+
+
+def _md_table(table: Table) -> str:
+    head, rows = table
+    lines = ["| " + " | ".join(map(_md_cell, head)) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def to_markdown(board: Leaderboard, meta: Optional[Mapping[str, Any]] = None,
+                plots: Optional[Mapping[str, Optional[Path]]] = None) -> str:
+    """The report for a README or PR; ``plots`` (name → PNG path beside the file) are linked by file name."""
+    out = [f"# Leaderboard: {_md_cell(board.study_name)}", "", counts_line(board), ""]
+    out += [f"- **{_md_cell(k)}**: `{' '.join(v.split())}`" for k, v in header_items(board, meta)]
+    for title, table, empty, note in sections(board):
+        out += ["", f"## {title}", "", _md_table(table) if table[1] else f"_{empty}_"]
+        if note:
+            out += ["", f"> {note}"]
+    made = [(n, p) for n, p in (plots or {}).items() if p is not None]
+    if made:
+        out += ["", "## Plots", ""] + [f"![{n}]({Path(p).name})" for n, p in made]
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ csv
+def _csv_value(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple)):
+        return " ".join(map(str, v))
+    return repr(v) if isinstance(v, float) else v
+
+
+def _write_rows(path: Path, rows: Sequence[Any], cls: type) -> Path:
+    names = [f.name for f in fields(cls)]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(names)
+        for r in rows:
+            d = asdict(r)
+            w.writerow([_csv_value(d[n]) for n in names])
+    return path
+
+
+def to_csv(board: Leaderboard, path: Path) -> Tuple[Path, Path]:
+    """``leaderboard.csv`` (one row per group) and ``trials.csv`` (one per trial) in the folder ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return (_write_rows(path / "leaderboard.csv", board.groups, GroupRow),
+            _write_rows(path / "trials.csv", board.trials, TrialRow))
+
+
+# ------------------------------------------------------------------------------------------------ html
+_CSS = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;"
+        "font-size:13px;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+        "td:nth-child(2),th:nth-child(2){text-align:left}th{background:#f3f3f3}img{max-width:48%;margin:4px}"
+        ".note{color:#555;font-size:13px;max-width:70em}")
+
+
+def _html_table(table: Table) -> str:
+    head, rows = table
+    esc = html.escape
+    th = "".join(f"<th>{esc(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def to_html(board: Leaderboard, meta: Optional[Mapping[str, Any]] = None,
+            plots: Optional[Mapping[str, Any]] = None) -> str:
+    """One file to mail or attach: the tables plus the plots inlined as base64 PNG; all text escaped.
+
+    ``plots`` maps a name to a PNG path, to ``None``, or to a ``PlotResult`` (then a skipped plot shows why).
+    """
+    e = html.escape
+    title = f"Leaderboard: {board.study_name}"
+    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
+             f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>", f"<p>{e(counts_line(board))}</p>"]
+    items = header_items(board, meta)
+    if items:
+        parts.append("<ul>" + "".join(f"<li><b>{e(k)}</b>: <code>{e(v)}</code></li>" for k, v in items) + "</ul>")
+    for name, table, empty, note in sections(board):
+        parts.append(f"<h2>{e(name)}</h2>")
+        parts.append(_html_table(table) if table[1] else f"<p class=\"note\">{e(empty)}</p>")
+        if note:
+            parts.append(f"<p class=\"note\">{e(note)}</p>")
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        for name, p in plots.items():
+            path, reason = (getattr(p, "path", p), getattr(p, "reason", None))
+            if path is not None and Path(path).is_file():
+                data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+                parts.append(f"<img alt=\"{e(name)}\" title=\"{e(name)}\" src=\"data:image/png;base64,{data}\">")
+            else:
+                parts.append(f"<p class=\"note\">{e(name)}: not drawn ({e(reason or 'no file')})</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

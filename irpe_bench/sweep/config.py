@@ -1,0 +1,220 @@
+"""``SweepConfig``: a study (name, storage, sampler, pruner, budget), a base training config and a search space.
+
+Everything is checked before any trial starts: the base config, every searched field's name, every choice
+(each must give a valid training config in at least one legal combination — the error names the field, the
+value and why), the sampler against the space (grid needs choices), the storage URL's scheme.
+A sweep file (``sweeps/*.yaml``)::
+
+    study: {name: digits_quick, sampler: grid, pruner: none}
+    base: ../configs/digits.yaml          # relative to this file
+    overrides: {trainer: {max_epochs: 6}}
+    space:
+      model.rpe.method: {choices: [none, euclidean, quant, cross, product]}
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, Literal, Mapping, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..train.config import TrainConfig, _merge, _Yaml12BoolLoader, build_config, flatten
+from . import space as S
+
+#: environment variable that overrides ``study.storage`` (keeps a password out of the sweep file)
+STORAGE_ENV = "IRPE_BENCH_STORAGE"
+#: validation enumerates at most this many combinations (large spaces: a prefix of them)
+_CHECK_LIMIT = 4096
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StudyConfig(_Frozen):
+    """The Optuna study. ``storage`` None → SQLite in the output folder; ``postgresql://…`` (or any
+    SQLAlchemy URL) for sweeps across processes and machines; ``journal:///path/file.log`` for a journal file."""
+
+    name: str = Field(..., description="study name; also the output folder and the W&B group")
+    storage: Optional[str] = None
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    seed: int = Field(0, description="sampler seed")
+    pruner: Literal["none", "median", "hyperband"] = "median"
+    pruner_warmup_epochs: int = Field(2, ge=0, description="median: epochs reported before pruning can start")
+    n_trials: Optional[int] = Field(None, ge=1, description="trials to finish in total, over all workers; "
+                                    "grid: default the number of grid points")
+    timeout_s: Optional[float] = Field(None, gt=0, description="no new trial starts after this many seconds")
+    heartbeat_s: int = Field(30, ge=1, description="RDB storages: a running trial's heartbeat interval")
+    grace_s: int = Field(90, ge=2, description="a trial with no heartbeat for this long was killed: it is "
+                         "failed and retried (resumed from its last checkpoint)")
+    max_retry: int = Field(3, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError(f"study.name={v!r}: use letters, digits, '_', '.', '-' (it names a folder)")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.match(r"^(sqlite|postgresql|mysql|journal)(\+\w+)?://", v):
+            raise ValueError(f"study.storage={redact(v)!r}: expected sqlite:///path.db, postgresql://user@host/db, "
+                             "mysql://… or journal:///path/file.log")
+        return v
+
+
+class SweepConfig(_Frozen):
+    study: StudyConfig
+    base: str = Field(..., description="training config YAML, relative to the sweep file")
+    overrides: Dict[str, Any] = Field(default_factory=dict, description="nested changes to the base config")
+    space: Dict[str, S.ParamSpec]
+    workers: int = Field(1, ge=1, description="worker processes on this machine (one per GPU group on CUDA)")
+    devices_per_worker: int = Field(1, ge=1, description="GPUs per worker (a trial's trainer.devices)")
+    out_dir: Optional[str] = Field(None, description="default results/sweeps/<study.name>")
+
+    @model_validator(mode="after")
+    def _space(self) -> "SweepConfig":
+        if not self.space:
+            raise ValueError("space: must search at least one field")
+        if self.study.sampler == "grid":
+            ranged = [k for k, s in self.space.items() if not s.categorical]
+            if ranged:
+                raise ValueError(f"study.sampler='grid' needs choices for every field; space.{ranged[0]} is a "
+                                 "range (give choices: [...], or use sampler tpe/random)")
+        elif self.study.n_trials is None:
+            raise ValueError(f"study.n_trials is required for sampler {self.study.sampler!r} "
+                             "(only grid knows its size)")
+        return self
+
+
+def redact(url: Optional[str]) -> Optional[str]:
+    """A storage URL safe for logs, W&B and the leaderboard: the password replaced by ``***``."""
+    if url is None:
+        return None
+    return re.sub(r"(://[^:/@\s]*):[^@/\s]*@", r"\1:***@", url)
+
+
+class Sweep:
+    """A loaded sweep: its validated config, the base training config (as a nested dict and flattened), and
+    resolved paths. Built by :func:`load_sweep`; everything here has passed the checks."""
+
+    def __init__(self, config: SweepConfig, base: Dict[str, Any], path: Optional[Path]):
+        self.config = config
+        self.path = path
+        self.base = base  # nested dict: base YAML merged with the sweep's overrides
+        self.base_config = build_config(base, source="sweep base config")
+        self.base_flat = flatten(self.base_config.model_dump(mode="json"))
+        self.out_dir = Path(config.out_dir or Path("results/sweeps") / config.study.name)
+
+    @property
+    def storage_url(self) -> str:
+        url = os.environ.get(STORAGE_ENV) or self.config.study.storage
+        return url or f"sqlite:///{(self.out_dir / 'optuna.db').as_posix()}"
+
+    def fingerprint(self) -> str:
+        """What makes two sweeps' trials comparable: the resolved base config (minus logging), the space, the
+        sampler and the pruner — not the budget, workers or storage, which may change when a study is resumed."""
+        import hashlib
+        import json
+
+        st = self.config.study
+        data = {"base": {k: v for k, v in self.base_flat.items() if not k.startswith("log.")},
+                "space": S.describe(self.config.space), "sampler": [st.sampler, st.seed],
+                "pruner": [st.pruner, st.pruner_warmup_epochs]}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def trial_config(self, point: Mapping[str, Any], **log: Any) -> TrainConfig:
+        """The training config of one point of the space (``ValueError`` names the problem)."""
+        over = S.to_overrides(point, self.base_config.model.rpe and self.base_config.model.rpe.model_dump())
+        merged = _merge(self.base, over)
+        if log:
+            merged = _merge(merged, {"log": log})
+        return build_config(merged, source="trial config")
+
+
+def _check_fields(space: Mapping[str, S.ParamSpec]) -> None:
+    """Every searched name is a field of the training config (or the α:β:γ pseudo-field)."""
+    from ..rpe import RPEConfig
+
+    for name in space:
+        if name == S.ABG:
+            continue
+        node: Any = TrainConfig
+        for part in name.split("."):
+            fields = getattr(node, "model_fields", None)
+            if fields is None or part not in fields:
+                allowed = sorted(fields) if fields else []
+                raise ValueError(f"space.{name}: unknown field {part!r}; allowed here: {allowed}")
+            ann = fields[part].annotation
+            node = RPEConfig if "RPEConfig" in str(ann) else next(
+                (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
+                None)
+
+
+def _check_choices(sweep: Sweep) -> int:
+    """Each choice (range end) must be valid in at least one legal combination; returns the number of valid
+    combinations checked. The error names the field, the value and the config's own reason."""
+    good: Dict[str, set] = {k: set() for k in sweep.config.space}
+    reasons: Dict[tuple, str] = {}
+    n_valid = 0
+    for point in S.points(sweep.config.space, sweep.base_flat, limit=_CHECK_LIMIT):
+        try:
+            sweep.trial_config(point)
+        except ValueError as e:
+            for k, v in point.items():
+                reasons.setdefault((k, v), str(e).split("\n", 1)[-1].strip())
+            continue
+        n_valid += 1
+        for k, v in point.items():
+            good[k].add(v)
+    for name, spec in sweep.config.space.items():
+        for v in spec.endpoints():
+            if v not in good[name] and (name, v) in reasons:
+                allowed = sorted(map(str, good[name])) or "none of the choices"
+                raise ValueError(f"space.{name}={v!r} gives no valid training config in this sweep: "
+                                 f"{reasons[(name, v)]} (valid here: {allowed})")
+    if n_valid == 0:
+        raise ValueError("the search space has no valid combination with this base config")
+    return n_valid
+
+
+def build_sweep(data: Mapping[str, Any], path: Optional[Path] = None,
+                overrides: Optional[Mapping[str, Any]] = None) -> Sweep:
+    """Validate a sweep (nested dict plus nested ``overrides`` of the sweep file itself) → :class:`Sweep`."""
+    from ..train.config import load_config
+
+    merged = _merge(dict(data), overrides or {})
+    try:
+        cfg = SweepConfig(**merged)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"{loc}: {err['msg'].removeprefix('Value error, ')} (given: {err.get('input')!r})"
+                         if err["type"] != "extra_forbidden" else f"{loc}: unknown key")
+        raise ValueError(redact(f"invalid sweep {path or ''}:\n  " + "\n  ".join(lines))) from None
+    base_path = Path(cfg.base)
+    if path is not None and not base_path.is_absolute():
+        base_path = path.parent / base_path
+    base_cfg = load_config(base_path, cfg.overrides)  # validates base + overrides, names the field
+    base = base_cfg.model_dump(mode="json")
+    _check_fields(cfg.space)
+    sweep = Sweep(cfg, base, path)
+    _check_choices(sweep)
+    return sweep
+
+
+def load_sweep(path: str | Path, overrides: Optional[Mapping[str, Any]] = None) -> Sweep:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"sweep file {str(path)!r} does not exist")
+    with path.open() as f:
+        data = yaml.load(f, Loader=_Yaml12BoolLoader) or {}  # safe: a SafeLoader subclass
+    if not isinstance(data, dict):
+        raise ValueError(f"sweep file {str(path)!r}: expected a mapping, got {type(data).__name__}")
+    return build_sweep(data, path, overrides)

@@ -1,0 +1,131 @@
+"""One trial: draw a point, train it with :func:`irpe_bench.train.train`, record everything in the storage.
+
+The trial's value is the best ``val/acc1`` (the monitored metric, ``MONITOR``); each epoch's ``val/acc1`` is
+reported to the pruner. What the leaderboard reads is written as user attributes (``report/`` documents the
+keys): the variant slug, a key shared by the seeds of one configuration, the flattened config, metrics, status
+and — for anything but a finished run — the reason. A trial that fails is recorded with its reason and the
+sweep goes on (``catch``); a trial whose process was killed is retried by the storage's heartbeat with the
+same user attributes, so it resumes its own run directory from the last checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Dict
+
+import optuna
+
+from ..train.config import MONITOR, flatten
+from . import space as S
+from .config import Sweep
+
+log = logging.getLogger(__name__)
+_METRICS = ("val/acc1", f"{MONITOR}_best", "val/acc5", "val/loss", "params", "macs", "throughput/train_img_s",
+            "throughput/infer_img_s", "throughput/device", "throughput/precision", "throughput/batch_size",
+            "epochs", "wall_s")
+
+
+def config_key(flat: Dict[str, Any]) -> str:
+    """Equal for configs that differ only in seed or logging: the trials a leaderboard row averages."""
+    keep = {k: v for k, v in flat.items() if k != "seed" and not k.startswith("log.")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def retried_trial(trial: optuna.Trial) -> int | None:
+    """The number of the (killed) trial this one retries, from ``RetryFailedTrialCallback``'s system attribute
+    (read from the storage: Optuna 5's ``Trial`` does not expose system attributes)."""
+    history = trial.storage.get_trial_system_attrs(trial._trial_id).get("retry_history") or []
+    return history[-1] if history else None
+
+
+def variant_of(config) -> str:
+    """The run's slug before training: the model built on PyTorch's meta device (no memory, no init cost)."""
+    import torch
+
+    from ..train.run import build_model
+
+    with torch.device("meta"):
+        return build_model(config, config.model.num_classes or 2).variant
+
+
+class Objective:
+    """``study.optimize(Objective(sweep), catch=(Exception,))``. ``devices``: ``trainer.devices`` per trial."""
+
+    def __init__(self, sweep: Sweep, devices: int | None = None):
+        self.sweep = sweep
+        self.devices = devices
+
+    def run_dir(self, trial: optuna.Trial, slug: str) -> Path:
+        return self.sweep.out_dir / "runs" / f"trial-{trial.number:04d}-{slug}"
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        from ..train.run import CKPT_DIR, LAST_CKPT, TrainingDiverged, train
+
+        sweep = self.sweep
+        point = S.suggest(trial, sweep.config.space, sweep.base_flat)
+        retry_of = retried_trial(trial)
+        name = sweep.config.study.name
+        try:
+            config = sweep.trial_config(point, group=name, tags=[f"sweep:{name}", f"trial:{trial.number}"])
+            if self.devices is not None:
+                config = config.model_copy(update={"trainer": config.trainer.model_copy(
+                    update={"devices": self.devices})})
+            slug = variant_of(config)
+        except ValueError as e:  # a combination the rules did not foresee: recorded, no training
+            trial.set_user_attr("status", "invalid")
+            trial.set_user_attr("error", str(e))
+            raise
+        flat = flatten(config.model_dump(mode="json"))
+        attrs = {"variant": slug, "config_key": config_key(flat), "seed": config.seed, "baseline": config.model.rpe
+                 is None, "config": {k: v for k, v in flat.items() if not k.startswith("log.")},
+                 "retry_of": retry_of, "status": "running", "error": None,
+                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
+        # a retry keeps the killed trial's run directory (copied user attribute) and resumes its checkpoint
+        run_dir = Path(trial.user_attrs["run_dir"]) if retry_of is not None and "run_dir" in trial.user_attrs \
+            else self.run_dir(trial, slug)
+        ckpt = run_dir / CKPT_DIR / LAST_CKPT
+        resume = ckpt if retry_of is not None and ckpt.is_file() else None
+        attrs["run_dir"] = str(run_dir)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        log.info("trial %d: %s %s%s", trial.number, slug, point, f" (resuming {ckpt})" if resume else "")
+        pruning = PyTorchLightningPruningCallback(trial, monitor=MONITOR)
+        try:
+            summary = train(config, run_dir=run_dir, wandb_id=trial.user_attrs.get("wandb_id"),
+                            resume_from=resume, callbacks=[pruning])
+        except optuna.TrialPruned:
+            self._record(trial, run_dir, "pruned", "pruned by the pruner at epoch "
+                         f"{max(trial.storage.get_trial(trial._trial_id).intermediate_values, default=0)}")
+            raise
+        except TrainingDiverged as e:
+            self._record(trial, run_dir, "diverged", str(e), e.summary)
+            raise
+        except Exception as e:
+            self._record(trial, run_dir, "failed", f"{type(e).__name__}: {e}")
+            raise
+        self._record(trial, run_dir, "finished", None, summary)
+        pruning.check_pruned()  # DDP: a pruned decision travels through the storage
+        value = summary.get(f"{MONITOR}_best")
+        if value is None:
+            raise RuntimeError(f"the run finished without {MONITOR} (no validation epoch?)")
+        return float(value)
+
+    @staticmethod
+    def _record(trial: optuna.Trial, run_dir: Path, status: str, error: str | None,
+                summary: Dict[str, Any] | None = None) -> None:
+        if summary is None and (run_dir / "summary.json").is_file():
+            summary = json.loads((run_dir / "summary.json").read_text())
+        summary = summary or {}
+        for k in _METRICS:
+            if summary.get(k) is not None:
+                trial.set_user_attr(k, summary[k])
+        if summary.get("wandb_id"):
+            trial.set_user_attr("wandb_id", summary["wandb_id"])
+        trial.set_user_attr("status", status)
+        trial.set_user_attr("error", error)

@@ -1,0 +1,127 @@
+"""Run a sweep: workers that pull trials from the shared storage until the study's budget is spent.
+
+Many GPUs, many machines: every worker is the same loop over the same storage. ``python run.py sweep`` starts
+``workers`` processes on this machine (each sees its own ``devices_per_worker`` GPUs through
+``CUDA_VISIBLE_DEVICES``, or an equal share of the CPU cores), waits for them, then writes the leaderboard;
+the same command on another machine with the same PostgreSQL ``storage`` joins the study.
+
+The budget is counted in the storage, not per worker: a worker starts a trial only while
+``finished + running < n_trials`` (finished = complete, pruned, or failed and not retried), so N workers
+together run ``n_trials``. A worker with nothing left to start still waits while trials are running, because
+one of them may belong to a killed process: once its heartbeat is stale the worker fails it, and the retry
+(same parameters, same run directory) resumes from its last checkpoint. Nothing already finished is lost.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+from typing import Dict, List, Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from .config import Sweep
+from .objective import Objective
+from .storage import fail_running, heartbeat_enabled, open_study
+
+log = logging.getLogger(__name__)
+
+
+def budget(study: optuna.Study) -> Dict[str, int]:
+    """Trial counts that decide whether to start another: ``finished`` excludes failures that were retried."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    count = {s: 0 for s in ("complete", "pruned", "failed", "retried", "running", "waiting")}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            count["retried" if t.number in retried else "failed"] += 1
+        elif t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING):
+            count[t.state.name.lower()] += 1
+    count["finished"] = count["complete"] + count["pruned"] + count["failed"]
+    return count
+
+
+def target_trials(sweep: Sweep) -> int:
+    from .space import grid_size
+
+    st = sweep.config.study
+    return st.n_trials or grid_size(sweep.config.space, sweep.base_flat)
+
+
+def work(sweep: Sweep, meta: dict, devices: Optional[int] = None, poll_s: Optional[float] = None) -> int:
+    """One worker's loop (module docstring); returns the number of trials this worker ran."""
+    from optuna.storages import fail_stale_trials
+
+    study, _ = open_study(sweep, meta)
+    objective = Objective(sweep, devices)
+    total, started, ran = target_trials(sweep), time.time(), 0
+    timeout = sweep.config.study.timeout_s
+    beating = heartbeat_enabled(study)
+    poll = poll_s if poll_s is not None else max(1.0, sweep.config.study.heartbeat_s / 2)
+    while True:
+        if beating:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fail_stale_trials(study)
+        c = budget(study)
+        if timeout is not None and time.time() - started > timeout:
+            log.info("timeout: %.0f s passed, no new trial", timeout)
+            break
+        if c["waiting"] > 0 or c["finished"] + c["running"] < total:
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            ran += 1
+            continue
+        if c["running"] == 0 or not beating:
+            break
+        time.sleep(poll)  # others' trials run; one may be a killed process whose heartbeat goes stale
+    return ran
+
+
+def worker_env(index: int, workers: int, devices_per_worker: int) -> Dict[str, str]:
+    """CUDA: worker ``index`` sees GPUs [index·d, (index+1)·d); CPU: an equal share of the cores."""
+    import torch
+
+    env = dict(os.environ)
+    if torch.cuda.is_available():
+        first = index * devices_per_worker
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(devices_per_worker))
+    else:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    return env
+
+
+def check_devices(sweep: Sweep) -> None:
+    import torch
+
+    c = sweep.config
+    if torch.cuda.is_available() and c.workers * c.devices_per_worker > torch.cuda.device_count():
+        raise ValueError(f"workers={c.workers} × devices_per_worker={c.devices_per_worker} needs "
+                         f"{c.workers * c.devices_per_worker} GPUs; this machine has {torch.cuda.device_count()}")
+    if c.workers > 1 and sweep.storage_url.startswith("sqlite") and c.workers > 4:
+        raise ValueError(f"workers={c.workers} on SQLite: SQLite serialises writers; use PostgreSQL "
+                         "(study.storage: postgresql://user@host/db) for more than 4 workers")
+
+
+def launch(sweep: Sweep, meta: dict, argv: List[str]) -> int:
+    """Start ``workers`` child processes running ``argv`` (the same sweep command plus ``--worker I``) and wait
+    for all of them; returns the number that failed. The study exists (and the grid is enqueued) before
+    the children start, so they only join it."""
+    open_study(sweep, meta)
+    c = sweep.config
+    procs = []
+    for i in range(c.workers):
+        cmd = [sys.executable, "-m", "irpe_bench.cli", *argv, "--worker", str(i)]
+        procs.append(subprocess.Popen(cmd, env=worker_env(i, c.workers, c.devices_per_worker)))
+    failed = 0
+    for i, p in enumerate(procs):
+        if p.wait() != 0:
+            failed += 1
+            log.error("worker %d exited with code %d", i, p.returncode)
+    return failed
+
+
+__all__ = ["budget", "work", "launch", "fail_running", "target_trials", "check_devices"]

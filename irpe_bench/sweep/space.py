@@ -1,0 +1,226 @@
+"""The search space: the only place that calls ``trial.suggest_*``, and the rules that keep it legal.
+
+A space is an ordered mapping of dotted training-config fields (``model.rpe.method``, ``optim.lr``, ``seed``) to
+a :class:`ParamSpec` (``choices`` or a ``low``/``high`` range). Sampling is define-by-run, so the iRPE rules
+that make some combinations meaningless are applied *before* a value is drawn and illegal combinations are
+never sampled:
+
+* ``model.rpe.method: none`` is the no-RPE baseline: the other ``model.rpe.*`` parameters are not sampled;
+* bias mode exists only on q and k (paper Eq. 14): under ``mode=bias`` the attachment is drawn from the
+  choices without ``v``, under its own parameter name (``model.rpe.on@bias``), because Optuna pins a
+  parameter's choice set for the life of a study.
+
+The drivers of those rules (``method``, then ``mode``) are sampled first whatever their order in the file.
+Optuna's categorical choices must be scalars, so ``layers`` choices travel as strings (``"all"``, ``"0,1"``),
+and the paper's α:β:γ triples as ``model.rpe.alpha_beta_gamma: ["1.9:3.8:15.2", "2.5:5:20"]``.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+NO_RPE = "none"
+#: pseudo-field: an α:β:γ triple as one categorical choice ("2.5:5:20"), split into alpha/beta/gamma
+ABG = "model.rpe.alpha_beta_gamma"
+_DRIVERS = ("model.rpe.method", "model.rpe.mode")
+Scalar = Union[str, int, float, bool]
+
+
+class ParamSpec(BaseModel):
+    """One searched field: ``choices`` (categorical, any scalars; ``layers`` may list lists) or a numeric
+    range ``low``..``high`` (``log`` scale, ``step``; ``int: true`` for integers)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    choices: Optional[Tuple[Any, ...]] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+    int: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ParamSpec":
+        ranged = self.low is not None or self.high is not None
+        if (self.choices is None) == (not ranged):
+            raise ValueError("give either choices: [...] or low/high, not both and not neither")
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices: must not be empty")
+            if len(set(map(_encode, self.choices))) != len(self.choices):
+                raise ValueError(f"choices={list(self.choices)}: values repeat")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both low and high")
+        if not self.low < self.high:
+            raise ValueError(f"low={self.low:g} must be < high={self.high:g}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0 (given low={self.low:g})")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined (Optuna)")
+        return self
+
+    @property
+    def categorical(self) -> bool:
+        return self.choices is not None
+
+    def encoded_choices(self) -> Tuple[Scalar, ...]:
+        return tuple(_encode(c) for c in self.choices or ())
+
+    def endpoints(self) -> Tuple[Scalar, ...]:
+        """Values that stand for the whole spec in validation: every choice, or a range's two ends."""
+        if self.categorical:
+            return self.encoded_choices()
+        return (int(self.low), int(self.high)) if self.int else (self.low, self.high)
+
+
+def _encode(v: Any) -> Scalar:
+    """A YAML choice as an Optuna-storable scalar: lists (layer indices) become ``"0,1,2"``."""
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(int(i)) for i in v)
+    if v is None:
+        return NO_RPE
+    return v
+
+
+def ordered(space: Mapping[str, ParamSpec]) -> List[str]:
+    """Sampling order: the rule drivers first, then the file's order."""
+    return [k for k in _DRIVERS if k in space] + [k for k in space if k not in _DRIVERS]
+
+
+def _effective(name: str, sampled: Mapping[str, Any], base: Mapping[str, Any]) -> Any:
+    return sampled[name] if name in sampled else base.get(name)
+
+
+def rule(name: str, spec: ParamSpec, sampled: Mapping[str, Any], base: Mapping[str, Any]
+         ) -> Optional[Tuple[str, ParamSpec]]:
+    """The (Optuna parameter name, spec) under which ``name`` is drawn given the values drawn so far, or
+    ``None`` when it does not apply. ``base``: the flattened base config (for fields not searched)."""
+    method = _effective("model.rpe.method", sampled, base)
+    if name.startswith("model.rpe.") and name != "model.rpe.method" and (method == NO_RPE or method is None):
+        return None  # no RPE: its fields mean nothing
+    if name == "model.rpe.on" and spec.categorical and _effective("model.rpe.mode", sampled, base) == "bias":
+        allowed = tuple(c for c in spec.encoded_choices() if "v" not in str(c))
+        if not allowed:
+            return None  # nothing legal: keep the base value, the config check reports it
+        return f"{name}@bias", spec.model_copy(update={"choices": allowed})
+    return name, spec
+
+
+def suggest(trial, space: Mapping[str, ParamSpec], base: Mapping[str, Any]) -> Dict[str, Any]:
+    """Draw one point: ``{field: value}`` for the fields that apply (define-by-run, see module docstring)."""
+    sampled: Dict[str, Any] = {}
+    for name in ordered(space):
+        r = rule(name, space[name], sampled, base)
+        if r is None:
+            continue
+        pname, spec = r
+        if spec.categorical:
+            sampled[name] = trial.suggest_categorical(pname, list(spec.encoded_choices()))
+        elif spec.int:
+            sampled[name] = trial.suggest_int(pname, int(spec.low), int(spec.high), log=spec.log,
+                                              step=int(spec.step or 1))
+        else:
+            sampled[name] = trial.suggest_float(pname, spec.low, spec.high, log=spec.log, step=spec.step)
+    return sampled
+
+
+def points(space: Mapping[str, ParamSpec], base: Mapping[str, Any], limit: Optional[int] = None
+           ) -> Iterator[Dict[str, Any]]:
+    """Every combination of :meth:`ParamSpec.endpoints` that the rules allow, without duplicates (the
+    baseline once, not once per RPE choice): the grid sampler's points and the validation's cases."""
+    seen = set()
+    names = ordered(space)
+
+    def walk(i: int, sampled: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+        if i == len(names):
+            key = tuple(sorted(sampled.items()))
+            if key not in seen:
+                seen.add(key)
+                yield dict(sampled)
+            return
+        r = rule(names[i], space[names[i]], sampled, base)
+        if r is None:
+            yield from walk(i + 1, sampled)
+            return
+        for v in r[1].endpoints():
+            yield from walk(i + 1, {**sampled, names[i]: v})
+
+    yield from itertools.islice(walk(0, {}), limit)
+
+
+def optuna_params(space: Mapping[str, ParamSpec], point: Mapping[str, Any], base: Mapping[str, Any]
+                  ) -> Dict[str, Any]:
+    """A point as Optuna parameter names (``model.rpe.on@bias``), for ``study.enqueue_trial``."""
+    out, sampled = {}, {}
+    for name in ordered(space):
+        r = rule(name, space[name], sampled, base)
+        if r is None or name not in point:
+            continue
+        sampled[name] = point[name]
+        out[r[0]] = point[name]
+    return out
+
+
+def to_overrides(point: Mapping[str, Any], base_rpe: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Sampled ``{field: value}`` → nested config overrides.
+
+    ``method: none`` sets ``model.rpe: null``; a drawn ``ratio`` replaces the base's α/β/γ and a drawn triple
+    replaces its ratio (``RPEConfig`` takes one or the other); ``layers: "0,1"`` becomes ``[0, 1]``."""
+    out: Dict[str, Any] = {}
+    rpe: Dict[str, Any] = {}
+    for name, value in point.items():
+        if name.startswith("model.rpe."):
+            rpe[name[len("model.rpe."):]] = value
+            continue
+        node = out
+        *parents, leaf = name.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    if rpe.get("method") == NO_RPE:
+        out.setdefault("model", {})["rpe"] = None
+        return out
+    if rpe:
+        if base_rpe is None:
+            raise ValueError("the sweep searches model.rpe.* but the base config has model.rpe: null; give the "
+                             "base an iRPE config (or search model.rpe.method with a 'none' choice)")
+        merged = dict(base_rpe)
+        if "alpha_beta_gamma" in rpe:
+            merged.update(zip(("alpha", "beta", "gamma"), parse_abg(rpe.pop("alpha_beta_gamma"))), ratio=None)
+        if "ratio" in rpe:
+            merged.update(alpha=None, beta=None, gamma=None)
+        if isinstance(rpe.get("layers"), str) and rpe["layers"] != "all":
+            rpe["layers"] = [int(i) for i in rpe["layers"].split(",")]
+        merged.update(rpe)
+        out.setdefault("model", {})["rpe"] = merged
+    return out
+
+
+def parse_abg(text: Any) -> Tuple[float, float, float]:
+    """``"2.5:5:20"`` → (2.5, 5.0, 20.0); a clear error otherwise."""
+    parts = str(text).split(":")
+    try:
+        vals = tuple(float(p) for p in parts)
+    except ValueError:
+        vals = ()
+    if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"{ABG}={text!r}: expected 'alpha:beta:gamma', e.g. '1.9:3.8:15.2'")
+    return vals  # type: ignore[return-value]
+
+
+def grid_size(space: Mapping[str, ParamSpec], base: Mapping[str, Any]) -> int:
+    return sum(1 for _ in points(space, base))
+
+
+def describe(space: Mapping[str, ParamSpec]) -> Dict[str, Any]:
+    """The space as plain data (stored in the study, shown in the leaderboard header)."""
+    return {k: (list(s.encoded_choices()) if s.categorical else
+                {"low": s.low, "high": s.high, "log": s.log, "step": s.step, "int": s.int})
+            for k, s in space.items()}
+
+
+def is_range(specs: Sequence[ParamSpec]) -> bool:
+    return any(not s.categorical for s in specs)

@@ -1,0 +1,127 @@
+"""The study's storage (the sweep's source of truth), its sampler and pruner, and creating or joining a study.
+
+* SQLite (default, one machine) and PostgreSQL/MySQL (many machines) are Optuna ``RDBStorage`` with a
+  heartbeat: a trial whose process was killed stops beating, the next worker fails it after ``grace_s`` and
+  ``RetryHeartbeatStaleTrialCallback`` puts the same parameters back in the queue — with the killed trial's user
+  attributes, so the retry finds its run directory and resumes from the last checkpoint.
+* A journal file (``journal:///path``) has no heartbeat: ``--fail-running`` recovers killed trials by hand.
+
+Creating the study is the one race between workers that start together; ``create_study`` without
+``load_if_exists`` is atomic in the storage, so exactly one worker creates it (and enqueues the grid).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Tuple
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from .config import Sweep, redact
+
+log = logging.getLogger(__name__)
+
+
+def driver_url(url: str) -> str:
+    """``postgresql://`` means psycopg2 to SQLAlchemy; this project installs psycopg 3, so use it unless
+    psycopg2 is there (an explicit ``postgresql+driver://`` is kept)."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None:
+            return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def open_storage(sweep: Sweep) -> optuna.storages.BaseStorage:
+    url = driver_url(sweep.storage_url)
+    st = sweep.config.study
+    if url.startswith("journal://"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal://"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=st.heartbeat_s, grace_period=st.grace_s,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                              max_retry=st.max_retry, inherit_intermediate_values=True))
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy/driver errors: say which storage, never its password
+        raise ValueError(f"study.storage={redact(url)!r}: cannot open it: {type(e).__name__}: "
+                         f"{redact(str(e)).splitlines()[0]}") from None
+
+
+def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
+    """Grid points are enqueued as trials (:func:`open_study`), so grid runs them with a seeded random sampler
+    for anything left; TPE samples the conditional space jointly (``group``) as it is define-by-run."""
+    st = sweep.config.study
+    if st.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=st.seed, multivariate=True, group=True,
+                                          n_startup_trials=min(10, max(2, (st.n_trials or 10) // 3)))
+    return optuna.samplers.RandomSampler(seed=st.seed)
+
+
+def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
+    st = sweep.config.study
+    if st.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=st.pruner_warmup_epochs)
+    if st.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=sweep.base_config.trainer.max_epochs)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(sweep: Sweep, meta: dict) -> Tuple[optuna.Study, bool]:
+    """Create the study (and enqueue the grid) or join the existing one → (study, created).
+
+    ``meta`` (stored as the study's ``sweep`` attribute: file, space, command — never the storage URL) is
+    written by the creator only."""
+    from . import space as S
+
+    storage = open_storage(sweep)
+    name = sweep.config.study.name
+    kw = dict(storage=storage, study_name=name, sampler=make_sampler(sweep), pruner=make_pruner(sweep))
+    try:
+        study = optuna.create_study(direction="maximize", load_if_exists=False, **kw)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(**kw)
+        created = False
+    stored = study.user_attrs.get("sweep") or {}
+    if not created and stored.get("fingerprint") and meta.get("fingerprint") and \
+            stored["fingerprint"] != meta["fingerprint"]:
+        raise ValueError(f"study {name!r} in {redact(sweep.storage_url)} was created from a different sweep (base "
+                         "config, overrides, space, sampler or pruner differ; sweep file "
+                         f"{stored.get('sweep_file')!r}): its trials would not be comparable. Use a new study.name "
+                         "(--set study.name=...) or delete the old study")
+    if created or not stored:
+        study.set_user_attr("sweep", meta)
+    if sweep.config.study.sampler == "grid" and not study.user_attrs.get("grid_enqueued"):
+        if created or not study.trials:  # the creator, or a creator killed before it enqueued
+            for point in S.points(sweep.config.space, sweep.base_flat):
+                study.enqueue_trial(S.optuna_params(sweep.config.space, point, sweep.base_flat),
+                                    skip_if_exists=True)
+            study.set_user_attr("grid_enqueued", True)
+    return study, created
+
+
+def heartbeat_enabled(study: optuna.Study) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(study._storage)
+
+
+def fail_running(study: optuna.Study) -> int:
+    """Mark every RUNNING trial failed and queue its retry (storages without a heartbeat, after a crash).
+    Only safe when no worker of this study is alive; returns how many were recovered."""
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
+            study._storage.set_trial_system_attr(t._trial_id, "fail_reason", "recovered with --fail-running")
+            retry(study, study._storage.get_trial(t._trial_id))
+            n += 1
+    return n

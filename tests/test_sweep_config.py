@@ -1,0 +1,138 @@
+"""Sweep files: every bad input fails before any work with the field, the value and what is allowed; the
+conditional space never offers an illegal combination; grid points and overrides are what the file says."""
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+
+from irpe_bench.sweep import build_sweep, load_sweep, redact
+from irpe_bench.sweep import space as S
+from irpe_bench.sweep.objective import config_key, variant_of
+from irpe_bench.train.config import flatten
+
+from ._train_helpers import tiny_dict, write_yaml
+
+
+def _sweep(tmp_path, space, **top):  # noqa: D103
+    base = write_yaml(tmp_path / "base.yaml", tiny_dict(tmp_path))
+    data = {"study": {"name": "t", "sampler": "grid", "pruner": "none", **top.pop("study", {})},
+            "base": base.name, "space": space, **top}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_shipped_sweeps_load():
+    quick = load_sweep("sweeps/digits_quick.yaml")
+    assert quick.config.study.sampler == "grid"
+    assert [p["model.rpe.method"] for p in S.points(quick.config.space, quick.base_flat)] == \
+        ["none", "euclidean", "quant", "cross", "product"]
+    assert quick.base_config.trainer.max_epochs == 15  # overrides applied to configs/digits.yaml
+    tpe = load_sweep("sweeps/digits_tpe.yaml")
+    assert tpe.config.study.n_trials == 30
+
+
+@pytest.mark.parametrize("space, study, message", [
+    ({"model.rpe.methd": {"choices": ["product"]}}, {}, "space.model.rpe.methd: unknown field 'methd'"),
+    ({"model.rpe.method": {"choices": ["product", "polar"]}}, {},
+     "space.model.rpe.method='polar' gives no valid training config"),
+    ({"model.rpe.method": {"choices": ["polar"]}}, {}, "unknown mapping 'polar'; choices:"),
+    ({"model.rpe.ratio": {"low": 2.0, "high": 1.0}}, {"sampler": "tpe", "n_trials": 3}, "low=2 must be < high=1"),
+    ({"model.rpe.ratio": {"low": 1.0, "high": 2.0}}, {}, "study.sampler='grid' needs choices for every field"),
+    ({"model.rpe.ratio": {"low": 1.0, "high": 2.0}}, {"sampler": "tpe"}, "study.n_trials is required"),
+    ({"model.rpe.layers": {"choices": ["all", [0, 7]]}}, {}, "index 7 is out of range for a model with depth=2"),
+    ({"model.rpe.method": {"choices": ["product"], "low": 1}}, {}, "give either choices"),
+    ({}, {}, "space: must search at least one field"),
+    ({"model.rpe.method": {"choices": ["product"]}}, {"name": "a b"}, "study.name='a b'"),
+    ({"model.rpe.method": {"choices": ["product"]}}, {"storage": "redis://u:secret@h/0"}, "study.storage="),
+    ({"optim.lr": {"choices": [0.001, -1.0]}}, {}, "space.optim.lr=-1.0 gives no valid training config"),
+])
+def test_bad_sweeps_fail_before_work(tmp_path, space, study, message):
+    with pytest.raises(ValueError, match=None) as e:
+        load_sweep(_sweep(tmp_path, space, study=study))
+    assert message in str(e.value)
+    assert "secret" not in str(e.value)
+    assert not (tmp_path / "results").exists()
+
+
+def test_bias_on_v_is_never_valid_when_mode_is_fixed_bias(tmp_path):
+    base = tiny_dict(tmp_path, model={"rpe": {"mode": "bias"}})
+    write_yaml(tmp_path / "base.yaml", base)
+    data = {"study": {"name": "t", "sampler": "grid"}, "base": "base.yaml",
+            "space": {"model.rpe.on": {"choices": ["k", "qkv"]}}}
+    # bias is fixed by the base config: the rule filters the choice out, so nothing can run it
+    sweep = build_sweep(data, tmp_path / "s.yaml")
+    assert [p.get("model.rpe.on") for p in S.points(sweep.config.space, sweep.base_flat)] == ["k"]
+
+
+def test_rules_bias_has_its_own_attachment_parameter_and_none_skips_rpe():
+    space = {"model.rpe.on": S.ParamSpec(choices=("k", "qkv")), "model.rpe.mode": S.ParamSpec(
+        choices=("bias", "contextual")), "model.rpe.method": S.ParamSpec(choices=("none", "product"))}
+    base = {"model.rpe.method": "product", "model.rpe.mode": "contextual"}
+    pts = list(S.points(space, base))
+    assert {"model.rpe.method": "none"} in pts and sum(p["model.rpe.method"] == "none" for p in pts) == 1
+    assert not any(p.get("model.rpe.mode") == "bias" and "v" in p.get("model.rpe.on", "") for p in pts)
+    assert len(pts) == 1 + 1 + 2  # none; bias×k; contextual×{k, qkv}
+    assert S.optuna_params(space, {"model.rpe.method": "product", "model.rpe.mode": "bias",
+                                   "model.rpe.on": "k"}, base) == \
+        {"model.rpe.method": "product", "model.rpe.mode": "bias", "model.rpe.on@bias": "k"}
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(60):  # define-by-run: bias never draws v, whatever the sampler proposes
+        t = study.ask()
+        p = S.suggest(t, space, base)
+        assert not (p.get("model.rpe.mode") == "bias" and "v" in p.get("model.rpe.on", ""))
+        assert p["model.rpe.method"] != "none" or list(p) == ["model.rpe.method"]
+        study.tell(t, 0.0)
+
+
+def test_overrides_ratio_triple_layers_and_baseline(tmp_path):
+    sweep = load_sweep(_sweep(tmp_path, {"model.rpe.alpha_beta_gamma": {"choices": ["2.5:5:20", "4:5:20"]},
+                                         "model.rpe.layers": {"choices": ["all", [0]]}}))
+    cfg = sweep.trial_config({"model.rpe.alpha_beta_gamma": "4:5:20", "model.rpe.layers": "0"})
+    assert (cfg.model.rpe.alpha, cfg.model.rpe.beta, cfg.model.rpe.gamma, cfg.model.rpe.ratio) == (4, 5, 20, None)
+    assert cfg.model.rpe.layers == (0,)
+    assert sweep.trial_config({"model.rpe.ratio": 3.0}).model.rpe.gamma == 24.0
+    assert sweep.trial_config({"model.rpe.method": "none"}).model.rpe is None
+    assert variant_of(sweep.trial_config({"model.rpe.method": "none"})) == "deit_tiny_norpe"
+    assert variant_of(cfg) == "deit_tiny_ctx_product_122_a4b5g20_shared_k_L0"
+    with pytest.raises(ValueError, match="expected 'alpha:beta:gamma'"):
+        S.parse_abg("1:2")
+
+
+def test_config_key_ignores_seed_and_logging_only(tmp_path):
+    sweep = load_sweep(_sweep(tmp_path, {"seed": {"choices": [0, 1]}}))
+    a, b = (flatten(sweep.trial_config({"seed": s}, group=f"g{s}").model_dump(mode="json")) for s in (0, 1))
+    c = flatten(sweep.trial_config({"seed": 0, "model.rpe.mode": "bias"}).model_dump(mode="json"))
+    assert config_key(a) == config_key(b) != config_key(c)
+
+
+def test_storage_password_is_redacted(tmp_path, monkeypatch):
+    assert redact("postgresql://bob:s3cret@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
+    assert redact("postgresql://bob@db/optuna") == "postgresql://bob@db/optuna"
+    monkeypatch.setenv("IRPE_BENCH_STORAGE", "postgresql://bob:s3cret@127.0.0.1:1/none")
+    sweep = load_sweep(_sweep(tmp_path, {"seed": {"choices": [0]}}))
+    assert sweep.storage_url.endswith(":1/none")
+    from irpe_bench.sweep.storage import open_study
+
+    with pytest.raises(ValueError) as e:  # nothing listens on port 1
+        open_study(sweep, {})
+    assert "bob:***@" in str(e.value) and "s3cret" not in str(e.value)
+
+
+def test_a_changed_sweep_cannot_join_an_existing_study(tmp_path):
+    from irpe_bench.sweep.storage import open_study
+
+    path = _sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "product"]}}, out_dir=str(tmp_path / "o"))
+    sweep = load_sweep(path)
+    study, created = open_study(sweep, {"fingerprint": sweep.fingerprint()})
+    assert created and [t.system_attrs["fixed_params"] for t in study.trials] == [
+        {"model.rpe.method": "none"}, {"model.rpe.method": "product"}]  # the grid, enqueued
+    again = load_sweep(path, {"study": {"n_trials": 5}})  # a bigger budget is the same sweep
+    assert again.fingerprint() == sweep.fingerprint()
+    _, created = open_study(again, {"fingerprint": again.fingerprint()})
+    assert not created and len(study.trials) == 2  # joined, nothing enqueued twice
+    changed = load_sweep(path, {"overrides": {"trainer": {"max_epochs": 3}}})
+    with pytest.raises(ValueError, match="was created from a different sweep"):
+        open_study(changed, {"fingerprint": changed.fingerprint()})

@@ -1,0 +1,161 @@
+"""Real sweeps on real storages: tiny DeiTs on digits, real Lightning trainers, Optuna on SQLite and PostgreSQL.
+
+What a user relies on: every trial is recorded (value, metrics, config, reason when it failed), a failing trial
+does not stop the sweep, pruning stops a bad trial, a killed sweep resumes and finishes the killed trial from
+its checkpoint, and several workers share one study without running a trial twice."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from irpe_bench.cli import main
+
+from ._train_helpers import tiny_dict, write_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _write_sweep(tmp_path: Path, space, study=None, base_sections=None, **top) -> Path:
+    write_yaml(tmp_path / "base.yaml", tiny_dict(tmp_path, **(base_sections or {})))
+    data = {"study": {"name": "s", "sampler": "grid", "pruner": "none", **(study or {})}, "base": "base.yaml",
+            "space": space, "out_dir": str(tmp_path / "out"), **top}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _study(tmp_path: Path, name: str = "s", storage: str | None = None) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{tmp_path}/out/optuna.db")
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), **extra}
+
+
+@pytest.mark.slow
+def test_grid_sweep_records_every_trial_and_survives_a_failing_one(tmp_path):
+    path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "product"]},
+                                   "optim.lr": {"choices": [0.002, 1.0e9]}},
+                        base_sections={"log": {"wandb": True}})
+    assert main(["sweep", str(path)]) == 0
+    trials = _study(tmp_path).trials
+    assert len(trials) == 4
+    by_state = {s: [t for t in trials if t.state == s] for s in (TrialState.COMPLETE, TrialState.FAIL)}
+    assert len(by_state[TrialState.COMPLETE]) == 2 and len(by_state[TrialState.FAIL]) == 2
+    for t in by_state[TrialState.FAIL]:  # lr 1e9 diverges: recorded with its reason, the sweep went on
+        assert t.params["optim.lr"] == 1.0e9
+        assert t.user_attrs["status"] == "diverged" and "train/loss became nan" in t.user_attrs["error"]
+    for t in by_state[TrialState.COMPLETE]:
+        summary = json.loads((Path(t.user_attrs["run_dir"]) / "summary.json").read_text())
+        assert t.value == summary["val/acc1_best"] == t.user_attrs["val/acc1_best"]
+        assert t.user_attrs["variant"] == summary["variant"]
+        assert t.user_attrs["config"]["optim.lr"] == 0.002 and t.user_attrs["seed"] == 0
+        assert t.user_attrs["params"] == summary["params"] > 0
+        assert t.user_attrs["throughput/infer_img_s"] > 0
+        assert t.user_attrs["baseline"] == (t.params["model.rpe.method"] == "none")
+        assert len(t.intermediate_values) == 2  # val/acc1 of each epoch went to the pruner
+    variants = {t.user_attrs["variant"] for t in by_state[TrialState.COMPLETE]}
+    assert variants == {"deit_tiny_norpe", "deit_tiny_ctx_product_50_shared_k"}
+    # W&B: one offline run per trial, grouped by the study, tagged with the trial
+    from irpe_bench.train.wandb_setup import read_offline_summary
+
+    t0 = by_state[TrialState.COMPLETE][0]
+    wb = read_offline_summary(Path(t0.user_attrs["run_dir"]))
+    assert wb["config"]["log.group"] == "s" and f"trial:{t0.number}" in wb["tags"] and "sweep:s" in wb["tags"]
+    # the leaderboard ends the command: both finished variants ranked, the failures listed with reasons
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "deit_tiny_ctx_product_50_shared_k" in md and "deit_tiny_norpe" in md and "diverged" in md.lower()
+    # running it again starts nothing new: the budget is counted in the storage
+    assert main(["sweep", str(path)]) == 0
+    assert len(_study(tmp_path).trials) == 4
+
+
+@pytest.mark.slow
+def test_median_pruner_stops_a_bad_trial(tmp_path):
+    path = _write_sweep(tmp_path, {"optim.lr": {"choices": [0.005, 0.004, 0.003, 1.0e-9]}},
+                        study={"pruner": "median", "pruner_warmup_epochs": 0},
+                        base_sections={"trainer": {"max_epochs": 3, "limit_train_batches": None,
+                                                   "limit_val_batches": None, "benchmark_batches": 0},
+                                       "optim": {"warmup_epochs": 0}})
+    assert main(["sweep", str(path), "--no-leaderboard"]) == 0
+    trials = _study(tmp_path).trials
+    assert [t.state for t in trials[:3]] == [TrialState.COMPLETE] * 3
+    bad = trials[3]
+    assert bad.params["optim.lr"] == 1.0e-9 and bad.state == TrialState.PRUNED
+    assert bad.user_attrs["status"] == "pruned" and len(bad.intermediate_values) < 3
+    assert json.loads((Path(bad.user_attrs["run_dir"]) / "summary.json").read_text())["status"] == "stopped"
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_the_killed_trial_from_its_checkpoint(tmp_path):
+    path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["product", "cross"]}},
+                        study={"heartbeat_s": 1, "grace_s": 3},
+                        base_sections={"trainer": {"max_epochs": 3, "limit_train_batches": 12}})
+    cmd = [sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--no-leaderboard"]
+    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    runs = tmp_path / "out" / "runs"
+    try:
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline and not list(runs.glob("trial-0000-*/checkpoints/"
+                                                                                      "last.ckpt")):
+            time.sleep(0.05)
+        time.sleep(0.3)  # let the checkpoint write finish
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
+    assert [t.state for t in _study(tmp_path).trials] == [TrialState.RUNNING, TrialState.WAITING]
+
+    t0 = time.time()
+    assert main(["sweep", str(path), "--no-leaderboard"]) == 0  # waits out the grace period, then retries
+    trials = _study(tmp_path).trials
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 2 and states == [TrialState.FAIL, TrialState.COMPLETE,
+                                                                   TrialState.COMPLETE]
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == 0)
+    assert retry.params == trials[0].params and retry.user_attrs["run_dir"] == trials[0].user_attrs["run_dir"]
+    summary = json.loads((Path(retry.user_attrs["run_dir"]) / "summary.json").read_text())
+    assert summary["resumed_from"].endswith("last.ckpt") and summary["epochs"] == 3
+    assert summary["global_step"] == 3 * 12
+    assert time.time() - t0 < 200
+
+
+def _pg_available() -> bool:
+    try:
+        optuna.storages.RDBStorage(PG.replace("postgresql://", "postgresql+psycopg://"))
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_postgresql_study(tmp_path):
+    if not _pg_available():
+        pytest.fail("PostgreSQL on 127.0.0.1:5432 is required (see .ci/run); start it with pg_ctlcluster")
+    name = f"pytest-{uuid.uuid4().hex[:8]}"
+    path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "euclidean", "quant", "product"]}},
+                        study={"name": name, "storage": PG}, workers=2)
+    storage = PG.replace("postgresql://", "postgresql+psycopg://")
+    try:
+        proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path)], env=_env(), cwd=ROOT,
+                              capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        trials = _study(tmp_path, name, storage).trials
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+        assert sorted(t.params["model.rpe.method"] for t in trials) == ["euclidean", "none", "product", "quant"]
+        assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes pulled trials
+        assert (tmp_path / "out" / "leaderboard.md").is_file()
+    finally:
+        optuna.delete_study(study_name=name, storage=storage)
