@@ -244,12 +244,15 @@ def test_plots_skip_with_a_reason(tmp_path):
     assert optimization_history(study, tmp_path / "h.png") == (None, "needs at least 2 complete trials, has 1")
     _add(study, "deit_tiny_norpe", _config(0), value=71.0, train=1.0, infer=2.0)  # same params again
     path, reason = param_importances(study, tmp_path / "i.png")
-    assert path is None and "more than one value" in reason and not (tmp_path / "i.png").exists()
+    assert path is None and "two or more varied parameters, has none" in reason and not (tmp_path / "i.png").exists()
+    _add(study, "deit_tiny_ctx_product_50_shared_k", _config(0, "product"), value=72.0, train=1.0, infer=2.0)
+    path, reason = param_importances(study, tmp_path / "i.png")  # one varied parameter: importance is 1.0
+    assert path is None and "has ['model.rpe.method']" in reason
     board = collect(study)
     plots = make_plots(study, board, tmp_path)
-    assert plots["accuracy_by_variant"].path is not None and plots["optimization_history"].path is None
+    assert plots["accuracy_by_variant"].path is not None and plots["optimization_history"].path is not None
     page = to_html(board, None, plots)
-    assert "optimization_history: not drawn (no parameter takes more than one value" in page
+    assert "param_importances: not drawn (needs two or more varied parameters" in page
 
 
 def test_empty_study():
@@ -273,3 +276,15 @@ def test_wandb_offline_leaderboard_run(board, report, tmp_path):
     assert summary["leaderboard/best_variant"] == "deit_tiny_ctx_cross_50_shared_qkv"
     assert summary["leaderboard/best_acc1"] == pytest.approx(78.0) and summary["leaderboard/n_complete"] == 11
     assert "leaderboard" in summary and any(k.startswith("plots/") for k in summary)
+
+
+def test_a_plot_that_no_longer_applies_is_removed(tmp_path):
+    """The report is a function of the storage: a stale PNG from an earlier write must not survive."""
+    from irpe_bench.report import write_report
+
+    study = optuna.create_study(direction="maximize", study_name="stale")
+    _add(study, "deit_tiny_norpe", _config(0), value=70.0, train=1.0, infer=2.0)
+    (tmp_path / "param_importances.png").write_bytes(PNG_SIGNATURE)
+    out = write_report(study, tmp_path)
+    assert "param_importances" not in out and not (tmp_path / "param_importances.png").exists()
+    assert "accuracy_by_variant" in out and (tmp_path / "accuracy_by_variant.png").is_file()

@@ -159,3 +159,21 @@ def test_two_workers_share_one_postgresql_study(tmp_path):
         assert (tmp_path / "out" / "leaderboard.md").is_file()
     finally:
         optuna.delete_study(study_name=name, storage=storage)
+
+
+@pytest.mark.slow
+def test_a_two_process_ddp_trial_runs_once_with_both_ranks(tmp_path):
+    """Lightning's DDP launcher re-runs the sweep command for rank 1: it must join rank 0's trial, not start a
+    sweep of its own (gloo on 2 CPU processes stands in for 2 GPUs)."""
+    path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["product"]}},
+                        base_sections={"trainer": {"devices": 2, "strategy": "ddp", "max_epochs": 2,
+                                                   "limit_train_batches": 3, "limit_val_batches": 2}})
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--no-leaderboard"],
+                          env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = _study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE]  # one trial, not one per rank
+    summary = json.loads((Path(trials[0].user_attrs["run_dir"]) / "summary.json").read_text())
+    assert summary["world_size"] == 2 and trials[0].value == summary["val/acc1_best"]
+    assert sorted(trials[0].intermediate_values) == [0, 1]  # reported once per epoch, from rank 0
+    assert len(list((tmp_path / "out" / "runs").iterdir())) == 1

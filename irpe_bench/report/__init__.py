@@ -39,6 +39,8 @@ def write_report(study: optuna.Study, out_dir: Path, meta: Optional[Mapping[str,
     board = collect(study)
     plots = make_plots(study, board, out)
     drawn = {name: p.path for name, p in plots.items() if p.path is not None}
+    for name in set(plots) - set(drawn):  # a plot of an earlier report that no longer applies would mislead
+        (out / f"{name}.png").unlink(missing_ok=True)
 
     markdown = to_markdown(board, meta, drawn)
     paths: Dict[str, Any] = {"md": out / "leaderboard.md", "html": out / "leaderboard.html",

@@ -143,8 +143,13 @@ def optimization_history(study: optuna.Study, path: Path) -> PlotResult:
 
 
 def param_importances(study: optuna.Study, path: Path) -> PlotResult:
-    """Optuna's hyperparameter importance (PED-ANOVA by default, conditional params included)."""
+    """Optuna's hyperparameter importance (PED-ANOVA by default, conditional params included). Importances are
+    shares that sum to 1, so with a single varied parameter the plot would only say 1.0: not drawn."""
     from optuna.visualization.matplotlib import plot_param_importances
+
+    varied = sorted(k for k, n in _varied_params(study).items() if n > 1)
+    if len(varied) < 2:
+        return _skip("param_importances", f"needs two or more varied parameters, has {varied or 'none'}")
 
     return _optuna_plot("param_importances", study, path, plot_param_importances)
 

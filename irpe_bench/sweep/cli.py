@@ -64,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
     if args.storage:
         os.environ[STORAGE_ENV] = args.storage
     sweep = load_sweep(args.sweep, parse_overrides(args.overrides))  # every check before any work
+    from ..train.run import _is_child_rank
+
+    if _is_child_rank():  # a DDP rank of one trial, started by Lightning re-running this command
+        from .objective import ddp_rank_main
+
+        return ddp_rank_main(sweep)
     check_devices(sweep)
     meta = _meta(sweep, args)
     c = sweep.config

@@ -24,6 +24,9 @@ from . import space as S
 from .config import Sweep
 
 log = logging.getLogger(__name__)
+#: set around a trial's ``train()``: Lightning's DDP launcher starts ranks 1.. by re-running this process's
+#: command with the environment of that moment, and :func:`ddp_rank_main` uses these to join the trial
+ENV_TRIAL_ID, ENV_RESUME = "IRPE_BENCH_TRIAL_ID", "IRPE_BENCH_RESUME"
 _METRICS = ("val/acc1", f"{MONITOR}_best", "val/acc5", "val/loss", "params", "macs", "throughput/train_img_s",
             "throughput/infer_img_s", "throughput/device", "throughput/precision", "throughput/batch_size",
             "epochs", "wall_s")
@@ -96,9 +99,12 @@ class Objective:
             trial.set_user_attr(k, v)
         log.info("trial %d: %s %s%s", trial.number, slug, point, f" (resuming {ckpt})" if resume else "")
         pruning = PyTorchLightningPruningCallback(trial, monitor=MONITOR)
+        os.environ[ENV_TRIAL_ID] = str(trial._trial_id)  # for DDP ranks that Lightning starts (ddp_rank_main)
+        os.environ[ENV_RESUME] = str(resume or "")
         try:
             summary = train(config, run_dir=run_dir, wandb_id=trial.user_attrs.get("wandb_id"),
                             resume_from=resume, callbacks=[pruning])
+            pruning.check_pruned()  # DDP: the pruning decision travels through the storage
         except optuna.TrialPruned:
             self._record(trial, run_dir, "pruned", "pruned by the pruner at epoch "
                          f"{max(trial.storage.get_trial(trial._trial_id).intermediate_values, default=0)}")
@@ -109,8 +115,10 @@ class Objective:
         except Exception as e:
             self._record(trial, run_dir, "failed", f"{type(e).__name__}: {e}")
             raise
+        finally:
+            os.environ.pop(ENV_TRIAL_ID, None)
+            os.environ.pop(ENV_RESUME, None)
         self._record(trial, run_dir, "finished", None, summary)
-        pruning.check_pruned()  # DDP: a pruned decision travels through the storage
         value = summary.get(f"{MONITOR}_best")
         if value is None:
             raise RuntimeError(f"the run finished without {MONITOR} (no validation epoch?)")
@@ -129,3 +137,24 @@ class Objective:
             trial.set_user_attr("wandb_id", summary["wandb_id"])
         trial.set_user_attr("status", status)
         trial.set_user_attr("error", error)
+
+
+def ddp_rank_main(sweep: Sweep) -> int:
+    """A DDP rank > 0 of a multi-device trial: Lightning re-ran the sweep command with ``LOCAL_RANK`` set.
+    It trains the same trial (same run directory, config, checkpoint) beside rank 0 instead of starting a
+    sweep loop of its own; rank 0's objective records the result."""
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from ..train.config import load_config
+    from ..train.run import _ENV_RUN_DIR, train
+    from .storage import open_storage
+
+    trial_id, run_dir = os.environ.get(ENV_TRIAL_ID), os.environ.get(_ENV_RUN_DIR)
+    if not trial_id or not run_dir:
+        raise RuntimeError(f"a DDP rank of a sweep needs {ENV_TRIAL_ID} and {_ENV_RUN_DIR} from rank 0")
+    study = optuna.load_study(study_name=sweep.config.study.name, storage=open_storage(sweep))
+    trial = optuna.Trial(study, int(trial_id))
+    config = load_config(Path(run_dir) / "config.yaml")
+    train(config, run_dir=run_dir, resume_from=os.environ.get(ENV_RESUME) or None,
+          callbacks=[PyTorchLightningPruningCallback(trial, monitor=MONITOR)])
+    return 0
