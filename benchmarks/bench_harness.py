@@ -14,7 +14,6 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -52,3 +52,17 @@ def test_peak_memory_counts_live_tensors():
         del a, b
 
     assert peak_memory(step, torch.device("cpu")) >= 6 * 2 ** 20
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_attention_kernel_candidates_agree_and_report(train, capsys):
+    """benchmarks/bench_attention_kernels.py: every uncompiled candidate computes the same attention as eager."""
+    from benchmarks.bench_attention_kernels import main as kernels
+
+    argv = ["--grid", "4", "--batch", "2", "--heads", "2", "--head-dim", "8", "--rounds", "3", "--no-compile"]
+    rows = {r["case"]: r for r in kernels(argv + (["--train"] if train else []))}
+    assert set(rows) == {"baseline", "sdpa_mask", "eager"}
+    assert rows["baseline"]["x_base"] == 1.0 and rows["eager"]["max_abs_diff"] == 0.0
+    assert rows["sdpa_mask"]["max_abs_diff"] < 1e-5
+    out = capsys.readouterr().out
+    assert ("train (fwd+bwd)" if train else "inference") in out and "L=17 B=2" in out

@@ -136,3 +136,14 @@ def test_a_changed_sweep_cannot_join_an_existing_study(tmp_path):
     changed = load_sweep(path, {"overrides": {"trainer": {"max_epochs": 3}}})
     with pytest.raises(ValueError, match="was created from a different sweep"):
         open_study(changed, {"fingerprint": changed.fingerprint()})
+
+
+def test_set_reaches_dotted_space_keys():
+    from irpe_bench.cli import parse_overrides
+
+    sweep = load_sweep("sweeps/digits_quick.yaml",
+                       parse_overrides(["space.model.rpe.method.choices=[none,cross]", "study.name=other"]))
+    assert sweep.config.space["model.rpe.method"].choices == ("none", "cross")
+    assert sweep.config.study.name == "other" and str(sweep.out_dir) == "results/sweeps/other"
+    with pytest.raises(ValueError, match=r"--set space.model.rpe.method.chices: expected space.<field>.<choices"):
+        load_sweep("sweeps/digits_quick.yaml", parse_overrides(["space.model.rpe.method.chices=[none]"]))

@@ -5,7 +5,6 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List
 
 from .config import STORAGE_ENV, Sweep, load_sweep, redact

@@ -18,10 +18,9 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Literal, Mapping, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..train.config import TrainConfig, _merge, _Yaml12BoolLoader, build_config, flatten
+from ..train.config import TrainConfig, _merge, build_config, flatten, read_yaml
 from . import space as S
 
 #: environment variable that overrides ``study.storage`` (keeps a password out of the sweep file)
@@ -183,12 +182,27 @@ def _check_choices(sweep: Sweep) -> int:
     return n_valid
 
 
+def _dotted_space(overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """``--set space.model.rpe.method.choices=[none,product]`` arrives split at every dot; space keys are
+    themselves dotted, so rejoin everything between ``space`` and the spec attribute (``choices``, ``low`` …)."""
+    if not isinstance(overrides.get("space"), Mapping):
+        return dict(overrides)
+    flat = flatten(overrides["space"])
+    space: Dict[str, Dict[str, Any]] = {}
+    for key, value in flat.items():
+        field, _, attr = key.rpartition(".")
+        if attr not in S.ParamSpec.model_fields or not field:
+            raise ValueError(f"--set space.{key}: expected space.<field>.<{'|'.join(S.ParamSpec.model_fields)}>")
+        space.setdefault(field, {})[attr] = value
+    return {**overrides, "space": space}
+
+
 def build_sweep(data: Mapping[str, Any], path: Optional[Path] = None,
                 overrides: Optional[Mapping[str, Any]] = None) -> Sweep:
     """Validate a sweep (nested dict plus nested ``overrides`` of the sweep file itself) → :class:`Sweep`."""
     from ..train.config import load_config
 
-    merged = _merge(dict(data), overrides or {})
+    merged = _merge(dict(data), _dotted_space(overrides or {}))
     try:
         cfg = SweepConfig(**merged)
     except ValidationError as e:
@@ -210,11 +224,4 @@ def build_sweep(data: Mapping[str, Any], path: Optional[Path] = None,
 
 
 def load_sweep(path: str | Path, overrides: Optional[Mapping[str, Any]] = None) -> Sweep:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"sweep file {str(path)!r} does not exist")
-    with path.open() as f:
-        data = yaml.load(f, Loader=_Yaml12BoolLoader) or {}  # safe: a SafeLoader subclass
-    if not isinstance(data, dict):
-        raise ValueError(f"sweep file {str(path)!r}: expected a mapping, got {type(data).__name__}")
-    return build_sweep(data, path, overrides)
+    return build_sweep(read_yaml(path, "sweep file"), Path(path), overrides)

@@ -260,15 +260,20 @@ _Yaml12BoolLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
-def load_config(path: Union[str, Path], overrides: Optional[Mapping[str, Any]] = None) -> TrainConfig:
+def read_yaml(path: Union[str, Path], what: str = "config file") -> Dict[str, Any]:
+    """A YAML file that must hold a mapping (YAML 1.2 booleans, safe loader); clear errors otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
+        raise ValueError(f"{what} {str(path)!r} does not exist")
     with path.open() as f:
         data = yaml.load(f, Loader=_Yaml12BoolLoader) or {}  # safe: a SafeLoader subclass
     if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r}: expected a mapping of sections, got {type(data).__name__}")
-    return build_config(data, overrides, source=f"config {path}")
+        raise ValueError(f"{what} {str(path)!r}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: Union[str, Path], overrides: Optional[Mapping[str, Any]] = None) -> TrainConfig:
+    return build_config(read_yaml(path), overrides, source=f"config {path}")
 
 
 def dump_config(config: TrainConfig) -> str:

@@ -1,0 +1,151 @@
+"""Which attention kernel should carry the contextual iRPE-K term? One attention core, every candidate, one process.
+
+The iRPE-K logits term ``b_ij = s·q_i·r[I(i, j)]`` is (B, H, L, L) and depends on q, so it cannot be folded into
+q or k; a kernel must either take it as an additive mask or compute it inside. Candidates, all on the same
+q, k, v, table and ids (interleaved rounds, medians, ratios to the baseline of the same round):
+
+* ``baseline``   — ``F.scaled_dot_product_attention`` without iRPE (what timm's DeiT runs);
+* ``sdpa_mask``  — our inference path: ``z = q·r`` per bucket, gathered into the float mask of SDPA;
+* ``eager``      — our CPU training path: matmul, in-place add of the gathered term, softmax, matmul;
+* ``flex``       — ``torch.nn.attention.flex_attention`` with a ``score_mod`` that gathers ``z`` per (i, j)
+  inside the kernel, compiled (the only form that fuses the lookup itself);
+* ``eager_compiled`` — ``torch.compile`` of the eager form.
+
+``--train`` times forward + backward (to q, k, v and the table); without it, inference forwards. A candidate
+that the current torch cannot run (e.g. FlexAttention's backward on CPU) is reported with the reason instead.
+Max |Δ| is each candidate's output against ``eager`` in fp32.
+
+    python benchmarks/bench_attention_kernels.py [--tokens 197] [--batch 32] [--train] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from irpe_bench.bench.harness import Case, environment, format_table, run_interleaved, summarize  # noqa: E402
+from irpe_bench.models.attention import attention_scores  # noqa: E402
+from irpe_bench.rpe import RPEConfig, bucket_ids, contextual_logits  # noqa: E402
+
+
+def build(grid: int, batch: int, heads: int, head_dim: int, device: torch.device, train: bool):
+    cfg = RPEConfig()  # the paper's default: contextual product, ratio 1.9, shared heads, on k
+    ids = bucket_ids(cfg.method, cfg.index, cfg.alpha, cfg.beta, cfg.gamma, grid, grid, 1, device)
+    n_buckets = int(ids.max()) + 1
+    L = ids.shape[-1]
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, L, head_dim, generator=g).to(device).requires_grad_(train)
+               for _ in range(3))
+    table = (0.2 * torch.randn(1, head_dim, n_buckets, generator=g)).to(device).requires_grad_(train)
+    return q, k, v, table, ids
+
+
+def candidates(q, k, v, table, ids, device) -> Dict[str, Callable[[], torch.Tensor]]:
+    scale = q.shape[-1] ** -0.5
+    flat_ids = ids[0]
+
+    def baseline():
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+    def sdpa_mask():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=contextual_logits(q, table, ids, scale),
+                                              scale=scale)
+
+    def eager_fn(q, k, v, table):
+        attn = attention_scores(q, k, [contextual_logits(q, table, ids, scale)], scale).softmax(-1)
+        return attn @ v
+
+    def flex_fn(q, k, v, table):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        z = torch.matmul(q, table[0] * scale)  # B, H, L, K
+
+        def score_mod(score, b, h, qi, kj):
+            return score + z[b, h, qi, flat_ids[qi, kj]]
+
+        return flex_attention(q, k, v, score_mod=score_mod, scale=scale)
+
+    return {"baseline": baseline, "sdpa_mask": sdpa_mask, "eager": lambda: eager_fn(q, k, v, table),
+            "flex": (lambda f=torch.compile(flex_fn, dynamic=False): f(q, k, v, table)),
+            "eager_compiled": (lambda f=torch.compile(eager_fn, dynamic=False): f(q, k, v, table))}
+
+
+COMPILED = ("flex", "eager_compiled")
+
+
+def main(argv=None) -> list:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--grid", type=int, default=14, help="patch grid side (14 → 197 tokens, 8 → 65)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--train", action="store_true", help="forward + backward instead of inference forwards")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled candidates (flex, eager_compiled)")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    q, k, v, table, ids = build(args.grid, args.batch, args.heads, args.head_dim, device, args.train)
+    inputs = [q, k, v, table]
+    reference = None
+    cases, skipped = [], {}
+    for name, fn in candidates(q, k, v, table, ids, device).items():
+        if args.no_compile and name in COMPILED:
+            continue
+
+        def step(fn=fn):
+            if args.train:
+                for t in inputs:
+                    t.grad = None
+                fn().sum().backward()
+            else:
+                with torch.no_grad():
+                    return fn()
+
+        try:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = fn().float()
+            step()  # compiles (flex, eager_compiled) and checks the backward exists
+            first = time.perf_counter() - t0
+        except Exception as e:  # noqa: BLE001 - a kernel this torch cannot run is a result, not a crash
+            skipped[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            continue
+        if name == "eager":
+            reference = out
+        case = Case(name=name, mode="none" if name == "baseline" else "k",
+                    impl="baseline" if name == "baseline" else "ours", step=step)
+        case.first_s = first  # type: ignore[attr-defined]
+        case.out = out  # type: ignore[attr-defined]
+        cases.append(case)
+    for c in cases:
+        if c.impl != "baseline" and reference is not None:
+            c.check = float((c.out - reference).abs().max())  # type: ignore[attr-defined]
+    run_interleaved(cases, warmup=2, rounds=args.rounds, device=device)
+    L = ids.shape[-1]
+    env = environment(torch.get_num_threads(), device)
+    title = (f"{'train (fwd+bwd)' if args.train else 'inference'} · attention core · L={L} B={args.batch} "
+             f"H={args.heads} d={args.head_dim} · {env['device']} · {env['threads']} threads · torch {torch.__version__}")
+    rows = summarize(cases)
+    print(format_table(title, rows))
+    print("first call (incl. compile), s: " + ", ".join(f"{c.name} {c.first_s:.1f}" for c in cases))  # type: ignore
+    for name, why in skipped.items():
+        print(f"{name}: not run — {why}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
