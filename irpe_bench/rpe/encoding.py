@@ -16,8 +16,8 @@ components whose lookups are summed (Eq. 22–24); every function below sums ove
 Efficient forms (the cost that matters is per layer, L tokens, K buckets, d = head_dim):
 
 * contextual q/k (Eq. 26–28): ``z = x @ r`` for every bucket (O(L·K·d)), then gather ``z[i, I(i, j)]``
-  (O(L²)) as an ``index_select`` with a flat index, whose backward is an ``index_add`` — no
-  advanced-indexing accumulation (the official code's slow backward).
+  (O(L²)) with a flat index, whose backward is a scatter-add — no advanced-indexing accumulation (the
+  official code's slow backward).
 * v: ``Σ_j a_ij r[I(i, j)] = Σ_t (Σ_{j: I(i,j)=t} a_ij) r[t]``: scatter-add the attention weights into
   per-bucket sums (O(L²)), then one matmul with the table (O(L·K·d)) — instead of the official code's
   O(L²·d) gather of an (L, L, d) tensor.
@@ -43,20 +43,41 @@ def _row_flat_ids(ids: torch.Tensor, num_buckets: int, transpose: bool) -> torch
     return flat.reshape(ids.shape[0], L * L)
 
 
+class _GatherFlat(torch.autograd.Function):
+    """``torch.gather(z, 1, index)`` whose backward keeps only the index.
+
+    NOTE: ``gather`` beats ``index_select`` along dim 1 by ~1.9× forward and ~1.3× forward+backward here (CPU,
+    DeiT-Tiny at 224: 1.5 vs 2.8 ms), but autograd's own gather saves its input for the backward — z, a
+    quarter of an L×L tensor per layer at K=50, L=197. The gradient needs only z's shape and the index (an
+    expanded view: no memory), so this keeps those: the scatter-add backward is the same as gather's own.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.z_shape = z.shape
+        return torch.gather(z, 1, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.z_shape).scatter_add_(1, index, grad), None
+
+
 def _gather_buckets(z: torch.Tensor, ids: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """``out[..., i, j] = Σ_c z[..., i, ids[c, i, j]]`` (or ``z[..., j, ids[c, j, i]]`` with ``transpose``):
     z (B, H, L, K), ids (C, L, L) → (B, H, L, L), contiguous.
 
-    NOTE: one ``index_select`` per component on z viewed as (B·H, L·K) with a precomputed flat (L·L) index:
-    no expanded (B, H, L, L) index, the query-side term is produced in place of a transposed copy, and the
-    backward is an ``index_add`` that keeps only the index (``gather`` would keep z itself for its shape).
+    NOTE: one gather per component on z viewed as (B·H, L·K) with a precomputed flat (L·L) index broadcast
+    over B·H (a stride-0 view): no materialised (B, H, L, L) index, the query-side term is produced in place of
+    a transposed copy, and the backward is a scatter-add that keeps only the index (:class:`_GatherFlat`).
     """
     B, H, L, K = z.shape
     flat = _row_flat_ids(ids, K, transpose)
     z2 = z.reshape(B * H, L * K)
-    out = z2.index_select(1, flat[0])
+    out = _GatherFlat.apply(z2, flat[0].expand(B * H, -1))
     for c in range(1, flat.shape[0]):
-        out = out + z2.index_select(1, flat[c])
+        out = out + _GatherFlat.apply(z2, flat[c].expand(B * H, -1))
     return out.view(B, H, L, L)
 
 
