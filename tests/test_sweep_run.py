@@ -177,3 +177,29 @@ def test_a_two_process_ddp_trial_runs_once_with_both_ranks(tmp_path):
     assert summary["world_size"] == 2 and trials[0].value == summary["val/acc1_best"]
     assert sorted(trials[0].intermediate_values) == [0, 1]  # reported once per epoch, from rank 0
     assert len(list((tmp_path / "out" / "runs").iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_journal_storage_and_fail_running_recover_a_crashed_worker(tmp_path):
+    """A journal file has no heartbeat: a trial left RUNNING by a dead worker is recovered with --fail-running,
+    retried with the same parameters, and the budget still ends at one finished trial per grid point."""
+    journal = tmp_path / "journal.log"
+    path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "product"]}},
+                        study={"storage": f"journal://{journal}"})
+    from irpe_bench.sweep import load_sweep
+    from irpe_bench.sweep.storage import open_study
+
+    from irpe_bench.sweep.space import suggest
+
+    sweep = load_sweep(path)
+    study, created = open_study(sweep, {})
+    assert created
+    dead = study.ask()  # a worker took the first grid point and died: RUNNING forever, no heartbeat to notice
+    assert suggest(dead, sweep.config.space, sweep.base_flat) == {"model.rpe.method": "none"}
+    assert main(["sweep", str(path), "--fail-running", "--no-leaderboard"]) == 0
+    trials = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal)))).trials
+    assert trials[0].state == TrialState.FAIL and trials[0].system_attrs["fail_reason"].startswith("recovered")
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["model.rpe.method"] for t in done) == ["none", "product"]
+    assert next(t for t in done if t.params["model.rpe.method"] == "none").user_attrs["retry_of"] == 0

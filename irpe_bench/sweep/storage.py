@@ -120,8 +120,8 @@ def fail_running(study: optuna.Study) -> int:
     retry = RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)
     n = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
-            study._storage.set_trial_system_attr(t._trial_id, "fail_reason", "recovered with --fail-running")
+        study._storage.set_trial_system_attr(t._trial_id, "fail_reason", "recovered with --fail-running")
+        if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):  # (finished: frozen)
             retry(study, study._storage.get_trial(t._trial_id))
             n += 1
     return n
