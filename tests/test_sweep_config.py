@@ -111,6 +111,8 @@ def test_config_key_ignores_seed_and_logging_only(tmp_path):
 def test_storage_password_is_redacted(tmp_path, monkeypatch):
     assert redact("postgresql://bob:s3cret@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
     assert redact("postgresql://bob@db/optuna") == "postgresql://bob@db/optuna"
+    assert redact("postgresql://bob@db/optuna?password=abc&sslmode=require") == \
+        "postgresql://bob@db/optuna?password=***&sslmode=require"
     monkeypatch.setenv("IRPE_BENCH_STORAGE", "postgresql://bob:s3cret@127.0.0.1:1/none")
     sweep = load_sweep(_sweep(tmp_path, {"seed": {"choices": [0]}}))
     assert sweep.storage_url.endswith(":1/none")

@@ -203,3 +203,25 @@ def test_journal_storage_and_fail_running_recover_a_crashed_worker(tmp_path):
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["model.rpe.method"] for t in done) == ["none", "product"]
     assert next(t for t in done if t.params["model.rpe.method"] == "none").user_attrs["retry_of"] == 0
+
+
+@pytest.mark.slow
+def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path):
+    """PostgreSQL with trust auth accepts any password, so a real sweep can run with one in its URL; afterwards
+    no file it wrote (leaderboard, run dirs, W&B offline runs) and nothing it printed contains it."""
+    if not _pg_available():
+        pytest.fail("PostgreSQL on 127.0.0.1:5432 is required (see .ci/run)")
+    name, secret = f"pytest-{uuid.uuid4().hex[:8]}", f"pw{uuid.uuid4().hex[:10]}"
+    url = f"postgresql://postgres:{secret}@127.0.0.1:5432/test"
+    path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["product"]}}, study={"name": name},
+                        base_sections={"log": {"wandb": True}})
+    try:
+        proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--storage", url],
+                              env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "postgres:***@127.0.0.1" in proc.stderr  # the storage is named, redacted
+        leaks = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        assert not leaks and secret not in proc.stdout + proc.stderr
+        assert (tmp_path / "out" / "leaderboard.md").is_file() and list((tmp_path / "out" / "runs").iterdir())
+    finally:
+        optuna.delete_study(study_name=name, storage=PG.replace("postgresql://", "postgresql+psycopg://"))

@@ -24,13 +24,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
 
 
+def take_storage(args: argparse.Namespace) -> None:
+    """Move ``--storage`` into the environment and out of ``sys.argv``.
+
+    NOTE: W&B records the command line of every run (and Lightning's DDP launcher re-runs it), so a password in
+    ``--storage`` would end up in each trial's W&B files. The URL goes to ``IRPE_BENCH_STORAGE``, which workers
+    and DDP ranks inherit, and ``sys.argv`` keeps only the redacted form (which is then never used)."""
+    import os
+
+    if args.storage and "***" not in args.storage:  # a relaunched DDP rank sees the redacted form: keep the env's
+        os.environ[STORAGE_ENV] = args.storage
+    sys.argv[:] = [redact(a) for a in sys.argv]
+
+
 def _argv_for_workers(args: argparse.Namespace) -> List[str]:
     argv = ["sweep", args.sweep]
     for group in args.overrides:
         argv += ["--set", *([group] if isinstance(group, str) else group)]
-    if args.storage:
-        argv += ["--storage", args.storage]
-    return argv
+    return argv  # NOTE: the storage travels in the environment (take_storage), never on a command line
 
 
 def _meta(sweep: Sweep, args: argparse.Namespace) -> Dict[str, Any]:
@@ -38,9 +49,7 @@ def _meta(sweep: Sweep, args: argparse.Namespace) -> Dict[str, Any]:
     from .space import describe
 
     st = sweep.config.study
-    cmd = " ".join(["python run.py", *_argv_for_workers(args)])
-    if args.storage:
-        cmd = cmd.replace(args.storage, redact(args.storage))
+    cmd = " ".join(["python run.py", *_argv_for_workers(args)]) + (" --storage …" if args.storage else "")
     return {"name": st.name, "sweep_file": str(sweep.path) if sweep.path else None,
             "base_config": sweep.config.base, "overrides": sweep.config.overrides, "space": describe(sweep.config.space),
             "sampler": st.sampler, "sampler_seed": st.seed, "pruner": st.pruner, "n_trials": st.n_trials,
@@ -51,8 +60,6 @@ def _meta(sweep: Sweep, args: argparse.Namespace) -> Dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume, or join) an Optuna sweep over iRPE variants, then write its leaderboard."""
-    import os
-
     import torch
 
     from ..cli import parse_overrides
@@ -60,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from .storage import open_study
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.storage:
-        os.environ[STORAGE_ENV] = args.storage
+    take_storage(args)
     sweep = load_sweep(args.sweep, parse_overrides(args.overrides))  # every check before any work
     from ..train.run import _is_child_rank
 
@@ -130,11 +136,8 @@ class Leaderboard:
     @staticmethod
     def run(args: argparse.Namespace) -> int:
         """Write a sweep's leaderboard (markdown, CSV, HTML, plots, W&B table) from its Optuna storage."""
-        import os
-
         from ..cli import parse_overrides
 
-        if args.storage:
-            os.environ[STORAGE_ENV] = args.storage
+        take_storage(args)
         write_leaderboard(load_sweep(args.sweep, parse_overrides(args.overrides)))
         return 0

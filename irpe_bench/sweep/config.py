@@ -95,7 +95,8 @@ def redact(url: Optional[str]) -> Optional[str]:
     """A storage URL safe for logs, W&B and the leaderboard: the password replaced by ``***``."""
     if url is None:
         return None
-    return re.sub(r"(://[^:/@\s]*):[^@/\s]*@", r"\1:***@", url)
+    url = re.sub(r"(://[^:/@\s]*):[^@/\s]*@", r"\1:***@", url)
+    return re.sub(r"(?i)\b(password|passwd)=[^&\s'\"]*", r"\1=***", url)
 
 
 class Sweep:
