@@ -57,10 +57,11 @@ def open_storage(sweep: Sweep) -> optuna.storages.BaseStorage:
 
 def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
     """Grid points are enqueued as trials (:func:`open_study`), so grid runs them with a seeded random sampler
-    for anything left; TPE samples the conditional space jointly (``group``) as it is define-by-run."""
+    for anything left; TPE samples the conditional space jointly (``group``) as it is define-by-run, and with
+    ``constant_liar`` so that parallel workers do not all propose the same point while others still run."""
     st = sweep.config.study
     if st.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=st.seed, multivariate=True, group=True,
+        return optuna.samplers.TPESampler(seed=st.seed, multivariate=True, group=True, constant_liar=True,
                                           n_startup_trials=min(10, max(2, (st.n_trials or 10) // 3)))
     return optuna.samplers.RandomSampler(seed=st.seed)
 
