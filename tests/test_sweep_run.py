@@ -225,3 +225,13 @@ def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path):
         assert (tmp_path / "out" / "leaderboard.md").is_file() and list((tmp_path / "out" / "runs").iterdir())
     finally:
         optuna.delete_study(study_name=name, storage=PG.replace("postgresql://", "postgresql+psycopg://"))
+
+
+def test_timeout_starts_no_new_trial_and_a_rerun_finishes_the_budget(tmp_path):
+    path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "euclidean", "product"]}},
+                        study={"timeout_s": 0.5})
+    assert main(["sweep", str(path), "--no-leaderboard"]) == 0
+    states = [t.state for t in _study(tmp_path).trials]
+    assert states == [TrialState.COMPLETE, TrialState.WAITING, TrialState.WAITING]  # one trial outlasts 0.5 s
+    assert main(["sweep", str(path), "--no-leaderboard", "--set", "study.timeout_s=null"]) == 0
+    assert [t.state for t in _study(tmp_path).trials] == [TrialState.COMPLETE] * 3
