@@ -66,3 +66,15 @@ def test_attention_kernel_candidates_agree_and_report(train, capsys):
     assert rows["sdpa_mask"]["max_abs_diff"] < 1e-5
     out = capsys.readouterr().out
     assert ("train (fwd+bwd)" if train else "inference") in out and "L=17 B=2" in out
+
+
+def test_lookup_candidates_agree_and_report(capsys):
+    """benchmarks/bench_lookup.py: the three lookups give the same values; forward and backward are timed."""
+    from benchmarks.bench_lookup import main as lookup
+
+    tables = lookup(["--grid", "3", "--batch", "2", "--heads", "2", "--rounds", "3"])
+    assert [train for train, _ in tables] == [False, True]
+    for _, rows in tables:
+        assert [r["case"] for r in rows] == ["index_select", "gather", "gather_flat"]
+        assert all(r["max_abs_diff"] == 0.0 for r in rows) and rows[0]["x_base"] == 1.0
+    assert "forward + backward" in capsys.readouterr().out

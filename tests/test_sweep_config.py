@@ -103,7 +103,7 @@ def test_overrides_ratio_triple_layers_and_baseline(tmp_path):
 
 def test_config_key_ignores_seed_and_logging_only(tmp_path):
     sweep = load_sweep(_sweep(tmp_path, {"seed": {"choices": [0, 1]}}))
-    a, b = (flatten(sweep.trial_config({"seed": s}, group=f"g{s}").model_dump(mode="json")) for s in (0, 1))
+    a, b = (flatten(sweep.trial_config({"seed": s}, log={"group": f"g{s}"}).model_dump(mode="json")) for s in (0, 1))
     c = flatten(sweep.trial_config({"seed": 0, "model.rpe.mode": "bias"}).model_dump(mode="json"))
     assert config_key(a) == config_key(b) != config_key(c)
 

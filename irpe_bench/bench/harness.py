@@ -35,6 +35,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from ..train.throughput import _sync
+
 
 # ---------------------------------------------------------------------------------------------- measuring
 @dataclass
@@ -45,17 +47,11 @@ class Case:
     mode: str  # key of MODES, or "none" for the baseline
     impl: str  # "baseline" | "ours" | "reference"
     step: Callable[[], Any]
-    memory_step: Optional[Callable[[], Any]] = None
     static_bytes: int = 0
     check: Optional[float] = None  # max |ours - reference| (filled for ours)
     times: List[float] = field(default_factory=list)
     peak_bytes: Optional[int] = None
     macs: Optional[int] = None  # multiply–accumulates of one image's forward (the FLOP floor of a ratio)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

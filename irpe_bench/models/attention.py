@@ -113,7 +113,7 @@ class RPEAttention(nn.Module):
             terms.append(attn_mask)
         terms = [t.to(q.dtype) for t in terms]
         if self.use_sdpa(terms):
-            bias = None if not terms else terms[0] if len(terms) == 1 else sum(terms[1:], terms[0])
+            bias = terms[0] if len(terms) == 1 else sum(terms[1:], terms[0])  # never empty: no table → v table
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
             )

@@ -23,7 +23,7 @@ __all__ = ["GroupRow", "Leaderboard", "PlotResult", "TrialRow", "collect", "to_c
 
 def to_json(board: Leaderboard, meta: Optional[Mapping[str, Any]] = None) -> str:
     """The board as plain data, keys in a fixed order, for scripts and for diffing two reports."""
-    data = {"meta": redact_data(dict(meta or {})), **asdict(board)}
+    data = redact_data({"meta": dict(meta or {}), **asdict(board)})  # the study's own sweep attrs too
     return json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n"
 
 

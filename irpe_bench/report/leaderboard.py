@@ -131,9 +131,11 @@ def _int(x: Any) -> Optional[int]:
 
 
 def _retry_of(t: FrozenTrial) -> Optional[int]:
-    """The objective's ``retry_of``; Optuna's own ``RetryFailedTrialCallback`` writes ``failed_trial``."""
-    r = t.user_attrs.get("retry_of")
-    return _int(r if r is not None else t.system_attrs.get("failed_trial"))
+    """The trial this one retried: the last entry of the retry callback's ``retry_history`` (a system attribute,
+    correct even before the objective runs — a waiting retry carries a *copy* of the killed trial's user
+    attributes, ``retry_of`` included), else the objective's ``retry_of``."""
+    history = t.system_attrs.get("retry_history")
+    return _int(history[-1]) if history else _int(t.user_attrs.get("retry_of"))
 
 
 def _is_baseline(t: FrozenTrial) -> bool:

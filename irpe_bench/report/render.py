@@ -10,11 +10,11 @@ import base64
 import csv
 import html
 import json
-import re
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
+from ..redact import redact
 from .leaderboard import GroupRow, Leaderboard, TrialRow
 
 DASH = "—"
@@ -76,14 +76,6 @@ def _reason(x: Optional[str]) -> str:
         return DASH
     one_line = " ".join(str(x).split())
     return one_line if len(one_line) <= REASON_CHARS else one_line[:REASON_CHARS - 1] + "…"
-
-
-_CREDENTIALS = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
-
-
-def redact(text: str) -> str:
-    """``postgresql://u:secret@h`` → ``postgresql://u:***@h``: a header must never leak a password."""
-    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 def redact_data(obj: Any) -> Any:

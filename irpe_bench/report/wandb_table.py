@@ -8,7 +8,6 @@ sweep process that reports repeatedly does not accumulate background processes.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
@@ -38,7 +37,9 @@ def log_leaderboard(board: Leaderboard, paths: Mapping[str, Any], project: str, 
     """
     import wandb
 
-    mode = os.environ.get("WANDB_MODE") if os.environ.get("WANDB_MODE") in ("offline", "disabled") else mode
+    from ..train.wandb_setup import env_mode
+
+    mode = env_mode() or mode
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(

@@ -14,7 +14,6 @@ from .index import INDEX_FUNCTIONS
 from .mapping import MAPPINGS, num_buckets
 
 DEFAULT_RATIO = 1.9
-MODES = ("bias", "contextual")
 ATTACHMENTS = ("q", "k", "v")
 
 #: Short words the official model names use, and the words used here.

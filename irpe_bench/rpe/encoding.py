@@ -24,6 +24,7 @@ Efficient forms (the cost that matters is per layer, L tokens, K buckets, d = he
 """
 from __future__ import annotations
 
+import functools
 from typing import List, Optional
 
 import torch
@@ -32,11 +33,16 @@ from torch import nn
 from .config import RPEConfig
 
 
+@functools.lru_cache(maxsize=64)
 def _row_flat_ids(ids: torch.Tensor, num_buckets: int, transpose: bool) -> torch.Tensor:
     """(C, L, L) ids → (C, L·L) positions in a row-major (L, K) product ``z``.
 
     ``transpose=False``: entry (i, j) reads ``z[i, I(i, j)]``; ``transpose=True``: it reads ``z[j, I(j, i)]``,
-    the query-side term already in (query, key) layout."""
+    the query-side term already in (query, key) layout.
+
+    NOTE: cached, because every layer of every forward asks for the same index. The key is the ``ids`` tensor
+    itself (hashed by identity): ``bucket_ids`` hands out one cached tensor per grid, and this cache's strong
+    reference keeps that identity from being reused by another tensor."""
     L = ids.shape[-1]
     rows = torch.arange(L, device=ids.device) * num_buckets
     flat = ids.transpose(-1, -2) + rows.view(1, 1, L) if transpose else ids + rows.view(1, L, 1)
@@ -46,8 +52,8 @@ def _row_flat_ids(ids: torch.Tensor, num_buckets: int, transpose: bool) -> torch
 class _GatherFlat(torch.autograd.Function):
     """``torch.gather(z, 1, index)`` whose backward keeps only the index.
 
-    NOTE: ``gather`` beats ``index_select`` along dim 1 by ~1.9× forward and ~1.3× forward+backward here (CPU,
-    DeiT-Tiny at 224: 1.5 vs 2.8 ms), but autograd's own gather saves its input for the backward — z, a
+    NOTE: ``gather`` beats ``index_select`` along dim 1 (``benchmarks/bench_lookup.py``, CPU, DeiT-Tiny at 224:
+    0.60× forward, 0.70× forward + backward), but autograd's own gather saves its input for the backward — z, a
     quarter of an L×L tensor per layer at K=50, L=197. The gradient needs only z's shape and the index (an
     expanded view: no memory), so this keeps those: the scatter-add backward is the same as gather's own.
     """
@@ -77,7 +83,7 @@ def _gather_buckets(z: torch.Tensor, ids: torch.Tensor, transpose: bool = False)
     z2 = z.reshape(B * H, L * K)
     out = _GatherFlat.apply(z2, flat[0].expand(B * H, -1))
     for c in range(1, flat.shape[0]):
-        out = out + _GatherFlat.apply(z2, flat[c].expand(B * H, -1))
+        out.add_(_GatherFlat.apply(z2, flat[c].expand(B * H, -1)))  # fresh output; its backward keeps no copy
     return out.view(B, H, L, L)
 
 
@@ -151,7 +157,6 @@ class RelativePositionEncoding(nn.Module):
         self.config, self.attach = config, attach
         self.mode = config.mode
         self.num_heads = 1 if config.shared_head else num_heads
-        self.head_dim = head_dim
         self.num_buckets = sum(config.num_buckets(num_prefix_tokens))
         h, d, k = self.num_heads, head_dim, self.num_buckets
         if config.mode == "bias":

@@ -78,36 +78,39 @@ def run(args: argparse.Namespace) -> int:
     check_devices(sweep)
     meta = _meta(sweep, args)
     c = sweep.config
+    devices = c.devices_per_worker if torch.cuda.is_available() else None
     if args.worker is not None:  # a launched child: the loop only
-        work(sweep, meta, devices=c.devices_per_worker if torch.cuda.is_available() else None)
+        work(sweep, meta, devices=devices)
         return 0
     print(f"sweep {c.study.name}: storage {redact(sweep.storage_url)}, sampler {c.study.sampler}, "
           f"{c.workers} worker(s), output {sweep.out_dir}", file=sys.stderr)
+    study, _ = open_study(sweep, meta)  # created (grid enqueued) before any worker starts; opened once here
     if args.fail_running:
-        study, _ = open_study(sweep, meta)
         print(f"--fail-running: {fail_running(study)} running trial(s) failed and queued again", file=sys.stderr)
     failed_workers = 0
     if c.workers == 1:
-        work(sweep, meta, devices=c.devices_per_worker if torch.cuda.is_available() else None)
+        work(sweep, meta, devices=devices, study=study)
     else:
-        failed_workers = launch(sweep, meta, _argv_for_workers(args))
+        failed_workers = launch(sweep, _argv_for_workers(args))
     if not args.no_leaderboard:
-        write_leaderboard(sweep, meta)
+        write_leaderboard(sweep, meta, study)
     return 1 if failed_workers else 0
 
 
-def write_leaderboard(sweep: Sweep, meta: Dict[str, Any] | None = None) -> Dict[str, Any]:
-    """The report of the study's current state: files under ``out_dir``, a W&B run, the table on stdout."""
+def write_leaderboard(sweep: Sweep, meta: Dict[str, Any] | None = None, study=None) -> Dict[str, Any]:
+    """The report of the study's current state: files under ``out_dir``, a W&B run, the table on stdout.
+    ``study``: the already opened study; None loads it (never creates it)."""
     import optuna
 
     from ..report import write_report
     from .storage import open_storage
 
-    try:
-        study = optuna.load_study(study_name=sweep.config.study.name, storage=open_storage(sweep))
-    except KeyError:
-        raise ValueError(f"study.name={sweep.config.study.name!r}: no such study in {redact(sweep.storage_url)}; "
-                         "run the sweep first") from None
+    if study is None:
+        try:
+            study = optuna.load_study(study_name=sweep.config.study.name, storage=open_storage(sweep))
+        except KeyError:
+            raise ValueError(f"study.name={sweep.config.study.name!r}: no such study in "
+                             f"{redact(sweep.storage_url)}; run the sweep first") from None
     # the header comes from the study's own ``sweep`` attribute (the creator's meta): a function of the storage
     out = write_report(study, sweep.out_dir, None if "sweep" in study.user_attrs else meta)
     log_cfg = sweep.base_config.log

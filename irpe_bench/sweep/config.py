@@ -20,7 +20,8 @@ from typing import Any, Dict, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..train.config import TrainConfig, _merge, build_config, flatten, read_yaml
+from ..train.config import TrainConfig, _merge, build_config, flatten, format_errors, read_yaml, submodel
+from ..redact import redact
 from . import space as S
 
 #: environment variable that overrides ``study.storage`` (keeps a password out of the sweep file)
@@ -91,24 +92,16 @@ class SweepConfig(_Frozen):
         return self
 
 
-def redact(url: Optional[str]) -> Optional[str]:
-    """A storage URL safe for logs, W&B and the leaderboard: the password replaced by ``***``."""
-    if url is None:
-        return None
-    url = re.sub(r"(://[^:/@\s]*):[^@/\s]*@", r"\1:***@", url)
-    return re.sub(r"(?i)\b(password|passwd)=[^&\s'\"]*", r"\1=***", url)
-
-
 class Sweep:
     """A loaded sweep: its validated config, the base training config (as a nested dict and flattened), and
     resolved paths. Built by :func:`load_sweep`; everything here has passed the checks."""
 
-    def __init__(self, config: SweepConfig, base: Dict[str, Any], path: Optional[Path]):
+    def __init__(self, config: SweepConfig, base_config: TrainConfig, path: Optional[Path]):
         self.config = config
         self.path = path
-        self.base = base  # nested dict: base YAML merged with the sweep's overrides
-        self.base_config = build_config(base, source="sweep base config")
-        self.base_flat = flatten(self.base_config.model_dump(mode="json"))
+        self.base_config = base_config  # the base YAML merged with the sweep's overrides, validated
+        self.base = base_config.model_dump(mode="json")  # the same as a nested dict, for merging trial points
+        self.base_flat = flatten(self.base)
         self.out_dir = Path(config.out_dir or Path("results/sweeps") / config.study.name)
 
     @property
@@ -119,28 +112,33 @@ class Sweep:
     def fingerprint(self) -> str:
         """What makes two sweeps' trials comparable: the resolved base config (minus logging), the space, the
         sampler and the pruner — not the budget, workers or storage, which may change when a study is resumed."""
-        import hashlib
-        import json
-
         st = self.config.study
-        data = {"base": {k: v for k, v in self.base_flat.items() if not k.startswith("log.")},
-                "space": S.describe(self.config.space), "sampler": [st.sampler, st.seed],
-                "pruner": [st.pruner, st.pruner_warmup_epochs]}
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        data = {"base": without_logging(self.base_flat), "space": S.describe(self.config.space),
+                "sampler": [st.sampler, st.seed], "pruner": [st.pruner, st.pruner_warmup_epochs]}
+        return digest(data, 16)
 
-    def trial_config(self, point: Mapping[str, Any], **log: Any) -> TrainConfig:
-        """The training config of one point of the space (``ValueError`` names the problem)."""
+    def trial_config(self, point: Mapping[str, Any], **sections: Mapping[str, Any]) -> TrainConfig:
+        """The training config of one point of the space, plus nested ``sections`` changes (``log={...}``,
+        ``trainer={...}``), validated as a whole (``ValueError`` names the problem)."""
         over = S.to_overrides(point, self.base_config.model.rpe and self.base_config.model.rpe.model_dump())
-        merged = _merge(self.base, over)
-        if log:
-            merged = _merge(merged, {"log": log})
-        return build_config(merged, source="trial config")
+        return build_config(_merge(_merge(self.base, over), sections), source="trial config")
+
+
+def without_logging(flat: Mapping[str, Any]) -> Dict[str, Any]:
+    """A flattened training config without ``log.*``: W&B identity and tags do not change what is trained."""
+    return {k: v for k, v in flat.items() if not k.startswith("log.")}
+
+
+def digest(data: Any, length: int) -> str:
+    """A short stable hash of plain data (sorted JSON), for config keys and sweep fingerprints."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def _check_fields(space: Mapping[str, S.ParamSpec]) -> None:
     """Every searched name is a field of the training config (or the α:β:γ pseudo-field)."""
-    from ..rpe import RPEConfig
-
     for name in space:
         if name == S.ABG:
             continue
@@ -150,10 +148,7 @@ def _check_fields(space: Mapping[str, S.ParamSpec]) -> None:
             if fields is None or part not in fields:
                 allowed = sorted(fields) if fields else []
                 raise ValueError(f"space.{name}: unknown field {part!r}; allowed here: {allowed}")
-            ann = fields[part].annotation
-            node = RPEConfig if "RPEConfig" in str(ann) else next(
-                (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
-                None)
+            node = submodel(fields[part].annotation)
 
 
 def _check_choices(sweep: Sweep) -> int:
@@ -207,19 +202,12 @@ def build_sweep(data: Mapping[str, Any], path: Optional[Path] = None,
     try:
         cfg = SweepConfig(**merged)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"{loc}: {err['msg'].removeprefix('Value error, ')} (given: {err.get('input')!r})"
-                         if err["type"] != "extra_forbidden" else f"{loc}: unknown key")
-        raise ValueError(redact(f"invalid sweep {path or ''}:\n  " + "\n  ".join(lines))) from None
+        raise ValueError(redact(format_errors(e, f"sweep {path or ''}".strip(), root=SweepConfig))) from None
     base_path = Path(cfg.base)
     if path is not None and not base_path.is_absolute():
         base_path = path.parent / base_path
-    base_cfg = load_config(base_path, cfg.overrides)  # validates base + overrides, names the field
-    base = base_cfg.model_dump(mode="json")
     _check_fields(cfg.space)
-    sweep = Sweep(cfg, base, path)
+    sweep = Sweep(cfg, load_config(base_path, cfg.overrides), path)  # validates base + overrides
     _check_choices(sweep)
     return sweep
 

@@ -9,7 +9,6 @@ same user attributes, so it resumes its own run directory from the last checkpoi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ import optuna
 
 from ..train.config import MONITOR, flatten
 from . import space as S
-from .config import Sweep
+from .config import Sweep, digest, without_logging
 
 log = logging.getLogger(__name__)
 #: set around a trial's ``train()``: Lightning's DDP launcher starts ranks 1.. by re-running this process's
@@ -34,8 +33,7 @@ _METRICS = ("val/acc1", f"{MONITOR}_best", "val/acc5", "val/loss", "params", "ma
 
 def config_key(flat: Dict[str, Any]) -> str:
     """Equal for configs that differ only in seed or logging: the trials a leaderboard row averages."""
-    keep = {k: v for k, v in flat.items() if k != "seed" and not k.startswith("log.")}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return digest({k: v for k, v in without_logging(flat).items() if k != "seed"}, 12)
 
 
 def retried_trial(trial: optuna.Trial) -> int | None:
@@ -75,10 +73,9 @@ class Objective:
         retry_of = retried_trial(trial)
         name = sweep.config.study.name
         try:
-            config = sweep.trial_config(point, group=name, tags=[f"sweep:{name}", f"trial:{trial.number}"])
-            if self.devices is not None:
-                config = config.model_copy(update={"trainer": config.trainer.model_copy(
-                    update={"devices": self.devices})})
+            config = sweep.trial_config(point, log={"group": name, "tags": [f"sweep:{name}",
+                                                                            f"trial:{trial.number}"]},
+                                        trainer={} if self.devices is None else {"devices": self.devices})
             slug = variant_of(config)
         except ValueError as e:  # a combination the rules did not foresee: recorded, no training
             trial.set_user_attr("status", "invalid")
@@ -86,7 +83,7 @@ class Objective:
             raise
         flat = flatten(config.model_dump(mode="json"))
         attrs = {"variant": slug, "config_key": config_key(flat), "seed": config.seed, "baseline": config.model.rpe
-                 is None, "config": {k: v for k, v in flat.items() if not k.startswith("log.")},
+                 is None, "config": without_logging(flat),
                  "retry_of": retry_of, "status": "running", "error": None,
                  "worker": f"{socket.gethostname()}:{os.getpid()}"}
         # a retry keeps the killed trial's run directory (copied user attribute) and resumes its checkpoint

@@ -52,11 +52,14 @@ def target_trials(sweep: Sweep) -> int:
     return st.n_trials or grid_size(sweep.config.space, sweep.base_flat)
 
 
-def work(sweep: Sweep, meta: dict, devices: Optional[int] = None, poll_s: Optional[float] = None) -> int:
-    """One worker's loop (module docstring); returns the number of trials this worker ran."""
+def work(sweep: Sweep, meta: dict, devices: Optional[int] = None, poll_s: Optional[float] = None,
+         study: Optional[optuna.Study] = None) -> int:
+    """One worker's loop (module docstring); returns the number of trials this worker ran. ``study``: the
+    study if the caller opened it already (else it is created or joined here with ``meta``)."""
     from optuna.storages import fail_stale_trials
 
-    study, _ = open_study(sweep, meta)
+    if study is None:
+        study, _ = open_study(sweep, meta)
     objective = Objective(sweep, devices)
     total, started, ran = target_trials(sweep), time.time(), 0
     timeout = sweep.config.study.timeout_s
@@ -101,16 +104,15 @@ def check_devices(sweep: Sweep) -> None:
     if torch.cuda.is_available() and c.workers * c.devices_per_worker > torch.cuda.device_count():
         raise ValueError(f"workers={c.workers} × devices_per_worker={c.devices_per_worker} needs "
                          f"{c.workers * c.devices_per_worker} GPUs; this machine has {torch.cuda.device_count()}")
-    if c.workers > 1 and sweep.storage_url.startswith("sqlite") and c.workers > 4:
+    if c.workers > 4 and sweep.storage_url.startswith("sqlite"):
         raise ValueError(f"workers={c.workers} on SQLite: SQLite serialises writers; use PostgreSQL "
                          "(study.storage: postgresql://user@host/db) for more than 4 workers")
 
 
-def launch(sweep: Sweep, meta: dict, argv: List[str]) -> int:
+def launch(sweep: Sweep, argv: List[str]) -> int:
     """Start ``workers`` child processes running ``argv`` (the same sweep command plus ``--worker I``) and wait
-    for all of them; returns the number that failed. The study exists (and the grid is enqueued) before
-    the children start, so they only join it."""
-    open_study(sweep, meta)
+    for all of them; returns the number that failed. The caller creates the study (and enqueues the grid)
+    first, so the children only join it."""
     c = sweep.config
     procs = []
     for i in range(c.workers):

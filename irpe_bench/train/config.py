@@ -218,20 +218,25 @@ def _merge(base: Dict[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def format_errors(err: ValidationError, source: str = "config") -> str:
-    """One line per problem, naming the dotted field, the value given and what is allowed."""
+def submodel(annotation: Any) -> Optional[type]:
+    """The pydantic model a field holds (``Optional[RPEConfig]`` → ``RPEConfig``), or None for plain values."""
+    return next((a for a in getattr(annotation, "__args__", (annotation,))
+                 if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+
+def format_errors(err: ValidationError, source: str = "config", root: type = None) -> str:
+    """One line per problem, naming the dotted field, the value given and what is allowed (for an unknown
+    key: the keys its section has, when the section is a model). ``root``: the validated model (TrainConfig)."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            parent = e["loc"][:-1]
-            model: Any = TrainConfig
-            for p in parent:
-                ann = model.model_fields[p].annotation
-                model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
-                              and issubclass(a, BaseModel)), ann)
-            msg = f"unknown key; allowed: {sorted(model.model_fields)}"
+            model: Any = root or TrainConfig
+            for p in e["loc"][:-1]:
+                fields = getattr(model, "model_fields", {})
+                model = submodel(fields[p].annotation) if p in fields else None
+            msg = f"unknown key; allowed: {sorted(model.model_fields)}" if model is not None else "unknown key"
         given = e.get("input")
         lines.append(f"{loc}: {msg} (given: {given!r})" if e["type"] != "extra_forbidden" else f"{loc}: {msg}")
     return f"invalid {source}:\n  " + "\n  ".join(lines)

@@ -22,11 +22,18 @@ def has_api_key() -> bool:
         return False
 
 
-def resolve_mode(config: TrainConfig) -> str:
-    """``online`` only when asked for (or ``auto``) *and* a key exists; ``WANDB_MODE`` in the environment wins."""
+def env_mode() -> Optional[str]:
+    """``offline``/``disabled`` when ``WANDB_MODE`` forces it (``dryrun`` is offline), else None."""
     env = os.environ.get("WANDB_MODE")
     if env in ("offline", "disabled", "dryrun"):
         return "offline" if env == "dryrun" else env
+    return None
+
+
+def resolve_mode(config: TrainConfig) -> str:
+    """``online`` only when asked for (or ``auto``) *and* a key exists; ``WANDB_MODE`` in the environment wins."""
+    if env_mode() is not None:
+        return env_mode()
     if config.log.mode == "offline" or not has_api_key():
         return "offline"
     return "online"
