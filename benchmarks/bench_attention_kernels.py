@@ -9,11 +9,14 @@ q, k, v, table and ids (interleaved rounds, medians, ratios to the baseline of t
 * ``eager``      — our CPU training path: matmul, in-place add of the gathered term, softmax, matmul;
 * ``flex``       — ``torch.nn.attention.flex_attention`` with a ``score_mod`` that gathers ``z`` per (i, j)
   inside the kernel, compiled (the only form that fuses the lookup itself);
-* ``eager_compiled`` — ``torch.compile`` of the eager form.
+* ``eager_compiled`` — ``torch.compile`` of the eager form;
+* ``triton``     — our GPU training/inference path: the gathered term as the bias of the Triton
+  FlashAttention-2 kernel (:mod:`irpe_bench.models.triton_attention`; CUDA, bf16/fp16);
+* ``sdpa_mask_cudnn`` — ``sdpa_mask`` pinned to cuDNN's attention backend (CUDA; where it takes a bias).
 
 ``--train`` times forward + backward (to q, k, v and the table); without it, inference forwards. A candidate
 that the current torch cannot run (e.g. FlexAttention's backward on CPU) is reported with the reason instead.
-Max |Δ| is each candidate's output against ``eager`` in fp32.
+Max |Δ| is each candidate's output against ``eager`` in the same dtype.
 
     python benchmarks/bench_attention_kernels.py [--tokens 197] [--batch 32] [--train] [--threads 2]
 """
@@ -37,15 +40,16 @@ from irpe_bench.models.attention import attention_scores  # noqa: E402
 from irpe_bench.rpe import RPEConfig, bucket_ids, contextual_logits  # noqa: E402
 
 
-def build(grid: int, batch: int, heads: int, head_dim: int, device: torch.device, train: bool):
+def build(grid: int, batch: int, heads: int, head_dim: int, device: torch.device, train: bool,
+          dtype: torch.dtype = torch.float32):
     cfg = RPEConfig()  # the paper's default: contextual product, ratio 1.9, shared heads, on k
     ids = bucket_ids(cfg.method, cfg.index, cfg.alpha, cfg.beta, cfg.gamma, grid, grid, 1, device)
     n_buckets = int(ids.max()) + 1
     L = ids.shape[-1]
     g = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(batch, heads, L, head_dim, generator=g).to(device).requires_grad_(train)
+    q, k, v = (torch.randn(batch, heads, L, head_dim, generator=g).to(device, dtype).requires_grad_(train)
                for _ in range(3))
-    table = (0.2 * torch.randn(1, head_dim, n_buckets, generator=g)).to(device).requires_grad_(train)
+    table = (0.2 * torch.randn(1, head_dim, n_buckets, generator=g)).to(device, dtype).requires_grad_(train)
     return q, k, v, table, ids
 
 
@@ -74,7 +78,21 @@ def candidates(q, k, v, table, ids, device) -> Dict[str, Callable[[], torch.Tens
 
         return flex_attention(q, k, v, score_mod=score_mod, scale=scale)
 
-    return {"baseline": baseline, "sdpa_mask": sdpa_mask, "eager": lambda: eager_fn(q, k, v, table),
+    def triton_fn():
+        from irpe_bench.models.triton_attention import attention_with_bias
+
+        if not q.is_cuda:
+            raise RuntimeError("the Triton kernel runs on CUDA only")
+        return attention_with_bias(q, k, v, contextual_logits(q, table, ids, scale), scale)
+
+    def sdpa_mask_cudnn():
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return sdpa_mask()
+
+    return {"baseline": baseline, "sdpa_mask": sdpa_mask, "triton": triton_fn, "sdpa_mask_cudnn": sdpa_mask_cudnn,
+            "eager": lambda: eager_fn(q, k, v, table),
             "flex": (lambda f=torch.compile(flex_fn, dynamic=False): f(q, k, v, table)),
             "eager_compiled": (lambda f=torch.compile(eager_fn, dynamic=False): f(q, k, v, table))}
 
@@ -92,13 +110,16 @@ def main(argv=None) -> list:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="of q, k, v and the table (bfloat16: what bf16 autocast feeds attention on a GPU)")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled candidates (flex, eager_compiled)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    q, k, v, table, ids = build(args.grid, args.batch, args.heads, args.head_dim, device, args.train)
+    q, k, v, table, ids = build(args.grid, args.batch, args.heads, args.head_dim, device, args.train,
+                                getattr(torch, args.dtype))
     inputs = [q, k, v, table]
     reference = None
     cases, skipped = [], {}
@@ -138,7 +159,8 @@ def main(argv=None) -> list:
     L = ids.shape[-1]
     env = environment(torch.get_num_threads(), device)
     title = (f"{'train (fwd+bwd)' if args.train else 'inference'} · attention core · L={L} B={args.batch} "
-             f"H={args.heads} d={args.head_dim} · {env['device']} · {env['threads']} threads · torch {torch.__version__}")
+             f"H={args.heads} d={args.head_dim} · {args.dtype} · {env.get('gpu', env['device'])} · {env['threads']} threads · "
+             f"torch {torch.__version__}")
     rows = summarize(cases)
     print(format_table(title, rows))
     print("first call (incl. compile), s: " + ", ".join(f"{c.name} {c.first_s:.1f}" for c in cases))  # type: ignore

@@ -111,9 +111,9 @@ MODES = [dict(mode="contextual", on="k"), dict(mode="contextual", on="qk"), dict
          dict(mode="contextual", on="kv", shared_head=False)]
 
 
-def _layers(mode):
+def _layers(mode, dim=8):
     torch.manual_seed(0)
-    base = Attention(8, num_heads=2, qkv_bias=True)
+    base = Attention(dim, num_heads=2, qkv_bias=True)
     cfg = RPEConfig(**{"method": "product", **mode})
     ours = RPEAttention(copy.deepcopy(base), cfg, SQUARE, PREFIX)
     with torch.no_grad():
@@ -157,31 +157,55 @@ def test_fused_inference_path_matches_reference(mode):
     ours, ref = _layers(mode)
     x = torch.randn(2, LS, 8)
     with torch.no_grad():
-        assert ours.use_sdpa([torch.zeros(1, requires_grad=True)]) == ("v" not in mode["on"])
+        fused = ours.kernel_for(torch.zeros(1), [torch.zeros(1, requires_grad=True)]) == "sdpa"
+        assert fused == ("v" not in mode["on"])
         torch.testing.assert_close(ours(x), ref(x))
 
 
-def test_path_choice_per_device():
+def test_kernel_choice_per_device():
     ours, _ = _layers(dict(mode="contextual", on="k"))
+    q = torch.zeros(1, 2, LS, 4)
     grad_bias = [torch.zeros(1, requires_grad=True)]
-    assert not ours.use_sdpa(grad_bias)  # CPU: the fused kernel has no mask gradient
-    assert ours.use_sdpa([torch.zeros(1)])  # no gradient needed: fused
-    assert ours.use_sdpa([])
+    assert ours.kernel_for(q, grad_bias) == "eager"  # CPU: the fused kernel has no mask gradient
+    assert ours.kernel_for(q, [torch.zeros(1)]) == "sdpa"  # no gradient needed: fused
     with torch.no_grad():
-        assert ours.use_sdpa(grad_bias)
+        assert ours.kernel_for(q, grad_bias) == "sdpa"
     qkv, _ = _layers(dict(mode="contextual", on="qkv"))
-    assert not qkv.use_sdpa([])
+    assert qkv.kernel_for(q, []) == "eager"
+    ours.kernel = "sdpa"
+    assert ours.kernel_for(q, grad_bias) == "sdpa"  # forced: SDPA's math fallback computes the gradient
+    ours.kernel = "triton"
+    with pytest.raises(ValueError, match=r"kernel='triton' cannot run here \(device cpu.*needs CUDA"):
+        ours.kernel_for(q, grad_bias)
+    ours.kernel = "flash"
+    with pytest.raises(ValueError, match="kernel='flash'; allowed: auto, triton, sdpa, eager"):
+        ours.kernel_for(q, grad_bias)
+
+
+def test_forced_kernels_match_reference_on_cpu():
+    """``kernel="sdpa"`` in training (SDPA's math fallback computes the mask gradient) equals the reference."""
+    ours, ref = _layers(dict(mode="contextual", on="qk"))
+    ours.kernel = "sdpa"
+    x = torch.randn(2, LS, 8, requires_grad=True)
+    got, want = ours(x), ref(x)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(got)
+    for a, b in zip(torch.autograd.grad(got, [x, *ours.parameters()], g),
+                    torch.autograd.grad(want, [x, *ref.parameters()], g)):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", MODES[:4], ids=lambda m: "-".join(map(str, m.values())))
 def test_cuda_bf16_autocast_close_to_fp32_reference(mode):
-    """On CUDA the fused SDPA path (memory-efficient kernel, mask gradient) runs under bf16 autocast."""
+    """On CUDA under bf16 autocast SDPA (k, q: trainable mask) or eager (v) runs, close to the fp32 reference."""
     torch.set_default_dtype(torch.float32)  # the autouse fixture restores the default afterwards
-    ours, ref = _layers(mode)
+    ours, ref = _layers(mode, dim=64)  # head_dim 32: a width the Triton kernel takes
     ours, ref = ours.cuda(), ref.cuda()
-    x = torch.randn(4, LS, 8, device="cuda")
-    assert ours.use_sdpa([torch.zeros(1, device="cuda", requires_grad=True)]) == ("v" not in mode["on"])
+    x = torch.randn(4, LS, 64, device="cuda")
+    bf16 = torch.zeros(1, 2, LS, 32, device="cuda", dtype=torch.bfloat16)
+    bias = [torch.zeros(1, 1, LS, LS, device="cuda", dtype=torch.bfloat16, requires_grad=True)]
+    assert ours.kernel_for(bf16, bias) == ("sdpa" if "v" not in mode["on"] else "eager")
     want = ref(x)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         got = ours(x)
@@ -189,6 +213,31 @@ def test_cuda_bf16_autocast_close_to_fp32_reference(mode):
     torch.testing.assert_close(got.float(), want, atol=5e-2, rtol=5e-2)
     for name, p in ours.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", [MODES[0], MODES[1], MODES[3]], ids=lambda m: "-".join(map(str, m.values())))
+def test_cuda_triton_kernel_gradients_match_fp32_reference(mode):
+    """The opt-in Triton path under bf16 autocast: output and every gradient (input, qkv, proj, tables) within
+    bf16 rounding of the fp32 reference, by relative norm."""
+    torch.set_default_dtype(torch.float32)
+    ours, ref = _layers(mode, dim=128)  # head_dim 64, DeiT's
+    ours, ref = ours.cuda(), ref.cuda()
+    ours.kernel = "triton"
+    x, g = torch.randn(8, LS, 128, device="cuda"), torch.randn(8, LS, 128, device="cuda")
+    seen = []
+    ours.kernel_for = (lambda f: lambda *a: seen.append(f(*a)) or seen[-1])(ours.kernel_for)
+
+    def run(m, amp):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = m(xi)
+        return [out.float(), *torch.autograd.grad(out.float(), [xi, *m.parameters()], g)]
+
+    got, want = run(ours, True), run(ref, False)
+    assert seen == ["triton"]
+    for a, b in zip(got, want):
+        assert float((a - b).norm() / b.norm()) < 3e-2
 
 
 @pytest.mark.parametrize("method", ["product", "cross"])

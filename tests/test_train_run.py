@@ -95,3 +95,37 @@ def test_optimizer_groups_follow_deit_recipe(tmp_path):
             "blocks.1.attn.rpe_k.lookup_table_weight"} <= no_decay
     assert "blocks.0.attn.qkv.weight" in decay and "head.weight" in decay
     assert module.lr == pytest.approx(5e-4 * 32 / 512)
+
+
+def test_inference_benchmark_runs_without_autograd_and_returns_the_model(tmp_path):
+    from irpe_bench.train.throughput import benchmark_inference
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3 * 4 * 4, 2)
+
+        def forward(self, x):
+            seen.append((torch.is_inference_mode_enabled(), self.training))
+            return self.lin(x.flatten(1))
+
+    model = Probe().train()
+    out = benchmark_inference(model, batch_size=2, img_size=4, precision="32-true", device=torch.device("cpu"),
+                              warmup=1, batches=2)
+    assert out["throughput/infer_img_s"] > 0 and out["throughput/infer_batch_size"] == 2
+    assert seen == [(True, False)] * 3  # inference mode, eval mode, every forward
+    assert model.training and next(model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_run_reports_the_gpu_it_trained_and_benchmarked_on(tmp_path):
+    """Lightning moves the module back to the CPU after fit: the summary must still name the GPU, and the
+    inference benchmark must run there (it once measured the CPU and called it ``cpu``)."""
+    config = tiny_config(tmp_path, trainer={"accelerator": "gpu", "precision": "bf16-mixed"})
+    summary = train(config, run_dir=tmp_path / "run")
+    assert summary["status"] == "finished" and summary["throughput/precision"] == "bf16-mixed"
+    assert summary["throughput/device"] == torch.cuda.get_device_name(0)
+    assert summary["throughput/infer_img_s"] > 0

@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 import torch
 
 from .harness import environment, format_table, write_json
-from .suites import MODES, PRESETS, layer_suite, model_suite
+from .suites import CORE, MODES, PRESETS, layer_suite, model_suite
 
 #: (kind, mode, limit on ×base) — the issue's goals, for training steps, inference and memory.
 GOALS = [("train", "k", 1.05), ("train", "qk", 1.08), ("train", "qkv", 1.20), ("train", "bias_k", 1.03),
@@ -33,16 +33,18 @@ EXACT_TOL = 1e-5
 #: NOTE: DeiT-Tiny at 224 trains at batch 8 here to keep the set within ~5 minutes on 2 CPU cores (every op
 #: scales linearly in the batch on CPU, so the ratios barely move); ``--batch 32`` gives the issue's setting.
 STANDARD = [
-    ("layer", "tiny224", 32, list(MODES)[:4]),
-    ("layer", "tiny64", 32, list(MODES)[:4]),
-    ("train", "digits", 32, list(MODES)),
-    ("train", "tiny224", 8, list(MODES)[:4]),
+    ("layer", "tiny224", 32, CORE),
+    ("layer", "tiny64", 32, CORE),
+    ("train", "digits", 32, CORE + ["qkv_lowmem"]),
+    ("train", "tiny224", 8, CORE),
     ("infer", "tiny224", 32, ["k"]),
     ("infer", "digits", 32, ["k"]),
 ]
 #: Run only when ``--preset`` names them (DeiT-Tiny width on 65 tokens: ~3-6 minutes on CPU by itself).
-OPTIONAL = [("train", "tiny64", 32, list(MODES)[:4])]
-QUICK = [("layer", "micro", 4, list(MODES)[:4]), ("train", "micro", 4, list(MODES)), ("infer", "micro", 4, ["k"])]
+OPTIONAL = [("train", "tiny64", 32, CORE)]
+QUICK = [("layer", "micro", 4, CORE), ("train", "micro", 4, CORE + ["qkv_lowmem"]), ("infer", "micro", 4, ["k"])]
+#: On CUDA the model suites also time K and bias-K on the opt-in Triton kernel beside the default (SDPA).
+CUDA_EXTRA = {"train": ["k_triton", "bias_k_triton"], "infer": ["k_triton"]}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -121,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     for suite, preset, batch, suite_modes in plan:
         batch = args.batch or batch
-        mds = [m for m in suite_modes if modes is None or m in modes]
+        extra = CUDA_EXTRA.get(suite, []) if device.type == "cuda" else []
+        mds = [m for m in suite_modes + extra if modes is None or m in modes]
         t0 = time.perf_counter()
         kw = dict(device=device, impls=impls, amp=amp, clock=args.clock, **_rounds(suite, preset, args))
         if suite == "layer":

@@ -1,17 +1,21 @@
 """``RPEAttention``: timm's ``Attention`` with iRPE, a drop-in that keeps timm's qkv/proj parameters.
 
 The maths is in :mod:`irpe_bench.rpe.encoding`; this module only wires it into multi-head attention and picks
-the fastest exact path:
+the fastest exact kernel for the iRPE logits terms (:meth:`RPEAttention.kernel_for`), as measured by
+``benchmarks/bench_attention_kernels.py`` and ``python run.py bench``:
 
-* no value-side table, and either no gradient to the logits term or a CUDA device → the iRPE logits term is
-  passed to ``F.scaled_dot_product_attention`` as a float mask, so the softmax stays fused (CUDA's
-  memory-efficient kernel computes the mask's gradient itself; the fused CPU kernel serves inference);
-* a gradient to the logits term on CPU → eager attention. NOTE: the fused CPU kernel has no mask gradient,
-  so SDPA would silently fall back to its math path (a "safe" softmax with extra ``isneginf``/``all``/
-  ``where`` passes over the L×L scores, ~25% of the layer). Eager here is a matmul, an in-place add of the
-  iRPE term, a softmax and a matmul;
+* ``sdpa`` — the iRPE term as ``F.scaled_dot_product_attention``'s float mask: on CUDA (the memory-efficient
+  kernel computes the mask's gradient itself) and for CPU inference (the fused CPU kernel);
+* ``eager`` — CPU training. NOTE: the fused CPU kernel has no mask gradient, so SDPA would silently fall back
+  to its math path (a "safe" softmax with extra ``isneginf``/``all``/``where`` passes over the L×L scores,
+  ~25% of the layer). Eager here is a matmul, an in-place add of the iRPE term, a softmax and a matmul;
 * a value-side table needs the attention weights themselves → eager, then the efficient value term
-  (optionally recomputing the weights in the backward pass instead of storing them: ``RECOMPUTE_WEIGHTS``).
+  (optionally recomputing the weights in the backward pass instead of storing them: ``RECOMPUTE_WEIGHTS``);
+* ``triton`` — opt-in only (``attn.kernel = "triton"``): :mod:`.triton_attention`, FlashAttention-2 with the
+  iRPE term as a bias tile. Exact, but measured slower than SDPA's memory-efficient kernel on an H100
+  (README, Performance), so ``auto`` never picks it.
+
+``attn.kernel`` (default ``"auto"``) forces one of them, for benchmarks and tests.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..rpe import RelativePositionEncoding, RPEConfig, attention_logits_terms, bucket_ids
+from . import triton_attention
 
 
 def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: Sequence[torch.Tensor], scale: float) -> torch.Tensor:
@@ -44,6 +49,8 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: Sequence[torch.Ten
 #: core in the backward pass (measured on CPU: +30–40% step time for QKV). Off by default: sweeps pay for time,
 #: not memory. Per module: ``attn.recompute_weights = True``.
 RECOMPUTE_WEIGHTS = False
+#: Kernels :meth:`RPEAttention.kernel_for` chooses from; ``auto`` picks per device, dtype and gradient need.
+KERNELS = ("auto", "triton", "sdpa", "eager")
 
 
 class RPEAttention(nn.Module):
@@ -72,6 +79,7 @@ class RPEAttention(nn.Module):
         self.grid_size = tuple(grid_size)
         self.num_prefix_tokens = num_prefix_tokens
         self.recompute_weights = RECOMPUTE_WEIGHTS
+        self.kernel = "auto"
         for a in "qkv":
             rpe = (RelativePositionEncoding(config, a, self.num_heads, self.head_dim, num_prefix_tokens)
                    if a in config.on else None)
@@ -107,13 +115,16 @@ class RPEAttention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ids: torch.Tensor,
                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Attention with iRPE on (B, H, L, d) q, k, v → (B, H, L, d), on the path :meth:`use_sdpa` picks."""
+        """Attention with iRPE on (B, H, L, d) q, k, v → (B, H, L, d), on the kernel :meth:`kernel_for` picks."""
         terms = attention_logits_terms(self.rpe_q, self.rpe_k, q, k, self.scale, ids)  # each B|1, H|1, L, L
         if attn_mask is not None:
             terms.append(attn_mask)
         terms = [t.to(q.dtype) for t in terms]
-        if self.use_sdpa(terms):
+        kernel = self.kernel_for(q, terms)
+        if kernel != "eager":
             bias = terms[0] if len(terms) == 1 else sum(terms[1:], terms[0])  # never empty: no table → v table
+            if kernel == "triton":
+                return triton_attention.attention_with_bias(q, k, v, bias, self.scale)
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
             )
@@ -123,13 +134,21 @@ class RPEAttention(nn.Module):
             out = out + self.rpe_v(attn, ids)  # NOTE: after dropout, as the official code
         return out
 
-    def use_sdpa(self, terms: Sequence[torch.Tensor]) -> bool:
-        """The fused kernel when it is exact and fast (module docstring): no v table, and no mask gradient
-        that only the math fallback could compute (CPU). ``terms``: the logits terms to be added."""
-        if self.rpe_v is not None or not self.fused_attn:
-            return False
+    def kernel_for(self, q: torch.Tensor, terms: Sequence[torch.Tensor]) -> str:
+        """The kernel for these logits terms (module docstring): ``triton``, ``sdpa`` or ``eager``."""
+        if self.kernel not in KERNELS:
+            raise ValueError(f"RPEAttention.kernel={self.kernel!r}; allowed: {', '.join(KERNELS)}")
+        if self.rpe_v is not None or not self.fused_attn or self.kernel == "eager":
+            return "eager"  # a v table needs the weights; fused_attn=False is timm's own switch to eager
+        dropout = self.training and self.attn_drop.p > 0  # NOTE: the Triton kernel has no attention dropout
+        if self.kernel == "triton" and (dropout or not all(triton_attention.available(q, t) for t in terms)):
+            raise ValueError(f"RPEAttention.kernel='triton' cannot run here (device {q.device}, dtype {q.dtype}, "
+                             f"head_dim {q.shape[-1]}, attention dropout {self.attn_drop.p if self.training else 0}); "
+                             "it needs CUDA, bf16/fp16, head_dim 16/32/64/128 and no attention dropout")
+        if self.kernel != "auto":
+            return self.kernel
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in terms)
-        return not needs_grad or terms[0].device.type == "cuda"
+        return "sdpa" if not needs_grad or q.is_cuda else "eager"
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}, fused_attn={self.fused_attn}"

@@ -181,6 +181,7 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
     except Exception as e:  # noqa: BLE001 - recorded, the W&B run closed, then raised again below
         status, error, stopped_by = "stopped", f"{type(e).__name__}: {e}", e
     wall = time.time() - started
+    device = trainer.strategy.root_device  # NOTE: not module.device: Lightning's teardown moved it to the CPU
 
     # ---- 4. benchmark and summary (rank zero)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
@@ -191,13 +192,13 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
         "metrics": metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step,
         "best_checkpoint": checkpoint.best_model_path or None, "wall_s": wall, **cost,
         "throughput/train_img_s": throughput.last, "throughput/batch_size": config.data.batch_size,
-        "throughput/precision": precision, "throughput/device": _device_name(module.device),
+        "throughput/precision": precision, "throughput/device": _device_name(device),
         "world_size": trainer.world_size, "versions": _versions(), "git_commit": _git_commit(),
         "resumed_from": str(resume_from) if resume_from else None,
     }
     if trainer.is_global_zero and status == "finished" and t.benchmark_batches > 0:
         bench = benchmark_inference(module.net, config.data.eval_batch_size or config.data.batch_size,
-                                    config.model.resolved_img_size, precision, module.device,
+                                    config.model.resolved_img_size, precision, device,
                                     batches=t.benchmark_batches)
         summary.update(bench)
         for lg in trainer.loggers:

@@ -71,13 +71,19 @@ def autocast_for(precision: str, device: torch.device):
 @torch.no_grad()
 def benchmark_inference(model: nn.Module, batch_size: int, img_size: int, precision: str,
                         device: Optional[torch.device] = None, warmup: int = 3, batches: int = 10) -> Dict[str, float]:
-    """Images/s of ``model`` in eval mode on random input; restores the model's training flag."""
-    device = device or next(model.parameters()).device
+    """Images/s of ``model`` in eval mode, under ``inference_mode``, on random input, on ``device``.
+
+    NOTE: after ``fit`` Lightning has moved the module back to the CPU, so the caller passes the device it
+    trained on (``trainer.strategy.root_device``); the model visits it for the measurement and goes home
+    afterwards, with its training flag restored.
+    """
+    home = next(model.parameters()).device
+    device = device or home
     x = torch.randn(batch_size, 3, img_size, img_size, device=device)
     was_training = model.training
-    model.eval()
+    model.to(device).eval()
     try:
-        with autocast_for(precision, device):
+        with torch.inference_mode(), autocast_for(precision, device):
             for _ in range(warmup):
                 model(x)
             _sync(device)
@@ -87,5 +93,5 @@ def benchmark_inference(model: nn.Module, batch_size: int, img_size: int, precis
             _sync(device)
             elapsed = time.perf_counter() - t0
     finally:
-        model.train(was_training)
+        model.train(was_training).to(home)
     return {"throughput/infer_img_s": batch_size * batches / elapsed, "throughput/infer_batch_size": batch_size}

@@ -1,0 +1,228 @@
+"""Fused attention with a trainable additive bias, in Triton: an opt-in GPU kernel for the iRPE logits terms.
+
+Why it exists: the iRPE-K/Q terms (and bias mode) enter attention as an additive (B|1, H|1, L, L) bias that
+needs a gradient. PyTorch's flash kernel takes no bias at all, so ``scaled_dot_product_attention`` with a float
+mask falls back to the memory-efficient kernel, measured at 2.6× the flash baseline per attention core on an
+H100 (``benchmarks/bench_attention_kernels.py``); FlexAttention's compiled ``score_mod`` gather was slower
+still at 197 tokens. This kernel is FlashAttention-2's algorithm (Dao, 2023) with one extra tile load.
+Measured on the same H100 it is exact but slower than the memory-efficient kernel (2.9× vs 2.6× in training,
+3.9× vs 3.1× in inference at 197 tokens, batch 256), so models use it only when asked
+(``RPEAttention.kernel = "triton"``); it is the starting point for a kernel that gathers the iRPE term inside
+instead of reading a materialised L×L bias:
+
+* forward, one program per (query block, batch·head): for each key block,
+  ``s = scale · q kᵀ + bias``, online softmax (running max ``m`` and sum ``l``), ``acc += p v``; stores
+  ``o = acc / l`` and the log-sum-exp ``m + log l`` for the backward;
+* backward, with ``delta_i = Σ_d dO_id · O_id``: ``p = exp(s − lse)``, ``dp = dO vᵀ``,
+  ``ds = p ⊙ (dp − delta)``; one program per key block accumulates ``dv = pᵀ dO`` and ``dk = scale · dsᵀ q``
+  and writes ``ds`` — the bias gradient, which autograd then routes to the bucket tables by the lookup's own
+  scatter; one program per query block accumulates ``dq = scale · ds k``.
+
+Rows and columns past the sequence length are masked (L = 197 is not a multiple of any block). fp32
+accumulation throughout; ``q, k, v`` and the bias in bf16 or fp16 (what autocast gives). The same code runs
+on the CPU under ``TRITON_INTERPRET=1``, which is how CI checks it against the plain formula.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Tuple
+
+import torch
+
+try:  # NOTE: triton ships with CUDA builds of torch; without it the model keeps SDPA's path
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only on builds without triton
+    triton = None
+
+LOG2E = 1.4426950408889634
+DTYPES = (torch.bfloat16, torch.float16)
+HEAD_DIMS = (16, 32, 64, 128)
+
+
+def available(q: torch.Tensor, bias: torch.Tensor) -> bool:
+    """Whether :func:`attention_with_bias` can run on these inputs (else the caller keeps SDPA)."""
+    return (triton is not None and q.is_cuda and q.dtype in DTYPES and bias.dtype == q.dtype and q.dim() == 4
+            and bias.dim() == 4 and tuple(bias.shape[-2:]) == (q.shape[2], q.shape[2]) and q.shape[-1] in HEAD_DIMS)
+
+
+#: Tile shapes tried per (L, D) by Triton's autotuner the first time a shape runs (compiled GPU runs only; the
+#: interpreter, which CI uses, takes the first): (BLOCK_M, BLOCK_N, num_warps, num_stages).
+CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3), (64, 32, 4, 3), (32, 64, 4, 3)]
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
+
+
+def _kernel(fn):
+    """``triton.jit``, plus autotuning over :data:`CONFIGS` keyed by sequence length and head width."""
+    jitted = triton.jit(fn)
+    if INTERPRETED:
+        return jitted
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in CONFIGS]
+    return triton.autotune(configs, key=["L", "D"])(jitted)
+
+
+def _launch(kernel, rows_of: str, L: int, BH: int, *args, **constexprs):
+    """Launch over (blocks of ``rows_of`` = BLOCK_M or BLOCK_N, batch·head), tuned or with the first config."""
+    if INTERPRETED:
+        m, n, w, _ = CONFIGS[0]
+        blocks = dict(BLOCK_M=m, BLOCK_N=n)
+        return kernel[(triton.cdiv(L, blocks[rows_of]), BH)](*args, **blocks, **constexprs, num_warps=w)
+    return kernel[lambda meta: (triton.cdiv(L, meta[rows_of]), BH)](*args, **constexprs)
+
+
+if triton is not None:
+
+    @_kernel
+    def _fwd(Q, K, V, Bias, O, LSE, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sbb, sbh, sbm, sbn,
+             sob, soh, sol, H, L, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+        pid_m, bh = tl.program_id(0), tl.program_id(1)
+        b, h = bh // H, bh % H
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, D)
+        row_ok = offs_m < L
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        for start in range(0, L, BLOCK_N):
+            n = start + offs_n
+            col_ok = n < L
+            k = tl.load(K + b * skb + h * skh + n[None, :] * skl + offs_d[:, None], mask=col_ok[None, :], other=0.0)
+            s = tl.dot(q, k) * scale
+            s += tl.load(Bias + b * sbb + h * sbh + offs_m[:, None] * sbm + n[None, :] * sbn,
+                         mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+            s = tl.where(col_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)
+            alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(V + b * svb + h * svh + n[:, None] * svl + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        acc = acc / l_i[:, None]
+        tl.store(O + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :], acc.to(O.dtype.element_ty),
+                 mask=row_ok[:, None])
+        tl.store(LSE + bh * L + offs_m, m_i + tl.log(l_i), mask=row_ok)
+
+    @_kernel
+    def _bwd_dkdv(Q, K, V, Bias, DO, LSE, Delta, DK, DV, DS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
+                  sbb, sbh, sbm, sbn, H, L, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                  WRITE_DS: tl.constexpr):
+        # NOTE: q, dO, dq, dk, dv, ds are contiguous (B, H, L, D) / (B, H, L, L) here (the wrapper makes them so).
+        pid_n, bh = tl.program_id(0), tl.program_id(1)
+        b, h = bh // H, bh % H
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        col_ok = offs_n < L
+        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skl + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svl + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        dk = tl.zeros([BLOCK_N, D], tl.float32)
+        dv = tl.zeros([BLOCK_N, D], tl.float32)
+        for start in range(0, L, BLOCK_M):
+            m = start + offs_m
+            row_ok = m < L
+            ok = row_ok[:, None] & col_ok[None, :]
+            q = tl.load(Q + b * sqb + h * sqh + m[:, None] * sql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            do = tl.load(DO + bh * L * D + m[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            lse = tl.load(LSE + bh * L + m, mask=row_ok, other=0.0)
+            delta = tl.load(Delta + bh * L + m, mask=row_ok, other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale
+            s += tl.load(Bias + b * sbb + h * sbh + m[:, None] * sbm + offs_n[None, :] * sbn, mask=ok,
+                         other=0.0).to(tl.float32)
+            p = tl.where(ok, tl.exp2((s - lse[:, None]) * 1.4426950408889634), 0.0)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+            dp = tl.dot(do, tl.trans(v))
+            ds = p * (dp - delta[:, None])
+            if WRITE_DS:
+                tl.store(DS + bh * L * L + m[:, None] * L + offs_n[None, :], ds.to(DS.dtype.element_ty), mask=ok)
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+        base = bh * L * D + offs_n[:, None] * D + offs_d[None, :]
+        tl.store(DK + base, (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
+        tl.store(DV + base, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+    @_kernel
+    def _bwd_dq(Q, K, V, Bias, DO, LSE, Delta, DQ, sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
+                sbb, sbh, sbm, sbn, H, L, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+        pid_m, bh = tl.program_id(0), tl.program_id(1)
+        b, h = bh // H, bh % H
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, D)
+        row_ok = offs_m < L
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + bh * L * D + offs_m[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        lse = tl.load(LSE + bh * L + offs_m, mask=row_ok, other=0.0)
+        delta = tl.load(Delta + bh * L + offs_m, mask=row_ok, other=0.0)
+        dq = tl.zeros([BLOCK_M, D], tl.float32)
+        for start in range(0, L, BLOCK_N):
+            n = start + offs_n
+            col_ok = n < L
+            ok = row_ok[:, None] & col_ok[None, :]
+            k = tl.load(K + b * skb + h * skh + n[:, None] * skl + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+            v = tl.load(V + b * svb + h * svh + n[:, None] * svl + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale
+            s += tl.load(Bias + b * sbb + h * sbh + offs_m[:, None] * sbm + n[None, :] * sbn, mask=ok,
+                         other=0.0).to(tl.float32)
+            p = tl.where(ok, tl.exp2((s - lse[:, None]) * 1.4426950408889634), 0.0)
+            dp = tl.dot(do, tl.trans(v))
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k)
+        tl.store(DQ + bh * L * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+                 mask=row_ok[:, None])
+
+
+def _bias_strides(bias: torch.Tensor) -> Tuple[int, int, int, int]:
+    """Strides of a (B|1, H|1, L, L) bias with 0 on broadcast dimensions, so one kernel serves every shape."""
+    return tuple(0 if bias.shape[i] == 1 else bias.stride(i) for i in range(4))  # type: ignore[return-value]
+
+
+class _AttentionWithBias(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale):
+        B, H, L, D = q.shape
+        o = torch.empty((B, H, L, D), device=q.device, dtype=q.dtype)
+        lse = torch.empty((B * H, L), device=q.device, dtype=torch.float32)
+        _launch(_fwd, "BLOCK_M", L, B * H, q, k, v, bias, o, lse, *q.stride()[:3], *k.stride()[:3],
+                *v.stride()[:3], *_bias_strides(bias), *o.stride()[:3], H, L, scale, D=D)
+        ctx.save_for_backward(q, k, v, bias, o, lse)
+        ctx.scale = scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, bias, o, lse = ctx.saved_tensors
+        B, H, L, D = q.shape
+        do = do.contiguous()
+        delta = (do.float() * o.float()).sum(-1).reshape(B * H, L)
+        dq, dk, dv = (torch.empty((B, H, L, D), device=q.device, dtype=q.dtype) for _ in range(3))
+        need_ds = ctx.needs_input_grad[3]
+        ds = torch.empty((B, H, L, L), device=q.device, dtype=bias.dtype) if need_ds else dq  # dq: a dummy
+        args = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_bias_strides(bias), H, L, ctx.scale)
+        _launch(_bwd_dkdv, "BLOCK_N", L, B * H, q, k, v, bias, do, lse, delta, dk, dv, ds, *args, D=D,
+                WRITE_DS=need_ds)
+        _launch(_bwd_dq, "BLOCK_M", L, B * H, q, k, v, bias, do, lse, delta, dq, *args, D=D)
+        dbias = ds.sum_to_size(bias.shape) if need_ds else None  # broadcast dims of the bias summed
+        return dq, dk, dv, dbias, None
+
+
+def attention_with_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                        scale: Optional[float] = None) -> torch.Tensor:
+    """``softmax(scale · q kᵀ + bias) v`` for (B, H, L, D) q, k, v and a (B|1, H|1, L, L) bias, fused.
+
+    Same contract as ``F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)`` (no dropout),
+    with gradients to q, k, v and the bias.
+    """
+    if triton is None:
+        raise RuntimeError("attention_with_bias needs triton (it ships with CUDA builds of torch)")
+    if q.dim() != 4 or bias.dim() != 4 or bias.shape[-2:] != (q.shape[2], k.shape[2]) or q.shape != k.shape:
+        raise ValueError(f"need (B, H, L, D) q, k, v and a (B|1, H|1, L, L) bias; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, bias {tuple(bias.shape)}")
+    if q.shape[-1] not in HEAD_DIMS:
+        raise ValueError(f"head_dim {q.shape[-1]} is not supported by the Triton kernel; allowed: {HEAD_DIMS}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    bias = bias if bias.stride(-1) == 1 else bias.contiguous()
+    return _AttentionWithBias.apply(q, k, v, bias, scale)
