@@ -149,3 +149,21 @@ def test_set_reaches_dotted_space_keys():
     assert sweep.config.study.name == "other" and str(sweep.out_dir) == "results/sweeps/other"
     with pytest.raises(ValueError, match=r"--set space.model.rpe.method.chices: expected space.<field>.<choices"):
         load_sweep("sweeps/digits_quick.yaml", parse_overrides(["space.model.rpe.method.chices=[none]"]))
+
+
+def test_worker_gpus_come_from_the_visible_list_and_groups_can_be_shared():
+    """Worker i gets GPU group i // workers_per_device, taken from the parent's CUDA_VISIBLE_DEVICES (never
+    from physical indices); on CPU, a share of the cores instead."""
+    from irpe_bench.sweep.runner import gpus_needed, visible_gpus, worker_env
+
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "4, 5,GPU-ab12,7"}) == ["4", "5", "GPU-ab12", "7"]
+    gpus = ["4", "5", "6", "7"]
+    one_each = [worker_env(i, 4, 1, 1, gpus, env={})["CUDA_VISIBLE_DEVICES"] for i in range(4)]
+    assert one_each == ["4", "5", "6", "7"]
+    pairs = [worker_env(i, 2, 2, 1, gpus, env={})["CUDA_VISIBLE_DEVICES"] for i in range(2)]
+    assert pairs == ["4,5", "6,7"]
+    shared = [worker_env(i, 4, 1, 2, gpus, env={})["CUDA_VISIBLE_DEVICES"] for i in range(4)]
+    assert shared == ["4", "4", "5", "5"]
+    cpu = worker_env(0, 2, 1, 1, None, env={"KEEP": "1"})
+    assert "CUDA_VISIBLE_DEVICES" not in cpu and cpu["KEEP"] == "1" and int(cpu["OMP_NUM_THREADS"]) >= 1
+    assert gpus_needed(4, 1, 2) == 2 and gpus_needed(3, 2, 2) == 4 and gpus_needed(1, 1, 4) == 1

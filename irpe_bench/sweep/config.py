@@ -75,6 +75,8 @@ class SweepConfig(_Frozen):
     space: Dict[str, S.ParamSpec]
     workers: int = Field(1, ge=1, description="worker processes on this machine (one per GPU group on CUDA)")
     devices_per_worker: int = Field(1, ge=1, description="GPUs per worker (a trial's trainer.devices)")
+    workers_per_device: int = Field(1, ge=1, description="workers sharing each GPU group: small models leave a "
+                                    "GPU mostly idle (launch- and loader-bound), several trials fill it")
     out_dir: Optional[str] = Field(None, description="default results/sweeps/<study.name>")
 
     @model_validator(mode="after")

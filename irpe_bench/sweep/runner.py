@@ -2,7 +2,8 @@
 
 Many GPUs, many machines: every worker is the same loop over the same storage. ``python run.py sweep`` starts
 ``workers`` processes on this machine (each sees its own ``devices_per_worker`` GPUs through
-``CUDA_VISIBLE_DEVICES``, or an equal share of the CPU cores), waits for them, then writes the leaderboard;
+``CUDA_VISIBLE_DEVICES`` — ``workers_per_device`` of them per GPU group — or an equal share of the CPU cores),
+waits for them, then writes the leaderboard;
 the same command on another machine with the same PostgreSQL ``storage`` joins the study.
 
 The budget is counted in the storage, not per worker: a worker starts a trial only while
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -84,26 +85,46 @@ def work(sweep: Sweep, meta: dict, devices: Optional[int] = None, poll_s: Option
     return ran
 
 
-def worker_env(index: int, workers: int, devices_per_worker: int) -> Dict[str, str]:
-    """CUDA: worker ``index`` sees GPUs [index·d, (index+1)·d); CPU: an equal share of the cores."""
+def visible_gpus(env: Optional[Dict[str, str]] = None) -> List[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them (indices or UUIDs); all of them
+    when it is unset. NOTE: a worker's own list is taken from this one, never from physical indices, so a
+    sweep started with ``CUDA_VISIBLE_DEVICES=4,5,6,7`` stays on those four GPUs."""
     import torch
 
-    env = dict(os.environ)
-    if torch.cuda.is_available():
-        first = index * devices_per_worker
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(devices_per_worker))
+    env = os.environ if env is None else env
+    given = env.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [d.strip() for d in given.split(",") if d.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_env(index: int, workers: int, devices_per_worker: int, workers_per_device: int = 1,
+               gpus: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment of worker ``index``. With ``gpus`` (CUDA): its group of ``devices_per_worker`` of them,
+    group ``index // workers_per_device`` (so that many workers share each group); without (CPU): an equal
+    share of the cores."""
+    env = dict(os.environ if env is None else env)
+    if gpus:
+        group = index // workers_per_device
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[group * devices_per_worker:(group + 1) * devices_per_worker])
     else:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     return env
+
+
+def gpus_needed(workers: int, devices_per_worker: int, workers_per_device: int) -> int:
+    return -(-workers // workers_per_device) * devices_per_worker
 
 
 def check_devices(sweep: Sweep) -> None:
     import torch
 
     c = sweep.config
-    if torch.cuda.is_available() and c.workers * c.devices_per_worker > torch.cuda.device_count():
-        raise ValueError(f"workers={c.workers} × devices_per_worker={c.devices_per_worker} needs "
-                         f"{c.workers * c.devices_per_worker} GPUs; this machine has {torch.cuda.device_count()}")
+    if torch.cuda.is_available():
+        need, have = gpus_needed(c.workers, c.devices_per_worker, c.workers_per_device), len(visible_gpus())
+        if need > have:
+            raise ValueError(f"workers={c.workers} with devices_per_worker={c.devices_per_worker} and "
+                             f"workers_per_device={c.workers_per_device} needs {need} GPUs; this process sees {have}")
     if c.workers > 4 and sweep.storage_url.startswith("sqlite"):
         raise ValueError(f"workers={c.workers} on SQLite: SQLite serialises writers; use PostgreSQL "
                          "(study.storage: postgresql://user@host/db) for more than 4 workers")
@@ -113,11 +134,15 @@ def launch(sweep: Sweep, argv: List[str]) -> int:
     """Start ``workers`` child processes running ``argv`` (the same sweep command plus ``--worker I``) and wait
     for all of them; returns the number that failed. The caller creates the study (and enqueues the grid)
     first, so the children only join it."""
+    import torch
+
     c = sweep.config
+    gpus = visible_gpus() if torch.cuda.is_available() else None
     procs = []
     for i in range(c.workers):
         cmd = [sys.executable, "-m", "irpe_bench.cli", *argv, "--worker", str(i)]
-        procs.append(subprocess.Popen(cmd, env=worker_env(i, c.workers, c.devices_per_worker)))
+        env = worker_env(i, c.workers, c.devices_per_worker, c.workers_per_device, gpus)
+        procs.append(subprocess.Popen(cmd, env=env))
     failed = 0
     for i, p in enumerate(procs):
         if p.wait() != 0:
@@ -126,4 +151,4 @@ def launch(sweep: Sweep, argv: List[str]) -> int:
     return failed
 
 
-__all__ = ["budget", "work", "launch", "fail_running", "target_trials", "check_devices"]
+__all__ = ["budget", "work", "launch", "fail_running", "target_trials", "check_devices", "worker_env", "visible_gpus"]
