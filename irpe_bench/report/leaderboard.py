@@ -22,6 +22,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ..sweep.budget import DISCARDED
+
 IGNORED_FOR_BASELINE = ("model.rpe", "seed")  # keys (and their dotted children) a baseline may differ in
 
 # Per-trial metrics the objective stores in ``user_attrs`` under these names.
@@ -272,6 +274,8 @@ def collect(study: optuna.Study) -> Leaderboard:
         g.rank = i
 
     retried_numbers = {r.retry_of for r in rows if r.retry_of is not None}
+    discarded = [r for r in rows if r.state == TrialState.FAIL.name and r.status == DISCARDED]
+    rows = [r for r in rows if r not in discarded]  # over-budget duplicates of a worker race: never trained
     fail = [r for r in rows if r.state == TrialState.FAIL.name]
     failed = [r for r in fail if r.number not in retried_numbers]
     retried = [r for r in fail if r.number in retried_numbers]
@@ -280,6 +284,7 @@ def collect(study: optuna.Study) -> Leaderboard:
     counts = {
         "total": len(rows), "complete": sum(r.state == TrialState.COMPLETE.name for r in rows),
         "pruned": len(pruned), "failed": len(failed), "retried": len(retried), "running": len(running),
+        "discarded": len(discarded),
         "waiting": sum(r.state == TrialState.WAITING.name for r in rows), "groups": len(groups),
     }
     return Leaderboard(

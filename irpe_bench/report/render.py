@@ -102,8 +102,10 @@ def header_items(board: Leaderboard, meta: Optional[Mapping[str, Any]]) -> List[
 def counts_line(board: Leaderboard) -> str:
     c = board.counts
     retried = f" (+{c['retried']} retried)" if c["retried"] else ""
+    discarded = (f" ({c['discarded']} over-budget trial(s) of a worker race discarded untrained)"
+                 if c.get("discarded") else "")
     return (f"{c['complete']} complete · {c['pruned']} pruned · {c['failed']} failed{retried} · "
-            f"{c['running']} running · {c['total']} trials in {c['groups']} groups")
+            f"{c['running']} running · {c['total']} trials in {c['groups']} groups{discarded}")
 
 
 # ------------------------------------------------------------------------------------------------ tables

@@ -20,6 +20,7 @@ import optuna
 
 from ..train.config import MONITOR, flatten
 from . import space as S
+from .budget import DISCARDED, over_budget
 from .config import Sweep, digest, without_logging
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,18 @@ def variant_of(config) -> str:
         return build_model(config, config.model.num_classes or 2).variant
 
 
-class Objective:
-    """``study.optimize(Objective(sweep), catch=(Exception,))``. ``devices``: ``trainer.devices`` per trial."""
+class OverBudget(RuntimeError):
+    """A trial created after the budget was spent (:mod:`.budget`): recorded as discarded, never trained."""
 
-    def __init__(self, sweep: Sweep, devices: int | None = None):
+
+class Objective:
+    """``study.optimize(Objective(sweep), catch=(Exception,))``. ``devices``: ``trainer.devices`` per trial;
+    ``target``: the budget in trials (None: unchecked), against which each new trial checks its own place."""
+
+    def __init__(self, sweep: Sweep, devices: int | None = None, target: int | None = None):
         self.sweep = sweep
         self.devices = devices
+        self.target = target
 
     def run_dir(self, trial: optuna.Trial, slug: str) -> Path:
         return self.sweep.out_dir / "runs" / f"trial-{trial.number:04d}-{slug}"
@@ -69,6 +76,12 @@ class Objective:
         from ..train.run import CKPT_DIR, LAST_CKPT, TrainingDiverged, train
 
         sweep = self.sweep
+        if self.target is not None and over_budget(trial.study, trial.number, self.target):
+            trial.set_user_attr("status", DISCARDED)
+            why = (f"trial {trial.number} is over the budget of {self.target}: another worker took the last slot "
+                   "at the same time; discarded before any work")
+            trial.set_user_attr("error", why)
+            raise OverBudget(why)
         point = S.suggest(trial, sweep.config.space, sweep.base_flat)
         retry_of = retried_trial(trial)
         name = sweep.config.study.name

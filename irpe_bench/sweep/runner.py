@@ -27,30 +27,10 @@ from optuna.trial import TrialState
 
 from .config import Sweep
 from .objective import Objective
+from .budget import budget, target_trials
 from .storage import fail_running, heartbeat_enabled, open_study
 
 log = logging.getLogger(__name__)
-
-
-def budget(study: optuna.Study) -> Dict[str, int]:
-    """Trial counts that decide whether to start another: ``finished`` excludes failures that were retried."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    count = {s: 0 for s in ("complete", "pruned", "failed", "retried", "running", "waiting")}
-    for t in trials:
-        if t.state == TrialState.FAIL:
-            count["retried" if t.number in retried else "failed"] += 1
-        elif t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING):
-            count[t.state.name.lower()] += 1
-    count["finished"] = count["complete"] + count["pruned"] + count["failed"]
-    return count
-
-
-def target_trials(sweep: Sweep) -> int:
-    from .space import grid_size
-
-    st = sweep.config.study
-    return st.n_trials or grid_size(sweep.config.space, sweep.base_flat)
 
 
 def work(sweep: Sweep, meta: dict, devices: Optional[int] = None, poll_s: Optional[float] = None,
@@ -61,8 +41,8 @@ def work(sweep: Sweep, meta: dict, devices: Optional[int] = None, poll_s: Option
 
     if study is None:
         study, _ = open_study(sweep, meta)
-    objective = Objective(sweep, devices)
     total, started, ran = target_trials(sweep), time.time(), 0
+    objective = Objective(sweep, devices, total)
     timeout = sweep.config.study.timeout_s
     beating = heartbeat_enabled(study)
     poll = poll_s if poll_s is not None else max(1.0, sweep.config.study.heartbeat_s / 2)
@@ -151,4 +131,4 @@ def launch(sweep: Sweep, argv: List[str]) -> int:
     return failed
 
 
-__all__ = ["budget", "work", "launch", "fail_running", "target_trials", "check_devices", "worker_env", "visible_gpus"]
+__all__ = ["work", "launch", "fail_running", "check_devices", "worker_env", "visible_gpus"]
