@@ -23,7 +23,6 @@ import warnings
 from typing import Dict, List, Optional, Sequence
 
 import optuna
-from optuna.trial import TrialState
 
 from .config import Sweep
 from .objective import Objective
