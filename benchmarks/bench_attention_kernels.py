@@ -159,8 +159,8 @@ def main(argv=None) -> list:
     L = ids.shape[-1]
     env = environment(torch.get_num_threads(), device)
     title = (f"{'train (fwd+bwd)' if args.train else 'inference'} · attention core · L={L} B={args.batch} "
-             f"H={args.heads} d={args.head_dim} · {args.dtype} · {env.get('gpu', env['device'])} · {env['threads']} threads · "
-             f"torch {torch.__version__}")
+             f"H={args.heads} d={args.head_dim} · {args.dtype} · {env.get('gpu', env['device'])} · "
+             f"{env['threads']} threads · torch {torch.__version__}")
     rows = summarize(cases)
     print(format_table(title, rows))
     print("first call (incl. compile), s: " + ", ".join(f"{c.name} {c.first_s:.1f}" for c in cases))  # type: ignore

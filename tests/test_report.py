@@ -172,8 +172,8 @@ def test_comparable_ignores_only_rpe_keys_and_seed():
 
 def test_failed_retried_pruned_running(board, study_numbers):
     _, n = study_numbers
-    assert board.counts == {"total": 15, "complete": 11, "pruned": 1, "failed": 1, "retried": 1, "running": 1, "discarded": 0,
-                            "waiting": 0, "groups": 5}
+    assert board.counts == {"total": 15, "complete": 11, "pruned": 1, "failed": 1, "retried": 1, "running": 1,
+                            "discarded": 0, "waiting": 0, "groups": 5}
     assert [(t.number, t.reason) for t in board.failed] == [(n["oom"], "CUDA out of memory")]  # user error first
     assert [(t.number, t.reason) for t in board.retried] == [(n["killed"], "worker killed (stale heartbeat)")]
     (pruned,) = board.pruned

@@ -49,7 +49,8 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: Sequence[torch.Ten
 #: core in the backward pass (measured on CPU: +30–40% step time for QKV). Off by default: sweeps pay for time,
 #: not memory. Per module: ``attn.recompute_weights = True``.
 RECOMPUTE_WEIGHTS = False
-#: Kernels :meth:`RPEAttention.kernel_for` chooses from; ``auto`` picks per device, dtype and gradient need.
+#: Kernels :meth:`RPEAttention.kernel_for` accepts; ``auto`` picks by device and by whether the iRPE term needs a
+#: gradient.
 KERNELS = ("auto", "triton", "sdpa", "eager")
 
 
