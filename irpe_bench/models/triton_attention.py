@@ -36,7 +36,6 @@ try:  # NOTE: triton ships with CUDA builds of torch; without it the model keeps
 except ImportError:  # pragma: no cover - exercised only on builds without triton
     triton = None
 
-LOG2E = 1.4426950408889634
 DTYPES = (torch.bfloat16, torch.float16)
 HEAD_DIMS = (16, 32, 64, 128)
 
@@ -95,7 +94,7 @@ if triton is not None:
                          mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
             s = tl.where(col_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)
+            p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)  # exp(x) = 2^(x·log2 e), the fast unit
             alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(V + b * svb + h * svh + n[:, None] * svl + offs_d[None, :], mask=col_ok[:, None], other=0.0)
