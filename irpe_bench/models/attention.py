@@ -27,7 +27,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..rpe import RelativePositionEncoding, RPEConfig, attention_logits_terms, bucket_ids
-from . import triton_attention
 
 
 def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: Sequence[torch.Tensor], scale: float) -> torch.Tensor:
@@ -125,7 +124,9 @@ class RPEAttention(nn.Module):
         if kernel != "eager":
             bias = terms[0] if len(terms) == 1 else sum(terms[1:], terms[0])  # never empty: no table → v table
             if kernel == "triton":
-                return triton_attention.attention_with_bias(q, k, v, bias, self.scale)
+                from .triton_attention import attention_with_bias  # NOTE: opt-in; triton is imported only here
+
+                return attention_with_bias(q, k, v, bias, self.scale)
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
             )
@@ -141,15 +142,21 @@ class RPEAttention(nn.Module):
             raise ValueError(f"RPEAttention.kernel={self.kernel!r}; allowed: {', '.join(KERNELS)}")
         if self.rpe_v is not None or not self.fused_attn or self.kernel == "eager":
             return "eager"  # a v table needs the weights; fused_attn=False is timm's own switch to eager
-        dropout = self.training and self.attn_drop.p > 0  # NOTE: the Triton kernel has no attention dropout
-        if self.kernel == "triton" and (dropout or not all(triton_attention.available(q, t) for t in terms)):
-            raise ValueError(f"RPEAttention.kernel='triton' cannot run here (device {q.device}, dtype {q.dtype}, "
-                             f"head_dim {q.shape[-1]}, attention dropout {self.attn_drop.p if self.training else 0}); "
-                             "it needs CUDA, bf16/fp16, head_dim 16/32/64/128 and no attention dropout")
+        if self.kernel == "triton":
+            self._check_triton(q, terms)
         if self.kernel != "auto":
             return self.kernel
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in terms)
         return "sdpa" if not needs_grad or q.is_cuda else "eager"
+
+    def _check_triton(self, q: torch.Tensor, terms: Sequence[torch.Tensor]) -> None:
+        from .triton_attention import available
+
+        dropout = self.training and self.attn_drop.p > 0  # NOTE: the Triton kernel has no attention dropout
+        if dropout or not all(available(q, t) for t in terms):
+            raise ValueError(f"RPEAttention.kernel='triton' cannot run here (device {q.device}, dtype {q.dtype}, "
+                             f"head_dim {q.shape[-1]}, attention dropout {self.attn_drop.p if self.training else 0}); "
+                             "it needs CUDA, bf16/fp16, head_dim 16/32/64/128 and no attention dropout")
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}, fused_attn={self.fused_attn}"
