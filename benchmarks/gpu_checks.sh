@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/gpu_checks.sh OUT_DIR [STEP ...]     # steps: env tests kernels bench bench256 train sweep
 #
-# Each step's log goes to OUT_DIR/<step>.log and its JSON next to it; a failing step is reported and the
+# Needs the project's dependencies importable (`pip install -e ".[test]"`, or its packages on PYTHONPATH) and a
+# CUDA device; nothing is downloaded. Each step's log goes to OUT_DIR/<step>.log and its JSON next to it; a failing step is reported and the
 # next one runs (the script exits non-zero if any failed).
 set -u
 OUT=${1:?usage: gpu_checks.sh OUT_DIR [STEP ...]}
