@@ -35,7 +35,8 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from irpe_bench.bench.harness import Case, environment, format_table, run_interleaved, summarize  # noqa: E402
+from irpe_bench.bench.harness import (Case, environment, format_table, resolve_device, run_interleaved,  # noqa: E402
+                                     summarize)
 from irpe_bench.models.attention import attention_scores  # noqa: E402
 from irpe_bench.rpe import RPEConfig, bucket_ids, contextual_logits  # noqa: E402
 
@@ -114,8 +115,7 @@ def main(argv=None) -> list:
                    help="of q, k, v and the table (bfloat16: what bf16 autocast feeds attention on a GPU)")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled candidates (flex, eager_compiled)")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     q, k, v, table, ids = build(args.grid, args.batch, args.heads, args.head_dim, device, args.train,

@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from .harness import environment, format_table, write_json
+from .harness import environment, format_table, resolve_device, write_json
 from .suites import CORE, MODES, PRESETS, layer_suite, model_suite
 
 #: (kind, mode, limit on ×base) — the issue's goals, for training steps, inference and memory.
@@ -103,8 +103,7 @@ def goals(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     """Benchmark iRPE against the no-RPE baseline and the reference implementation; print ratios."""
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     amp = torch.bfloat16 if device.type == "cuda" else None
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)

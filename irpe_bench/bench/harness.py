@@ -190,6 +190,13 @@ def format_table(title: str, rows: Sequence[Dict[str, Any]], markdown: bool = Fa
     return "\n".join(lines)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else the CPU; any other name as given (``cpu``, ``cuda``, ``cuda:1``)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def environment(threads: int, device: torch.device) -> Dict[str, Any]:
     env = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
                processor=platform.processor() or _cpu_model(), cpu_count=os.cpu_count(), threads=threads,

@@ -71,6 +71,25 @@ def _launch(kernel, rows_of: str, L: int, BH: int, *args, **constexprs):
 
 
 if triton is not None:
+    LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = 2^(x·log2 e): exp2 is the fast unit
+
+    @triton.jit
+    def _tile(Ptr, b, h, sb, sh, sl, rows, offs_d, ok):
+        """The (rows, D) tile of a (B, H, L, D) tensor; rows past L read as 0."""
+        return tl.load(Ptr + b * sb + h * sh + rows[:, None] * sl + offs_d[None, :], mask=ok[:, None], other=0.0)
+
+    @triton.jit
+    def _scores(q, k, Bias, b, h, sbb, sbh, sbm, sbn, m, n, ok, scale):
+        """``scale · q kᵀ + bias`` (fp32) for query rows ``m`` and key rows ``n``."""
+        bias = tl.load(Bias + b * sbb + h * sbh + m[:, None] * sbm + n[None, :] * sbn, mask=ok, other=0.0)
+        return tl.dot(q, tl.trans(k)) * scale + bias.to(tl.float32)
+
+    @triton.jit
+    def _probs_and_ds(q, k, v, do, lse, delta, Bias, b, h, sbb, sbh, sbm, sbn, m, n, ok, scale):
+        """The backward's recomputed ``p = exp(s − lse)`` and ``ds = p ⊙ (dO vᵀ − delta)``, 0 outside ``ok``."""
+        s = _scores(q, k, Bias, b, h, sbb, sbh, sbm, sbn, m, n, ok, scale)
+        p = tl.where(ok, tl.exp2((s - lse[:, None]) * LOG2E), 0.0)
+        return p, p * (tl.dot(do, tl.trans(v)) - delta[:, None])
 
     @_kernel
     def _fwd(Q, K, V, Bias, O, LSE, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sbb, sbh, sbm, sbn,
@@ -81,23 +100,21 @@ if triton is not None:
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)
         row_ok = offs_m < L
-        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        q = _tile(Q, b, h, sqb, sqh, sql, offs_m, offs_d, row_ok)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
         for start in range(0, L, BLOCK_N):
             n = start + offs_n
             col_ok = n < L
-            k = tl.load(K + b * skb + h * skh + n[None, :] * skl + offs_d[:, None], mask=col_ok[None, :], other=0.0)
-            s = tl.dot(q, k) * scale
-            s += tl.load(Bias + b * sbb + h * sbh + offs_m[:, None] * sbm + n[None, :] * sbn,
-                         mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+            k = _tile(K, b, h, skb, skh, skl, n, offs_d, col_ok)
+            s = _scores(q, k, Bias, b, h, sbb, sbh, sbm, sbn, offs_m, n, row_ok[:, None] & col_ok[None, :], scale)
             s = tl.where(col_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2((s - m_new[:, None]) * 1.4426950408889634)  # exp(x) = 2^(x·log2 e), the fast unit
-            alpha = tl.exp2((m_i - m_new) * 1.4426950408889634)
+            p = tl.exp2((s - m_new[:, None]) * LOG2E)
+            alpha = tl.exp2((m_i - m_new) * LOG2E)
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(V + b * svb + h * svh + n[:, None] * svl + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+            v = _tile(V, b, h, svb, svh, svl, n, offs_d, col_ok)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
         acc = acc / l_i[:, None]
@@ -109,32 +126,27 @@ if triton is not None:
     def _bwd_dkdv(Q, K, V, Bias, DO, LSE, Delta, DK, DV, DS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
                   sbb, sbh, sbm, sbn, H, L, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                   WRITE_DS: tl.constexpr):
-        # NOTE: q, dO, dq, dk, dv, ds are contiguous (B, H, L, D) / (B, H, L, L) here (the wrapper makes them so).
+        # NOTE: dO, dq, dk, dv, ds are contiguous (B, H, L, D) / (B, H, L, L) here (the wrapper makes them so).
         pid_n, bh = tl.program_id(0), tl.program_id(1)
         b, h = bh // H, bh % H
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_m = tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
         col_ok = offs_n < L
-        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skl + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svl + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        k = _tile(K, b, h, skb, skh, skl, offs_n, offs_d, col_ok)
+        v = _tile(V, b, h, svb, svh, svl, offs_n, offs_d, col_ok)
         dk = tl.zeros([BLOCK_N, D], tl.float32)
         dv = tl.zeros([BLOCK_N, D], tl.float32)
         for start in range(0, L, BLOCK_M):
             m = start + offs_m
             row_ok = m < L
             ok = row_ok[:, None] & col_ok[None, :]
-            q = tl.load(Q + b * sqb + h * sqh + m[:, None] * sql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            do = tl.load(DO + bh * L * D + m[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            q = _tile(Q, b, h, sqb, sqh, sql, m, offs_d, row_ok)
+            do = _tile(DO, b, h, H * L * D, L * D, D, m, offs_d, row_ok)
             lse = tl.load(LSE + bh * L + m, mask=row_ok, other=0.0)
             delta = tl.load(Delta + bh * L + m, mask=row_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale
-            s += tl.load(Bias + b * sbb + h * sbh + m[:, None] * sbm + offs_n[None, :] * sbn, mask=ok,
-                         other=0.0).to(tl.float32)
-            p = tl.where(ok, tl.exp2((s - lse[:, None]) * 1.4426950408889634), 0.0)
+            p, ds = _probs_and_ds(q, k, v, do, lse, delta, Bias, b, h, sbb, sbh, sbm, sbn, m, offs_n, ok, scale)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-            dp = tl.dot(do, tl.trans(v))
-            ds = p * (dp - delta[:, None])
             if WRITE_DS:
                 tl.store(DS + bh * L * L + m[:, None] * L + offs_n[None, :], ds.to(DS.dtype.element_ty), mask=ok)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
@@ -151,23 +163,18 @@ if triton is not None:
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)
         row_ok = offs_m < L
-        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + bh * L * D + offs_m[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        q = _tile(Q, b, h, sqb, sqh, sql, offs_m, offs_d, row_ok)
+        do = _tile(DO, b, h, H * L * D, L * D, D, offs_m, offs_d, row_ok)
         lse = tl.load(LSE + bh * L + offs_m, mask=row_ok, other=0.0)
         delta = tl.load(Delta + bh * L + offs_m, mask=row_ok, other=0.0)
         dq = tl.zeros([BLOCK_M, D], tl.float32)
         for start in range(0, L, BLOCK_N):
             n = start + offs_n
             col_ok = n < L
-            ok = row_ok[:, None] & col_ok[None, :]
-            k = tl.load(K + b * skb + h * skh + n[:, None] * skl + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-            v = tl.load(V + b * svb + h * svh + n[:, None] * svl + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale
-            s += tl.load(Bias + b * sbb + h * sbh + offs_m[:, None] * sbm + n[None, :] * sbn, mask=ok,
-                         other=0.0).to(tl.float32)
-            p = tl.where(ok, tl.exp2((s - lse[:, None]) * 1.4426950408889634), 0.0)
-            dp = tl.dot(do, tl.trans(v))
-            ds = p * (dp - delta[:, None])
+            k = _tile(K, b, h, skb, skh, skl, n, offs_d, col_ok)
+            v = _tile(V, b, h, svb, svh, svl, n, offs_d, col_ok)
+            _, ds = _probs_and_ds(q, k, v, do, lse, delta, Bias, b, h, sbb, sbh, sbm, sbn, offs_m, n,
+                                  row_ok[:, None] & col_ok[None, :], scale)
             dq += tl.dot(ds.to(k.dtype), k)
         tl.store(DQ + bh * L * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
                  mask=row_ok[:, None])

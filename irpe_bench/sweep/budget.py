@@ -10,7 +10,7 @@ counted, and left out of the leaderboard.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Set
+from typing import Dict, List, Tuple
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -20,34 +20,39 @@ from .config import Sweep
 DISCARDED = "discarded"
 
 
-def _retried(trials: Iterable[FrozenTrial]) -> Set[int]:
-    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+#: Kinds of trial (:func:`_kind`) that count towards the budget.
+COUNTED = ("complete", "pruned", "failed", "running", "waiting")
 
 
-def _counts(t: FrozenTrial, retried: Set[int]) -> bool:
-    return not (t.state == TrialState.FAIL and (t.number in retried or t.user_attrs.get("status") == DISCARDED))
+def _kinds(study: optuna.Study) -> List[Tuple[int, str]]:
+    """(number, kind) of every trial: its state's name, except that a FAIL is ``retried`` (a retry carries its
+    outcome), ``discarded`` (over the budget) or ``failed``."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+    def kind(t: FrozenTrial) -> str:
+        if t.state != TrialState.FAIL:
+            return t.state.name.lower()
+        if t.user_attrs.get("status") == DISCARDED:
+            return DISCARDED
+        return "retried" if t.number in retried else "failed"
+
+    return [(t.number, kind(t)) for t in trials]
 
 
 def budget(study: optuna.Study) -> Dict[str, int]:
     """Trial counts that decide whether to start another: ``finished`` excludes retried and discarded trials."""
-    trials = study.get_trials(deepcopy=False)
-    retried = _retried(trials)
-    count = {s: 0 for s in ("complete", "pruned", "failed", "retried", "discarded", "running", "waiting")}
-    for t in trials:
-        if t.state == TrialState.FAIL:
-            key = "retried" if t.number in retried else "failed"
-            count[DISCARDED if t.user_attrs.get("status") == DISCARDED else key] += 1
-        elif t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING):
-            count[t.state.name.lower()] += 1
+    count = {s: 0 for s in (*COUNTED, "retried", DISCARDED)}
+    for _, kind in _kinds(study):
+        if kind in count:
+            count[kind] += 1
     count["finished"] = count["complete"] + count["pruned"] + count["failed"]
     return count
 
 
 def over_budget(study: optuna.Study, number: int, target: int) -> bool:
     """Whether trial ``number`` has ``target`` or more counted trials before it (module docstring)."""
-    trials = study.get_trials(deepcopy=False)
-    retried = _retried(trials)
-    return sum(1 for t in trials if t.number < number and _counts(t, retried)) >= target
+    return sum(1 for n, kind in _kinds(study) if n < number and kind in COUNTED) >= target
 
 
 def target_trials(sweep: Sweep) -> int:
