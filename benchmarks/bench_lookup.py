@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from irpe_bench.bench.harness import Case, environment, format_table, run_interleaved, summarize  # noqa: E402
 from irpe_bench.rpe import RPEConfig, bucket_ids  # noqa: E402
-from irpe_bench.rpe.encoding import _GatherFlat, _row_flat_ids  # noqa: E402
+from irpe_bench.rpe.encoding import _GatherFlat, bucket_index  # noqa: E402
 
 LOOKUPS = {
     "index_select": lambda z, flat: z.index_select(1, flat),
@@ -47,7 +47,7 @@ def main(argv=None) -> list:
     ids = bucket_ids(cfg.method, cfg.index, cfg.alpha, cfg.beta, cfg.gamma, args.grid, args.grid, 1,
                      torch.device("cpu"))
     K, L = int(ids.max()) + 1, ids.shape[-1]
-    flat = _row_flat_ids(ids, K, transpose=False)[0]
+    flat = bucket_index(ids, K)[0]
     g = torch.Generator().manual_seed(0)
     z = torch.randn(args.batch * args.heads, L * K, generator=g, requires_grad=True)
     grad = torch.randn(args.batch * args.heads, L * L, generator=g)

@@ -18,16 +18,17 @@ def test_bench_quick_writes_tables_and_json(tmp_path, capsys):
     suites = {r["suite"]: r for r in payload["results"]}
     assert set(suites) == {"layer", "train", "infer"}
     train = {row["case"]: row for row in suites["train"]["rows"]}
-    assert set(train) == {"baseline", "qkv_lowmem/ours", *(f"{m}/{i}" for m in ("k", "qk", "qkv", "bias_k")
-                                                            for i in ("ours", "reference"))}
+    assert set(train) == {"baseline", "k_lowmem/ours", "qkv_lowmem/ours",
+                          *(f"{m}/{i}" for m in ("k", "qk", "qkv", "bias_k") for i in ("ours", "reference"))}
     assert train["baseline"]["x_base"] == 1.0 and train["baseline"]["mem_x_base"] == 1.0
-    for m in ("k", "qk", "qkv", "bias_k", "qkv_lowmem"):
+    for m in ("k", "qk", "qkv", "bias_k", "k_lowmem", "qkv_lowmem"):
         ours = train[f"{m}/ours"]
         assert ours["rounds"] == 3 and ours["median_ms"] > 0 and ours["peak_mib"] > 0
         assert ours["max_abs_diff"] <= 1e-5  # same weights, same batch: the reference's logits and grads
     # a v table holds more live memory than the baseline in the same step; recomputing the weights holds less
     assert train["qkv/reference"]["mem_x_base"] > 1.0
     assert train["qkv_lowmem/ours"]["peak_mib"] < train["qkv/ours"]["peak_mib"]
+    assert train["k_lowmem/ours"]["peak_mib"] < train["k/ours"]["peak_mib"]
     assert "x_ref" in train["qkv_lowmem/ours"]  # compared with the qkv reference
     assert any(g["goal"].startswith("train k ×base") for g in payload["goals"])
 

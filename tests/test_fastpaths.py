@@ -279,3 +279,111 @@ def test_cuda_bf16_model_training_step(on):
     torch.testing.assert_close(logits.float(), ref(x), atol=1e-1, rtol=1e-1)
     assert all(torch.isfinite(p.grad).all() for p in ours.parameters() if p.grad is not None)
     assert ours.blocks[0].attn.rpe_k.lookup_table_weight.grad.abs().sum() > 0
+
+
+# --- recomputed weights (irpe_bench/models/recompute.py): no L×L tensor kept for the backward pass -------------
+
+RECOMPUTE_CASES = [  # (method, key-side, query-side, value table, dense bias, heads of the tables)
+    ("product", True, False, False, False, 1), ("cross", True, True, False, False, 1),
+    ("product", False, False, True, False, 3), ("cross", True, True, True, True, 1),
+    ("quant", True, False, True, False, 3), ("product", False, False, False, True, 3),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", RECOMPUTE_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_recomputed_attention_matches_eager(case, dtype):
+    """Values and every gradient (q, k, v, both contextual tables, the value table, a dense bias) equal the
+    eager form — scores, in-place terms, softmax, weights @ v, per-bucket value term. In float32 on the CPU the
+    cases without a value table take the fused forward (PyTorch's flash kernel with the terms as its mask)."""
+    from irpe_bench.models import recompute
+    from irpe_bench.rpe import BucketTerm, bucket_index
+
+    torch.set_default_dtype(dtype)
+    recomputed_attention = recompute.recomputed_attention
+    method, on_k, on_q, on_v, dense, heads = case
+    ids, K = _ids(method)
+    q, k, v = (torch.randn(2, 3, L, 4, requires_grad=True) for _ in range(3))
+    tk, tq = torch.randn(heads, 4, K, requires_grad=True), torch.randn(heads, 4, K, requires_grad=True)
+    tv = torch.randn(heads, K, 4, requires_grad=True) if on_v else None
+    bias = torch.randn(1, 3, L, L, requires_grad=True) if dense else None
+    s = 0.5
+
+    def eager(q, k, v, *_):
+        terms = ([contextual_logits(q, tk, ids, s)] if on_k else []) + \
+                ([contextual_logits(k, tq, ids, s, transpose=True)] if on_q else []) + ([bias] if dense else [])
+        attn = attention_scores(q, k, terms, s).softmax(-1)
+        return attn @ v + (contextual_values(attn, tv, ids) if on_v else 0)
+
+    def recomputed(q, k, v, *_):
+        terms = ([BucketTerm(q, tk, s, bucket_index(ids, K))] if on_k else []) + \
+                ([BucketTerm(k, tq, s, bucket_index(ids, K, True))] if on_q else []) + \
+                ([bias] if dense else [])
+        return recomputed_attention(q, k, v, terms, s, tv, ids)
+
+    inputs = [q, k, v] + [t for t, used in ((tk, on_k), (tq, on_q), (tv, on_v), (bias, dense)) if used]
+    assert recompute._fused_forward(q) == (dtype == torch.float32)
+    g = torch.randn(2, 3, L, 4)
+    want, got = _grads_with(eager, g, *inputs), _grads_with(recomputed, g, *inputs)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
+    torch.testing.assert_close(got[0], want[0], **tol)
+    for a, b in zip(got[1], want[1]):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def _saved_shapes(fn):
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        fn()
+    return shapes
+
+
+@pytest.mark.parametrize("on", ["k", "qkv"])
+def test_recompute_weights_keeps_no_batch_sized_square_tensor(on):
+    """What the memory saving rests on: with ``recompute_weights`` nothing (B, H, L, L) is saved for the
+    backward pass (eager keeps the softmax output), so the peak no longer grows with B·H·L²."""
+    ours, _ = _layers(dict(mode="contextual", on=on))
+    ours.train()
+    x = torch.randn(5, LS, 8)
+    square = (5, 2, LS, LS)
+    assert square in _saved_shapes(lambda: ours(x))
+    ours.recompute_weights = True
+    assert ours.kernel_for(x, [torch.zeros(1, requires_grad=True)]) == "recompute"
+    assert square not in _saved_shapes(lambda: ours(x))
+
+
+def test_recompute_weights_with_attention_dropout_checkpoints_the_same_mask():
+    """With attention dropout the backward needs the forward's random mask: the layer checkpoints the eager
+    form (RNG state restored), so outputs and gradients equal eager's under the same seed."""
+    ours, _ = _layers(dict(mode="contextual", on="qkv"))
+    ours.attn_drop.p = 0.3
+    ours.train()
+    x = torch.randn(2, LS, 8, requires_grad=True)
+    results = []
+    for recompute in (False, True):
+        ours.recompute_weights = recompute
+        torch.manual_seed(7)
+        out = ours(x)
+        results.append((out, torch.autograd.grad(out.square().sum(), [x, *ours.parameters()])))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_recomputed_attention_under_cpu_bf16_autocast_close_to_eager():
+    """Under bf16 autocast the matmuls run in bf16 and the softmax statistics in fp32, as eager's: close to eager
+    under the same autocast, gradients included, and every gradient in its parameter's dtype."""
+    torch.set_default_dtype(torch.float32)
+    ours, _ = _layers(dict(mode="contextual", on="qkv"), dim=32)
+    ours.train()
+    x = torch.randn(4, LS, 32)
+    results = []
+    for recompute in (False, True):
+        ours.recompute_weights = recompute
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = ours(x)
+        grads = torch.autograd.grad(out.float().square().sum(), list(ours.parameters()))
+        assert all(gr.dtype == p.dtype for gr, p in zip(grads, ours.parameters()))
+        results.append([out.float(), *grads])
+    for a, b in zip(results[1], results[0]):
+        assert float((a - b).norm() / b.norm().clamp_min(1e-6)) < 2e-2

@@ -75,6 +75,19 @@ def test_rpe_tables_excluded_from_weight_decay_by_default(tmp_path):
     assert no_decay_names(build_model(decayed, 10), decayed) == []
 
 
+def test_recompute_weights_trains_the_same_model(tmp_path):
+    """``model.recompute_weights`` reaches every iRPE layer and changes memory, not maths: two seeded runs with
+    it off and on end with the same validation loss (up to float rounding over the steps)."""
+    from irpe_bench.models import RPEAttention
+
+    config = tiny_config(tmp_path, model={"recompute_weights": True, "rpe": {"on": "qkv"}})
+    layers = [m for m in build_model(config, 10).modules() if isinstance(m, RPEAttention)]
+    assert len(layers) == 2 and all(m.recompute_weights for m in layers)
+    losses = [train(tiny_config(tmp_path, model={"recompute_weights": r, "rpe": {"on": "qkv"}}),
+                    run_dir=tmp_path / f"r{r}")["metrics"]["val/loss"] for r in (False, True)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
 def test_optimizer_groups_follow_deit_recipe(tmp_path):
     import lightning.pytorch as pl
 

@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 import torch
 
 from .harness import environment, format_table, resolve_device, write_json
-from .suites import CORE, MODES, PRESETS, layer_suite, model_suite
+from .suites import CORE, LOWMEM, MODES, PRESETS, layer_suite, model_suite
 
 #: (kind, mode, limit on ×base) — the issue's goals, for training steps, inference and memory.
 GOALS = [("train", "k", 1.05), ("train", "qk", 1.08), ("train", "qkv", 1.20), ("train", "bias_k", 1.03),
@@ -35,14 +35,14 @@ EXACT_TOL = 1e-5
 STANDARD = [
     ("layer", "tiny224", 32, CORE),
     ("layer", "tiny64", 32, CORE),
-    ("train", "digits", 32, CORE + ["qkv_lowmem"]),
-    ("train", "tiny224", 8, CORE),
+    ("train", "digits", 32, CORE + LOWMEM),
+    ("train", "tiny224", 8, CORE + LOWMEM),
     ("infer", "tiny224", 32, ["k"]),
     ("infer", "digits", 32, ["k"]),
 ]
 #: Run only when ``--preset`` names them (DeiT-Tiny width on 65 tokens: ~3-6 minutes on CPU by itself).
-OPTIONAL = [("train", "tiny64", 32, CORE)]
-QUICK = [("layer", "micro", 4, CORE), ("train", "micro", 4, CORE + ["qkv_lowmem"]), ("infer", "micro", 4, ["k"])]
+OPTIONAL = [("train", "tiny64", 32, CORE + LOWMEM)]
+QUICK = [("layer", "micro", 4, CORE), ("train", "micro", 4, CORE + LOWMEM), ("infer", "micro", 4, ["k"])]
 #: On CUDA the model suites also time K and bias-K on the opt-in Triton kernel beside the default (SDPA).
 CUDA_EXTRA = {"train": ["k_triton", "bias_k_triton"], "infer": ["k_triton"]}
 

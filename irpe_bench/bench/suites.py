@@ -30,13 +30,16 @@ MODES: Dict[str, Dict[str, str]] = {
     "qkv": dict(mode="contextual", on="qkv"),
     "bias_k": dict(mode="bias", on="k"),
     "qkv_lowmem": dict(mode="contextual", on="qkv", recompute_weights=True),  # weights recomputed in backward
+    "k_lowmem": dict(mode="contextual", on="k", recompute_weights=True),
     # GPU: the same variants on the opt-in Triton kernel instead of SDPA's memory-efficient kernel
     "k_triton": dict(mode="contextual", on="k", kernel="triton"),
     "bias_k_triton": dict(mode="bias", on="k", kernel="triton"),
 }
 #: The issue's four variants; the others are implementation variants of one of them (same reference model).
 CORE = ["k", "qk", "qkv", "bias_k"]
-VARIANT_OF = {"qkv_lowmem": "qkv", "k_triton": "k", "bias_k_triton": "bias_k"}
+#: The same variants with ``recompute_weights`` (no L×L tensor kept for the backward pass: less memory, more time).
+LOWMEM = ["k_lowmem", "qkv_lowmem"]
+VARIANT_OF = {"qkv_lowmem": "qkv", "k_lowmem": "k", "k_triton": "k", "bias_k_triton": "bias_k"}
 #: Attributes of :class:`RPEAttention` a bench mode sets (the rest of a MODES entry is the RPEConfig).
 MODULE_OPTIONS = ("recompute_weights", "kernel")
 

@@ -9,13 +9,15 @@ the fastest exact kernel for the iRPE logits terms (:meth:`RPEAttention.kernel_f
 * ``eager`` — CPU training. NOTE: the fused CPU kernel has no mask gradient, so SDPA would silently fall back
   to its math path (a "safe" softmax with extra ``isneginf``/``all``/``where`` passes over the L×L scores,
   ~25% of the layer). Eager here is a matmul, an in-place add of the iRPE term, a softmax and a matmul;
-* a value-side table needs the attention weights themselves → eager, then the efficient value term
-  (optionally recomputing the weights in the backward pass instead of storing them: ``RECOMPUTE_WEIGHTS``);
+* a value-side table needs the attention weights themselves → eager, then the efficient value term;
+* ``recompute`` — where eager would train and ``recompute_weights`` is set: :mod:`.recompute`, which keeps
+  one log-sum-exp per row instead of the L×L weights and recomputes them in the backward pass (with
+  attention dropout: activation checkpointing of the eager form, which replays the dropout mask);
 * ``triton`` — opt-in only (``attn.kernel = "triton"``): :mod:`.triton_attention`, FlashAttention-2 with the
   iRPE term as a bias tile. Exact, but measured slower than SDPA's memory-efficient kernel on an H100
   (README, Performance), so ``auto`` never picks it.
 
-``attn.kernel`` (default ``"auto"``) forces one of them, for benchmarks and tests.
+``attn.kernel`` (default ``"auto"``) forces one of the first three, for benchmarks and tests.
 """
 from __future__ import annotations
 
@@ -26,7 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..rpe import RelativePositionEncoding, RPEConfig, attention_logits_terms, bucket_ids
+from ..rpe import BucketTerm, LogitsTerm, RelativePositionEncoding, RPEConfig, attention_logits_terms, bucket_ids
+from .recompute import recomputed_attention
+
+
+def _expanded(term: LogitsTerm) -> torch.Tensor:
+    return term.expand() if isinstance(term, BucketTerm) else term
+
+
+def _sources(term: LogitsTerm) -> Tuple[torch.Tensor, ...]:
+    """The tensors a term is computed from (for ``requires_grad``), without computing it."""
+    return (term.x, term.table) if isinstance(term, BucketTerm) else (term,)
 
 
 def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: Sequence[torch.Tensor], scale: float) -> torch.Tensor:
@@ -42,11 +54,12 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: Sequence[torch.Ten
     return attn
 
 
-#: With a v table, recompute the (B, H, L, L) attention weights in the backward pass instead of keeping them
-#: (activation checkpointing of :meth:`RPEAttention.attend` only). The no-RPE baseline's fused kernel keeps no
-#: L×L tensor, so this holds QKV's peak training memory near the baseline's, but it re-runs the attention
-#: core in the backward pass (measured on CPU: +30–40% step time for QKV). Off by default: sweeps pay for time,
-#: not memory. Per module: ``attn.recompute_weights = True``.
+#: Recompute the (B, H, L, L) attention weights in the backward pass instead of keeping them, wherever the eager
+#: form would train (CPU training; any v table): :mod:`.recompute`. The no-RPE baseline's fused kernel keeps no
+#: L×L tensor; eager keeps one per layer, which is most of iRPE's extra training memory (README, Performance).
+#: The price is one more matmul, the gathers and an exponential per layer in the backward pass. Off by default
+#: (sweeps pay for time, not memory); per module: ``attn.recompute_weights = True``, per model: the training
+#: config's ``model.recompute_weights``.
 RECOMPUTE_WEIGHTS = False
 #: Kernels :meth:`RPEAttention.kernel_for` accepts; ``auto`` picks by device and by whether the iRPE term needs a
 #: gradient.
@@ -105,55 +118,68 @@ class RPEAttention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # B, H, L, d
         q, k = self.q_norm(q), self.k_norm(k)
-        ids = self.bucket_ids(N, x.device)
-        if self.rpe_v is not None and self.recompute_weights and self.training and torch.is_grad_enabled():
-            out = checkpoint(self.attend, q, k, v, ids, attn_mask, use_reentrant=False)
-        else:
-            out = self.attend(q, k, v, ids, attn_mask)
+        out = self.attend(q, k, v, self.bucket_ids(N, x.device), attn_mask)
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
         return self.proj_drop(self.proj(self.norm(out)))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ids: torch.Tensor,
                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attention with iRPE on (B, H, L, d) q, k, v → (B, H, L, d), on the kernel :meth:`kernel_for` picks."""
-        terms = attention_logits_terms(self.rpe_q, self.rpe_k, q, k, self.scale, ids)  # each B|1, H|1, L, L
+        terms = attention_logits_terms(self.rpe_q, self.rpe_k, q, k, self.scale, ids, expand=False)
         if attn_mask is not None:
             terms.append(attn_mask)
-        terms = [t.to(q.dtype) for t in terms]
         kernel = self.kernel_for(q, terms)
-        if kernel != "eager":
-            bias = terms[0] if len(terms) == 1 else sum(terms[1:], terms[0])  # never empty: no table → v table
-            if kernel == "triton":
-                from .triton_attention import attention_with_bias  # NOTE: opt-in; triton is imported only here
+        if kernel == "recompute":
+            if self.attn_drop.p > 0:  # NOTE: the backward needs the forward's dropout mask: checkpoint keeps its RNG
+                return checkpoint(self._eager, q, k, v, terms, ids, use_reentrant=False)
+            table_v = self.rpe_v.lookup_table_weight if self.rpe_v is not None else None
+            return recomputed_attention(q, k, v, terms, self.scale, table_v, ids)
+        if kernel == "eager":
+            return self._eager(q, k, v, terms, ids)
+        dense = [_expanded(t).to(q.dtype) for t in terms]
+        bias = dense[0] if len(dense) == 1 else sum(dense[1:], dense[0])  # never empty: no table → v table
+        if kernel == "triton":
+            from .triton_attention import attention_with_bias  # NOTE: opt-in; triton is imported only here
 
-                return attention_with_bias(q, k, v, bias, self.scale)
-            return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
-            )
+            return attention_with_bias(q, k, v, bias, self.scale)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
+        )
+
+    def _eager(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: Sequence[LogitsTerm],
+               ids: torch.Tensor) -> torch.Tensor:
+        terms = [_expanded(t).to(q.dtype) for t in terms]
         attn = self.attn_drop(attention_scores(q, k, terms, self.scale).softmax(dim=-1))
         out = attn @ v
         if self.rpe_v is not None:
             out = out + self.rpe_v(attn, ids)  # NOTE: after dropout, as the official code
         return out
 
-    def kernel_for(self, q: torch.Tensor, terms: Sequence[torch.Tensor]) -> str:
-        """The kernel for these logits terms (module docstring): ``triton``, ``sdpa`` or ``eager``."""
+    def kernel_for(self, q: torch.Tensor, terms: Sequence[LogitsTerm]) -> str:
+        """The kernel for these logits terms (module docstring): ``triton``, ``sdpa``, ``eager`` or ``recompute``."""
         if self.kernel not in KERNELS:
             raise ValueError(f"RPEAttention.kernel={self.kernel!r}; allowed: {', '.join(KERNELS)}")
         if self.rpe_v is not None or not self.fused_attn or self.kernel == "eager":
-            return "eager"  # a v table needs the weights; fused_attn=False is timm's own switch to eager
-        if self.kernel == "triton":
-            self._check_triton(q, terms)
-        if self.kernel != "auto":
+            kernel = "eager"  # a v table needs the weights; fused_attn=False is timm's own switch to eager
+        elif self.kernel != "auto":
+            if self.kernel == "triton":
+                self._check_triton(q, terms)
             return self.kernel
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in terms)
-        return "sdpa" if not needs_grad or q.is_cuda else "eager"
+        else:
+            needs_grad = torch.is_grad_enabled() and any(r.requires_grad for t in terms for r in _sources(t))
+            kernel = "sdpa" if not needs_grad or q.is_cuda else "eager"
+        if kernel == "eager" and self.recompute_weights and self.training and torch.is_grad_enabled():
+            return "recompute"
+        return kernel
 
-    def _check_triton(self, q: torch.Tensor, terms: Sequence[torch.Tensor]) -> None:
+    def _check_triton(self, q: torch.Tensor, terms: Sequence[LogitsTerm]) -> None:
         from .triton_attention import available
 
+        L = q.shape[2]
+        biases = [torch.empty((*t.x.shape[:-2], L, L), dtype=q.dtype, device="meta")  # shape only: no lookup
+                  if isinstance(t, BucketTerm) else t.to(q.dtype) for t in terms]
         dropout = self.training and self.attn_drop.p > 0  # NOTE: the Triton kernel has no attention dropout
-        if dropout or not all(available(q, t) for t in terms):
+        if dropout or not all(available(q, b) for b in biases):
             raise ValueError(f"RPEAttention.kernel='triton' cannot run here (device {q.device}, dtype {q.dtype}, "
                              f"head_dim {q.shape[-1]}, attention dropout {self.attn_drop.p if self.training else 0}); "
                              "it needs CUDA, bf16/fp16, head_dim 16/32/64/128 and no attention dropout")

@@ -25,7 +25,7 @@ Efficient forms (the cost that matters is per layer, L tokens, K buckets, d = he
 from __future__ import annotations
 
 import functools
-from typing import List, Optional
+from typing import List, NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -49,6 +49,11 @@ def _row_flat_ids(ids: torch.Tensor, num_buckets: int, transpose: bool) -> torch
     return flat.reshape(ids.shape[0], L * L)
 
 
+def _scatter_flat(x2: torch.Tensor, index: torch.Tensor, width: int) -> torch.Tensor:
+    """The adjoint of ``gather(z2, 1, index)``: (N, L·L) → (N, width), entries summed per target position."""
+    return x2.new_zeros((x2.shape[0], width)).scatter_add_(1, index, x2)
+
+
 class _GatherFlat(torch.autograd.Function):
     """``torch.gather(z, 1, index)`` whose backward keeps only the index.
 
@@ -67,33 +72,79 @@ class _GatherFlat(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (index,) = ctx.saved_tensors
-        return grad.new_zeros(ctx.z_shape).scatter_add_(1, index, grad), None
+        return _scatter_flat(grad, index, ctx.z_shape[1]), None
 
 
-def _gather_buckets(z: torch.Tensor, ids: torch.Tensor, transpose: bool = False) -> torch.Tensor:
-    """``out[..., i, j] = Σ_c z[..., i, ids[c, i, j]]`` (or ``z[..., j, ids[c, j, i]]`` with ``transpose``):
-    z (B, H, L, K), ids (C, L, L) → (B, H, L, L), contiguous.
+def bucket_index(ids: torch.Tensor, num_buckets: int, transpose: bool = False) -> torch.Tensor:
+    """(C, L, L) bucket ids → (C, L·L) flat positions into a (…, L, K) per-bucket tensor viewed as (…, L·K);
+    the index of :func:`gather_buckets` and :func:`scatter_buckets` (cached per ids tensor)."""
+    return _row_flat_ids(ids, num_buckets, transpose)
 
-    NOTE: one gather per component on z viewed as (B·H, L·K) with a precomputed flat (L·L) index broadcast
-    over B·H (a stride-0 view): no materialised (B, H, L, L) index, the query-side term is produced in place of
-    a transposed copy, and the backward is a scatter-add that keeps only the index (:class:`_GatherFlat`).
+
+def gather_buckets(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out[..., i, j] = Σ_c z[..., i, I_c(i, j)]`` (or ``z[..., j, I_c(j, i)]`` for a transposed index):
+    z (B, H, L, K), index (C, L·L) from :func:`bucket_index` → (B, H, L, L), contiguous.
+
+    NOTE: one gather per component on z viewed as (B·H, L·K) with the flat index broadcast over B·H (a
+    stride-0 view): no materialised (B, H, L, L) index, the query-side term is produced in place of a
+    transposed copy, and the backward is a scatter-add that keeps only the index (:class:`_GatherFlat`).
     """
     B, H, L, K = z.shape
-    flat = _row_flat_ids(ids, K, transpose)
     z2 = z.reshape(B * H, L * K)
-    out = _GatherFlat.apply(z2, flat[0].expand(B * H, -1))
-    for c in range(1, flat.shape[0]):
-        out.add_(_GatherFlat.apply(z2, flat[c].expand(B * H, -1)))  # fresh output; its backward keeps no copy
+    out = _GatherFlat.apply(z2, index[0].expand(B * H, -1))
+    for c in range(1, index.shape[0]):
+        out.add_(_GatherFlat.apply(z2, index[c].expand(B * H, -1)))  # fresh output; its backward keeps no copy
     return out.view(B, H, L, L)
+
+
+def scatter_buckets(x: torch.Tensor, index: torch.Tensor, num_buckets: int) -> torch.Tensor:
+    """The adjoint of :func:`gather_buckets`: ``out[..., i, t] = Σ_c Σ_{j: I_c(i, j) = t} x[..., i, j]``,
+    x (B, H, L, L) → (B, H, L, K). Per-bucket sums of attention weights (Eq. 17's efficient form) and the
+    gradient of a gathered term are both this."""
+    B, H, L, _ = x.shape
+    x2 = x.reshape(B * H, L * L)
+    out = _scatter_flat(x2, index[0].expand(B * H, -1), L * num_buckets)
+    for c in range(1, index.shape[0]):
+        out.scatter_add_(1, index[c].expand(B * H, -1), x2)  # NOTE: in place: no copy of the sums
+    return out.view(B, H, L, num_buckets)
+
+
+class BucketTerm(NamedTuple):
+    """A contextual logits term before any work: ``gather_buckets(contextual_products(x, table, scale), index)``.
+
+    Kept unexpanded by paths that recompute the term in the backward pass instead of storing the L×L term or
+    even the (B, H, L, K) products (:mod:`irpe_bench.models.recompute`)."""
+
+    x: torch.Tensor
+    table: torch.Tensor
+    scale: float
+    index: torch.Tensor
+
+    def products(self) -> torch.Tensor:
+        return contextual_products(self.x, self.table, self.scale)
+
+    def expand(self) -> torch.Tensor:
+        return gather_buckets(self.products(), self.index)
+
+
+#: A logits term: dense (bias mode, an attention mask) or a contextual :class:`BucketTerm`.
+LogitsTerm = Union[torch.Tensor, BucketTerm]
+
+
+def contextual_products(x: torch.Tensor, table: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Eq. 26–28's first step: ``z[..., i, t] = scale · x_i · r[t]`` for every bucket t, (B, H, L, K).
+
+    The scale multiplies the (H, d, K) table rather than x or the (B, H, L, K) product: the official
+    ``rpe_k(q * s)`` up to float rounding, at no cost proportional to the batch."""
+    if scale != 1.0:
+        table = table * scale
+    return torch.matmul(x, _as_matrix(table))
 
 
 def contextual_logits(x: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, scale: float = 1.0,
                       transpose: bool = False) -> torch.Tensor:
     """Eq. 15 / 26–28: ``scale · x_i · r[I(i, j)]``; with ``transpose``, its transpose ``scale · x_j · r[I(j, i)]``
     (the query-side term b^Q of the module docstring, computed directly in (query, key) layout).
-
-    The scale multiplies the (H, d, K) table rather than x or the (B, H, L, K) product: the official
-    ``rpe_k(q * s)`` up to float rounding, at no cost proportional to the batch.
 
     Args:
         x: (B, H, L, d) queries (for r^K) or keys (for r^Q).
@@ -102,10 +153,7 @@ def contextual_logits(x: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, s
     Returns:
         (B, H, L, L).
     """
-    if scale != 1.0:
-        table = table * scale
-    z = torch.matmul(x, _as_matrix(table))  # B, H, L, K
-    return _gather_buckets(z, ids, transpose)
+    return gather_buckets(contextual_products(x, table, scale), bucket_index(ids, table.shape[-1], transpose))
 
 
 def _as_matrix(table: torch.Tensor) -> torch.Tensor:
@@ -134,9 +182,8 @@ def contextual_values(attn: torch.Tensor, table: torch.Tensor, ids: torch.Tensor
     Returns:
         (B, H, L, d).
     """
-    per_bucket = attn.new_zeros((*attn.shape[:-1], table.shape[-2]))  # B, H, L, K
-    for c in range(ids.shape[0]):
-        per_bucket.scatter_add_(-1, ids[c].expand(attn.shape), attn)  # NOTE: in place: no copy of the zeros
+    K = table.shape[-2]
+    per_bucket = scatter_buckets(attn, bucket_index(ids, K), K)  # B, H, L, K
     return torch.matmul(per_bucket, _as_matrix(table).to(per_bucket.dtype))
 
 
@@ -176,10 +223,17 @@ class RelativePositionEncoding(nn.Module):
         (B, H, L, L) → (B, H, L, d)."""
         if self.attach == "v":
             return contextual_values(x, self.lookup_table_weight, ids)
+        term = self.logits_term(x, ids, scale, transpose)
+        return term.expand() if isinstance(term, BucketTerm) else term
+
+    def logits_term(self, x: torch.Tensor, ids: torch.Tensor, scale: float = 1.0,
+                    transpose: bool = False) -> LogitsTerm:
+        """q/k only: :meth:`forward`'s logits term, a contextual one left unexpanded (:class:`BucketTerm`)."""
         if self.mode == "bias":
             out = bias_logits(self.lookup_table_bias, ids)
             return out.transpose(-1, -2) if transpose else out
-        return contextual_logits(x, self.lookup_table_weight, ids, scale, transpose)
+        table = self.lookup_table_weight
+        return BucketTerm(x, table, scale, bucket_index(ids, table.shape[-1], transpose))
 
     def extra_repr(self) -> str:
         c = self.config
@@ -195,12 +249,15 @@ def attention_logits_terms(
     k: torch.Tensor,
     scale: float,
     ids: torch.Tensor,
-) -> List[torch.Tensor]:
-    """``[b^K, b^Q]`` of the module docstring (those present), each (B|1, H|1, L, L) in (query, key) layout."""
-    terms = []
+    expand: bool = True,
+) -> List[LogitsTerm]:
+    """``[b^K, b^Q]`` of the module docstring (those present), each (B|1, H|1, L, L) in (query, key) layout;
+    with ``expand=False`` contextual terms stay :class:`BucketTerm` (z and its index, no L×L tensor)."""
+    terms: List[LogitsTerm] = []
     if rpe_k is not None:
-        terms.append(rpe_k(q, ids, scale))
+        terms.append(rpe_k.logits_term(q, ids, scale))
     if rpe_q is not None:
-        terms.append(rpe_q(k, ids, scale, transpose=True))  # NOTE: reversed offset I(j, i), as the official code
+        terms.append(rpe_q.logits_term(k, ids, scale, transpose=True))  # NOTE: reversed offset I(j, i), as official
+    if expand:
+        terms = [t.expand() if isinstance(t, BucketTerm) else t for t in terms]
     return terms
-

@@ -43,6 +43,8 @@ class ModelConfig(_Frozen):
     drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0)
     abs_pos: bool = True
     rpe: Optional[RPEConfig] = RPEConfig()
+    recompute_weights: bool = Field(False, description="iRPE layers keep no L×L attention weights for the backward "
+                                    "pass and recompute them (less memory, slower; the same maths)")
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,168 @@
+"""Attention with iRPE that keeps no L×L tensor for its backward pass: the weights are recomputed there.
+
+Eager attention keeps the (B, H, L, L) softmax output per layer for its backward pass; the no-RPE baseline's
+fused kernel keeps only the output and one log-sum-exp per row, and recomputes the weights. With a value
+table (Eq. 17) the difference is most of the peak-memory gap (README, Performance), so
+``RPEAttention.recompute_weights`` routes training through this function, which does the same as the fused
+kernels, with the iRPE terms' gradients computed in the same backward pass. The maths (notation of
+:mod:`irpe_bench.rpe.encoding`; ``G`` a bucket gather, ``G*`` its adjoint, a scatter-add)::
+
+    forward    S = s · q kᵀ + Σ_c G(z_c) + dense          ℓ_i = logsumexp_j S_ij        P = exp(S − ℓ)
+               O = P v + G*(P) r^V                          saved: q, k, v, z_c, dense, r^V, ℓ, O
+    backward   P = exp(S − ℓ)                               (recomputed: one matmul, the gathers, one exp)
+               dP = dO vᵀ + G(dO r^Vᵀ)                     (dP_ij = dO_i · (v_j + r^V[I(i, j)]))
+               D_i = dO_i · O_i                             (= Σ_j P_ij dP_ij, from O: no L×L pass)
+               dS = P ⊙ (dP − D)                            (softmax backward)
+               dq = s · dS k    dk = s · dSᵀ q    dv = Pᵀ dO    dz_c = G*(dS)    d dense = dS (summed to its shape)
+               dr^V = Σ_{b, i} G*(P)ᵀ dO                     (and over heads when the table is shared)
+
+Compared with :func:`torch.utils.checkpoint.checkpoint` of the whole attention (what
+``recompute_weights`` did before), the backward re-runs one matmul, the gathers and an exponential, not
+the whole forward (benchmarks/bench_attention_kernels.py ``--train``). Attention dropout needs the forward's
+random mask again, so with dropout :class:`~irpe_bench.models.attention.RPEAttention` keeps checkpointing.
+
+Precision: the matmuls run in q's dtype (bf16 under autocast, as eager's), the L×L statistics in at least
+fp32 (as autocast's softmax), so the result equals eager attention up to float rounding.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ..rpe import BucketTerm, LogitsTerm, bucket_index, gather_buckets, scatter_buckets
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _as_heads(table: torch.Tensor) -> torch.Tensor:
+    """A shared (1, m, n) table as (m, n), which ``matmul`` folds into one product over B·H (as
+    :func:`irpe_bench.rpe.contextual_products`)."""
+    return table[0] if table.shape[0] == 1 else table
+
+
+def _products(x: torch.Tensor, table: torch.Tensor, scale: float) -> torch.Tensor:
+    """z = x · (scale · r), (B, H, L, K), in x's dtype (as autocast's matmul)."""
+    return x @ (_as_heads(table) * scale).to(x.dtype)
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, scale: float, contextual: Sequence[torch.Tensor],
+            terms: Sequence[Tuple[float, torch.Tensor]], dense: Optional[torch.Tensor],
+            with_qk: bool = True) -> torch.Tensor:
+    """S = s · q kᵀ + Σ G(z_c) + dense in the statistics dtype, built in place (one L×L tensor); without
+    ``with_qk``, only the iRPE terms (the float mask of the fused forward)."""
+    parts = [gather_buckets(_products(x, table, ts), index) for (x, table), (ts, index) in zip(_pairs(contextual),
+                                                                                             terms)]
+    if with_qk:
+        parts.insert(0, (q * scale) @ k.transpose(-2, -1))
+    s = parts[0].to(_stats_dtype(q.dtype))
+    for part in parts[1:]:
+        s.add_(part)
+    if dense is not None:
+        s = s.add_(dense) if s.shape == torch.broadcast_shapes(s.shape, dense.shape) else s + dense
+    return s
+
+
+#: PyTorch's fused CPU attention returning the log-sum-exp (private ATen op; None where this torch lacks it).
+_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _fused_forward(q: torch.Tensor) -> bool:
+    return _CPU_FLASH is not None and q.device.type == "cpu" and q.dtype == torch.float32
+
+
+def _pairs(flat: Sequence[torch.Tensor]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    return list(zip(flat[0::2], flat[1::2]))
+
+
+def _table_grad(grad_heads: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """(H, m, n) per-head gradient → the table's (H or 1, m, n), in its dtype."""
+    return (grad_heads.sum(0, keepdim=True) if table.shape[0] == 1 else grad_heads).to(table.dtype)
+
+
+class _RecomputedAttention(torch.autograd.Function):
+    """The module docstring's forward and backward.
+
+    Inputs: q, k, v, ``dense`` (or None), ``table_v`` (or None), ``meta`` = (scale, [(term scale, gather
+    index)] per contextual term, value index), then per contextual term its x (q or k) and table (H|1, d, K).
+    NOTE: not even the per-bucket products z are kept (a quarter of an L×L tensor each at K = 50, L = 197):
+    the backward recomputes them from x and the table, one small matmul each.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, dense, table_v, meta, *contextual):
+        scale, terms, index_v = meta
+        with torch.autocast(q.device.type, enabled=False):
+            if table_v is None and contextual and _fused_forward(q):  # NOTE: module docstring, "Forward"
+                mask = _scores(q, k, scale, contextual, terms, dense, with_qk=False)
+                out, lse = _CPU_FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)
+                lse = lse.unsqueeze(-1)
+            else:
+                s = _scores(q, k, scale, contextual, terms, dense)
+                lse = torch.logsumexp(s, dim=-1, keepdim=True)
+                p = s.sub_(lse).exp_()
+                out = p.to(v.dtype) @ v
+                if table_v is not None:
+                    per_bucket = scatter_buckets(p, index_v, table_v.shape[-2])
+                    out = out + (per_bucket.to(v.dtype) @ _as_heads(table_v).to(v.dtype))
+            # NOTE: stored as (B, L, H, d): the caller's transpose + reshape for the projection is then a view,
+            # so the projection's saved input and this saved output are one tensor, not two.
+            out = out.transpose(1, 2).contiguous().transpose(1, 2)
+        ctx.save_for_backward(q, k, v, dense, table_v, lse, out, *contextual)
+        ctx.meta = meta
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, dense, table_v, lse, out, *contextual = ctx.saved_tensors
+        scale, terms, index_v = ctx.meta
+        with torch.autocast(q.device.type, enabled=False):
+            p = _scores(q, k, scale, contextual, terms, dense).sub_(lse).exp_()
+            go = grad_out.to(v.dtype)
+            grad_v = p.to(v.dtype).transpose(-2, -1) @ go
+            dp = (go @ v.transpose(-2, -1)).to(p.dtype)
+            grad_table_v = None
+            if table_v is not None:
+                t = _as_heads(table_v).to(v.dtype)  # (H,) K, d
+                dp.add_(gather_buckets((go @ t.transpose(-2, -1)).to(p.dtype), index_v))
+                per_bucket = scatter_buckets(p, index_v, table_v.shape[-2]).to(v.dtype)  # B, H, L, K
+                grad_table_v = _table_grad(torch.einsum("bhik,bhid->hkd", per_bucket, go), table_v)
+            delta = (go.to(p.dtype) * out.to(p.dtype)).sum(-1, keepdim=True)
+            ds = dp.sub_(delta).mul_(p)
+            grad_dense = ds.sum_to_size(dense.shape).to(dense.dtype) if dense is not None else None
+            grad_contextual = []
+            for (x, table), (term_scale, index) in zip(_pairs(contextual), terms):
+                dz = scatter_buckets(ds, index, table.shape[-1]).to(x.dtype)  # B, H, L, K
+                t = (_as_heads(table) * term_scale).to(x.dtype)
+                grad_contextual += [dz @ t.transpose(-2, -1),
+                                    _table_grad(torch.einsum("bhid,bhik->hdk", x, dz) * term_scale, table)]
+            ds = ds.to(q.dtype)
+            grad_q = (ds @ k) * scale
+            grad_k = (ds.transpose(-2, -1) @ q) * scale
+        return (grad_q, grad_k, grad_v, grad_dense, grad_table_v, None, *grad_contextual)
+
+
+def recomputed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: Sequence[LogitsTerm],
+                         scale: float, table_v: Optional[torch.Tensor] = None,
+                         ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``softmax(s·q kᵀ + Σ terms) v`` (+ the value term of ``table_v`` (H|1, K, d) over ``ids``), (B, H, L, d),
+    keeping no L×L tensor for the backward pass (module docstring).
+
+    Args:
+        terms: logits terms from :func:`irpe_bench.rpe.attention_logits_terms` with ``expand=False``:
+            :class:`BucketTerm` are recomputed in the backward pass, dense terms (bias mode, a mask) are summed
+            and kept.
+    """
+    contextual = [t for t in terms if isinstance(t, BucketTerm)]
+    dense_terms = [t.to(_stats_dtype(q.dtype)) for t in terms if not isinstance(t, BucketTerm)]
+    dense = sum(dense_terms[1:], dense_terms[0]) if dense_terms else None
+    index_v = None
+    if table_v is not None:
+        if ids is None:
+            raise ValueError("recomputed_attention: table_v needs the bucket ids")
+        index_v = bucket_index(ids, table_v.shape[-2])
+    meta = (scale, [(t.scale, t.index) for t in contextual], index_v)
+    flat = [a for t in contextual for a in (t.x, t.table)]
+    return _RecomputedAttention.apply(q, k, v, dense, table_v, meta, *flat)
