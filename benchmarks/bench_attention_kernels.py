@@ -12,7 +12,10 @@ q, k, v, table and ids (interleaved rounds, medians, ratios to the baseline of t
 * ``eager_compiled`` — ``torch.compile`` of the eager form;
 * ``triton``     — our GPU training/inference path: the gathered term as the bias of the Triton
   FlashAttention-2 kernel (:mod:`irpe_bench.models.triton_attention`; CUDA, bf16/fp16);
-* ``sdpa_mask_cudnn`` — ``sdpa_mask`` pinned to cuDNN's attention backend (CUDA; where it takes a bias).
+* ``sdpa_mask_cudnn`` — ``sdpa_mask`` pinned to cuDNN's attention backend (CUDA; where it takes a bias);
+* ``recompute``  — the ``recompute_weights`` path (:mod:`irpe_bench.models.recompute`): no L×L tensor kept for
+  the backward pass, the weights recomputed there from one log-sum-exp per row;
+* ``eager_checkpoint`` — what ``recompute_weights`` did before: activation checkpointing of ``eager``.
 
 ``--train`` times forward + backward (to q, k, v and the table); without it, inference forwards. A candidate
 that the current torch cannot run (e.g. FlexAttention's backward on CPU) is reported with the reason instead.
@@ -37,8 +40,11 @@ import torch.nn.functional as F  # noqa: E402
 
 from irpe_bench.bench.harness import (Case, environment, format_table, resolve_device, run_interleaved,  # noqa: E402
                                      summarize)
+from torch.utils.checkpoint import checkpoint  # noqa: E402
+
 from irpe_bench.models.attention import attention_scores  # noqa: E402
-from irpe_bench.rpe import RPEConfig, bucket_ids, contextual_logits  # noqa: E402
+from irpe_bench.models.recompute import recomputed_attention  # noqa: E402
+from irpe_bench.rpe import BucketTerm, RPEConfig, bucket_ids, bucket_index, contextual_logits  # noqa: E402
 
 
 def build(grid: int, batch: int, heads: int, head_dim: int, device: torch.device, train: bool,
@@ -92,8 +98,13 @@ def candidates(q, k, v, table, ids, device) -> Dict[str, Callable[[], torch.Tens
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             return sdpa_mask()
 
+    def recompute():
+        term = BucketTerm(q, table, scale, bucket_index(ids, table.shape[-1]))
+        return recomputed_attention(q, k, v, [term], scale)
+
     return {"baseline": baseline, "sdpa_mask": sdpa_mask, "triton": triton_fn, "sdpa_mask_cudnn": sdpa_mask_cudnn,
-            "eager": lambda: eager_fn(q, k, v, table),
+            "eager": lambda: eager_fn(q, k, v, table), "recompute": recompute,
+            "eager_checkpoint": lambda: checkpoint(eager_fn, q, k, v, table, use_reentrant=False),
             "flex": (lambda f=torch.compile(flex_fn, dynamic=False): f(q, k, v, table)),
             "eager_compiled": (lambda f=torch.compile(eager_fn, dynamic=False): f(q, k, v, table))}
 

@@ -35,7 +35,7 @@ print(\"timm\", timm.__version__, \"lightning\", lightning.__version__, \"optuna
 step tests 300 python -m pytest -p no:cacheprovider -q -m gpu tests/
 step bench 480 python run.py bench --out "$OUT/bench"
 # NOTE: batch 32 leaves an H100 mostly idle (launch-bound); 256 is a realistic GPU training batch for DeiT-Tiny.
-step bench256 300 python run.py bench --suite train --suite infer --preset tiny224 --batch 256 --no-reference \
+step bench256 420 python run.py bench --suite train --suite infer --preset tiny224 --batch 256 --no-reference \
   --out "$OUT/bench256"
 # COMPILE=1 adds the compiled candidates (FlexAttention, compiled eager: ~2 more minutes of compilation).
 step kernels 420 bash -c 'for t in "" --train; do for g in 14 8; do

@@ -370,17 +370,18 @@ def test_recompute_weights_with_attention_dropout_checkpoints_the_same_mask():
         torch.testing.assert_close(a, b)
 
 
-def test_recomputed_attention_under_cpu_bf16_autocast_close_to_eager():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_recomputed_attention_under_bf16_autocast_close_to_eager(device):
     """Under bf16 autocast the matmuls run in bf16 and the softmax statistics in fp32, as eager's: close to eager
     under the same autocast, gradients included, and every gradient in its parameter's dtype."""
     torch.set_default_dtype(torch.float32)
     ours, _ = _layers(dict(mode="contextual", on="qkv"), dim=32)
-    ours.train()
-    x = torch.randn(4, LS, 32)
+    ours = ours.to(device).train()
+    x = torch.randn(4, LS, 32, device=device)
     results = []
     for recompute in (False, True):
         ours.recompute_weights = recompute
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             out = ours(x)
         grads = torch.autograd.grad(out.float().square().sum(), list(ours.parameters()))
         assert all(gr.dtype == p.dtype for gr, p in zip(grads, ours.parameters()))

@@ -7,19 +7,24 @@ table (Eq. 17) the difference is most of the peak-memory gap (README, Performanc
 kernels, with the iRPE terms' gradients computed in the same backward pass. The maths (notation of
 :mod:`irpe_bench.rpe.encoding`; ``G`` a bucket gather, ``G*`` its adjoint, a scatter-add)::
 
-    forward    S = s · q kᵀ + Σ_c G(z_c) + dense          ℓ_i = logsumexp_j S_ij        P = exp(S − ℓ)
-               O = P v + G*(P) r^V                          saved: q, k, v, z_c, dense, r^V, ℓ, O
-    backward   P = exp(S − ℓ)                               (recomputed: one matmul, the gathers, one exp)
+    forward    z_c = s · x_c r_c (x_c = q for r^K, k for r^Q)
+               S = s · q kᵀ + Σ_c G(z_c) + dense          ℓ_i = logsumexp_j S_ij        P = exp(S − ℓ)
+               O = P v + G*(P) r^V                          saved: q, k, v, the tables, dense, ℓ, O
+    backward   P = exp(S − ℓ)                               (recomputed: z_c, one matmul, the gathers, one exp)
                dP = dO vᵀ + G(dO r^Vᵀ)                     (dP_ij = dO_i · (v_j + r^V[I(i, j)]))
                D_i = dO_i · O_i                             (= Σ_j P_ij dP_ij, from O: no L×L pass)
                dS = P ⊙ (dP − D)                            (softmax backward)
-               dq = s · dS k    dk = s · dSᵀ q    dv = Pᵀ dO    dz_c = G*(dS)    d dense = dS (summed to its shape)
+               dq = s · dS k    dk = s · dSᵀ q    dv = Pᵀ dO    d dense = dS (summed to its shape)
+               dz_c = G*(dS)    dx_c += s · dz_c r_cᵀ    dr_c = s · Σ_{b, i} x_cᵀ dz_c
                dr^V = Σ_{b, i} G*(P)ᵀ dO                     (and over heads when the table is shared)
 
 Compared with :func:`torch.utils.checkpoint.checkpoint` of the whole attention (what
 ``recompute_weights`` did before), the backward re-runs one matmul, the gathers and an exponential, not
 the whole forward (benchmarks/bench_attention_kernels.py ``--train``). Attention dropout needs the forward's
 random mask again, so with dropout :class:`~irpe_bench.models.attention.RPEAttention` keeps checkpointing.
+
+Without a value table, the forward on the CPU in fp32 is PyTorch's fused attention kernel with the iRPE terms as
+its float mask, which returns ℓ itself (faster than the eager forward; ``_CPU_FLASH``).
 
 Precision: the matmuls run in q's dtype (bf16 under autocast, as eager's), the L×L statistics in at least
 fp32 (as autocast's softmax), so the result equals eager attention up to float rounding.
@@ -30,22 +35,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ..rpe import BucketTerm, LogitsTerm, bucket_index, gather_buckets, scatter_buckets
+from ..rpe import BucketTerm, LogitsTerm, bucket_index, contextual_products, gather_buckets, scatter_buckets
+from ..rpe.encoding import _as_matrix
 
 
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
-
-
-def _as_heads(table: torch.Tensor) -> torch.Tensor:
-    """A shared (1, m, n) table as (m, n), which ``matmul`` folds into one product over B·H (as
-    :func:`irpe_bench.rpe.contextual_products`)."""
-    return table[0] if table.shape[0] == 1 else table
-
-
-def _products(x: torch.Tensor, table: torch.Tensor, scale: float) -> torch.Tensor:
-    """z = x · (scale · r), (B, H, L, K), in x's dtype (as autocast's matmul)."""
-    return x @ (_as_heads(table) * scale).to(x.dtype)
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor, scale: float, contextual: Sequence[torch.Tensor],
@@ -53,8 +48,8 @@ def _scores(q: torch.Tensor, k: torch.Tensor, scale: float, contextual: Sequence
             with_qk: bool = True) -> torch.Tensor:
     """S = s · q kᵀ + Σ G(z_c) + dense in the statistics dtype, built in place (one L×L tensor); without
     ``with_qk``, only the iRPE terms (the float mask of the fused forward)."""
-    parts = [gather_buckets(_products(x, table, ts), index) for (x, table), (ts, index) in zip(_pairs(contextual),
-                                                                                             terms)]
+    parts = [gather_buckets(contextual_products(x, table, ts), index)
+             for (x, table), (ts, index) in zip(_pairs(contextual), terms)]
     if with_qk:
         parts.insert(0, (q * scale) @ k.transpose(-2, -1))
     s = parts[0].to(_stats_dtype(q.dtype))
@@ -106,7 +101,7 @@ class _RecomputedAttention(torch.autograd.Function):
                 out = p.to(v.dtype) @ v
                 if table_v is not None:
                     per_bucket = scatter_buckets(p, index_v, table_v.shape[-2])
-                    out = out + (per_bucket.to(v.dtype) @ _as_heads(table_v).to(v.dtype))
+                    out = out + (per_bucket.to(v.dtype) @ _as_matrix(table_v).to(v.dtype))
             # NOTE: stored as (B, L, H, d): the caller's transpose + reshape for the projection is then a view,
             # so the projection's saved input and this saved output are one tensor, not two.
             out = out.transpose(1, 2).contiguous().transpose(1, 2)
@@ -125,7 +120,7 @@ class _RecomputedAttention(torch.autograd.Function):
             dp = (go @ v.transpose(-2, -1)).to(p.dtype)
             grad_table_v = None
             if table_v is not None:
-                t = _as_heads(table_v).to(v.dtype)  # (H,) K, d
+                t = _as_matrix(table_v).to(v.dtype)  # (H,) K, d
                 dp.add_(gather_buckets((go @ t.transpose(-2, -1)).to(p.dtype), index_v))
                 per_bucket = scatter_buckets(p, index_v, table_v.shape[-2]).to(v.dtype)  # B, H, L, K
                 grad_table_v = _table_grad(torch.einsum("bhik,bhid->hkd", per_bucket, go), table_v)
@@ -135,7 +130,7 @@ class _RecomputedAttention(torch.autograd.Function):
             grad_contextual = []
             for (x, table), (term_scale, index) in zip(_pairs(contextual), terms):
                 dz = scatter_buckets(ds, index, table.shape[-1]).to(x.dtype)  # B, H, L, K
-                t = (_as_heads(table) * term_scale).to(x.dtype)
+                t = (_as_matrix(table) * term_scale).to(x.dtype)
                 grad_contextual += [dz @ t.transpose(-2, -1),
                                     _table_grad(torch.einsum("bhid,bhik->hdk", x, dz) * term_scale, table)]
             ds = ds.to(q.dtype)

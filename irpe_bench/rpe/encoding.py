@@ -138,7 +138,7 @@ def contextual_products(x: torch.Tensor, table: torch.Tensor, scale: float = 1.0
     ``rpe_k(q * s)`` up to float rounding, at no cost proportional to the batch."""
     if scale != 1.0:
         table = table * scale
-    return torch.matmul(x, _as_matrix(table))
+    return torch.matmul(x, _as_matrix(table).to(x.dtype))  # NOTE: x's dtype, as autocast's matmul would
 
 
 def contextual_logits(x: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, scale: float = 1.0,
