@@ -13,7 +13,7 @@ q, k, v, table and ids (interleaved rounds, medians, ratios to the baseline of t
 * ``triton``     — our GPU training/inference path: the gathered term as the bias of the Triton
   FlashAttention-2 kernel (:mod:`irpe_bench.models.triton_attention`; CUDA, bf16/fp16);
 * ``sdpa_mask_cudnn`` — ``sdpa_mask`` pinned to cuDNN's attention backend (CUDA; where it takes a bias);
-* ``recompute``  — the ``recompute_weights`` path (:mod:`irpe_bench.models.recompute`): no L×L tensor kept for
+* ``recompute``  — the ``recompute_weights`` path (:mod:`irpe_bench.models.attention_core`): no L×L tensor kept for
   the backward pass, the weights recomputed there from one log-sum-exp per row;
 * ``eager_checkpoint`` — what ``recompute_weights`` did before: activation checkpointing of ``eager``.
 
@@ -43,7 +43,7 @@ from irpe_bench.bench.harness import (Case, environment, format_table, resolve_d
 from torch.utils.checkpoint import checkpoint  # noqa: E402
 
 from irpe_bench.models.attention import attention_scores  # noqa: E402
-from irpe_bench.models.recompute import recomputed_attention  # noqa: E402
+from irpe_bench.models.attention_core import attention_core  # noqa: E402
 from irpe_bench.rpe import BucketTerm, RPEConfig, bucket_ids, bucket_index, contextual_logits  # noqa: E402
 
 
@@ -100,7 +100,7 @@ def candidates(q, k, v, table, ids, device) -> Dict[str, Callable[[], torch.Tens
 
     def recompute():
         term = BucketTerm(q, table, scale, bucket_index(ids, table.shape[-1]))
-        return recomputed_attention(q, k, v, [term], scale)
+        return attention_core(q, k, v, [term], scale, recompute_weights=True)
 
     return {"baseline": baseline, "sdpa_mask": sdpa_mask, "triton": triton_fn, "sdpa_mask_cudnn": sdpa_mask_cudnn,
             "eager": lambda: eager_fn(q, k, v, table), "recompute": recompute,

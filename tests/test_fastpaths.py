@@ -281,7 +281,7 @@ def test_cuda_bf16_model_training_step(on):
     assert ours.blocks[0].attn.rpe_k.lookup_table_weight.grad.abs().sum() > 0
 
 
-# --- recomputed weights (irpe_bench/models/recompute.py): no L×L tensor kept for the backward pass -------------
+# --- the attention core's hand-written backward (irpe_bench/models/attention_core.py), weights kept or recomputed ---
 
 RECOMPUTE_CASES = [  # (method, key-side, query-side, value table, dense bias, heads of the tables)
     ("product", True, False, False, False, 1), ("cross", True, True, False, False, 1),
@@ -290,17 +290,18 @@ RECOMPUTE_CASES = [  # (method, key-side, query-side, value table, dense bias, h
 ]
 
 
+@pytest.mark.parametrize("recompute", [False, True], ids=["kept", "recomputed"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", RECOMPUTE_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_recomputed_attention_matches_eager(case, dtype):
-    """Values and every gradient (q, k, v, both contextual tables, the value table, a dense bias) equal the
-    eager form — scores, in-place terms, softmax, weights @ v, per-bucket value term. In float32 on the CPU the
-    cases without a value table take the fused forward (PyTorch's flash kernel with the terms as its mask)."""
-    from irpe_bench.models import recompute
+def test_attention_core_matches_eager(case, dtype, recompute):
+    """The hand-written backward (weights kept or recomputed): values and every gradient (q, k, v, both
+    contextual tables, the value table, a dense bias) equal autograd through the eager form — scores, in-place
+    terms, softmax, weights @ v, per-bucket value term. In float32 on the CPU, recomputing without a value table
+    takes the fused forward (PyTorch's flash kernel with the terms as its mask)."""
+    from irpe_bench.models import attention_core as core
     from irpe_bench.rpe import BucketTerm, bucket_index
 
     torch.set_default_dtype(dtype)
-    recomputed_attention = recompute.recomputed_attention
     method, on_k, on_q, on_v, dense, heads = case
     ids, K = _ids(method)
     q, k, v = (torch.randn(2, 3, L, 4, requires_grad=True) for _ in range(3))
@@ -315,16 +316,16 @@ def test_recomputed_attention_matches_eager(case, dtype):
         attn = attention_scores(q, k, terms, s).softmax(-1)
         return attn @ v + (contextual_values(attn, tv, ids) if on_v else 0)
 
-    def recomputed(q, k, v, *_):
+    def custom(q, k, v, *_):
         terms = ([BucketTerm(q, tk, s, bucket_index(ids, K))] if on_k else []) + \
                 ([BucketTerm(k, tq, s, bucket_index(ids, K, True))] if on_q else []) + \
                 ([bias] if dense else [])
-        return recomputed_attention(q, k, v, terms, s, tv, ids)
+        return core.attention_core(q, k, v, terms, s, tv, ids, recompute_weights=recompute)
 
     inputs = [q, k, v] + [t for t, used in ((tk, on_k), (tq, on_q), (tv, on_v), (bias, dense)) if used]
-    assert recompute._fused_forward(q) == (dtype == torch.float32)
+    assert core._fused_forward(q) == (dtype == torch.float32)
     g = torch.randn(2, 3, L, 4)
-    want, got = _grads_with(eager, g, *inputs), _grads_with(recomputed, g, *inputs)
+    want, got = _grads_with(eager, g, *inputs), _grads_with(custom, g, *inputs)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
     torch.testing.assert_close(got[0], want[0], **tol)
     for a, b in zip(got[1], want[1]):

@@ -142,7 +142,9 @@ def test_attention_paths_on_a_non_square_grid_equal_the_plain_equations(method, 
     g = torch.randn_like(got)
     params = [x, *attn.parameters()]
     for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(expected, params, g)):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        # NOTE: fp32 round-off of two summation orders: against a float64 run, autograd's eager gradients here are
+        # off by up to 1.6e-5 and the hand-written backward's by 2.3e-5 (float64 equality: tests/test_fastpaths.py)
+        torch.testing.assert_close(a, b, atol=4e-5, rtol=1e-4)
     assert model(torch.randn(1, 3, 12, 20)).shape == (1, 3)
 
 

@@ -8,11 +8,12 @@ the fastest exact kernel for the iRPE logits terms (:meth:`RPEAttention.kernel_f
   kernel computes the mask's gradient itself) and for CPU inference (the fused CPU kernel);
 * ``eager`` — CPU training. NOTE: the fused CPU kernel has no mask gradient, so SDPA would silently fall back
   to its math path (a "safe" softmax with extra ``isneginf``/``all``/``where`` passes over the L×L scores,
-  ~25% of the layer). Eager here is a matmul, an in-place add of the iRPE term, a softmax and a matmul;
+  ~25% of the layer). Eager here is a matmul, an in-place add of the iRPE term, a softmax and a matmul, and in
+  training :mod:`.attention_core`'s hand-written backward (autograd's own with attention dropout);
 * a value-side table needs the attention weights themselves → eager, then the efficient value term;
-* ``recompute`` — where eager would train and ``recompute_weights`` is set: :mod:`.recompute`, which keeps
-  one log-sum-exp per row instead of the L×L weights and recomputes them in the backward pass (with
-  attention dropout: activation checkpointing of the eager form, which replays the dropout mask);
+* ``recompute`` — where eager would train and ``recompute_weights`` is set: :mod:`.attention_core` keeping
+  one log-sum-exp per row instead of the L×L weights, recomputing them in the backward pass (with attention
+  dropout: activation checkpointing of the eager form, which replays the dropout mask);
 * ``triton`` — opt-in only (``attn.kernel = "triton"``): :mod:`.triton_attention`, FlashAttention-2 with the
   iRPE term as a bias tile. Exact, but measured slower than SDPA's memory-efficient kernel on an H100
   (README, Performance), so ``auto`` never picks it.
@@ -29,7 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..rpe import BucketTerm, LogitsTerm, RelativePositionEncoding, RPEConfig, attention_logits_terms, bucket_ids
-from .recompute import recomputed_attention
+from .attention_core import attention_core
 
 
 def _expanded(term: LogitsTerm) -> torch.Tensor:
@@ -55,7 +56,7 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: Sequence[torch.Ten
 
 
 #: Recompute the (B, H, L, L) attention weights in the backward pass instead of keeping them, wherever the eager
-#: form would train (CPU training; any v table): :mod:`.recompute`. The no-RPE baseline's fused kernel keeps no
+#: form would train (CPU training; any v table): :mod:`.attention_core`. The no-RPE baseline's fused kernel keeps no
 #: L×L tensor; eager keeps one per layer, which is most of iRPE's extra training memory (README, Performance).
 #: The price is one more matmul, the gathers and an exponential per layer in the backward pass. Off by default
 #: (sweeps pay for time, not memory); per module: ``attn.recompute_weights = True``, per model: the training
@@ -129,13 +130,16 @@ class RPEAttention(nn.Module):
         if attn_mask is not None:
             terms.append(attn_mask)
         kernel = self.kernel_for(q, terms)
-        if kernel == "recompute":
-            if self.attn_drop.p > 0:  # NOTE: the backward needs the forward's dropout mask: checkpoint keeps its RNG
-                return checkpoint(self._eager, q, k, v, terms, ids, use_reentrant=False)
+        if kernel in ("eager", "recompute"):
+            recompute = kernel == "recompute"
+            if not (self.training and torch.is_grad_enabled()):
+                return self._eager(q, k, v, terms, ids)  # nothing to keep for a backward pass
+            if self.training and self.attn_drop.p > 0:  # NOTE: attention_core has no dropout: autograd does it,
+                # and checkpointing (which replays the dropout mask) recomputes
+                return (checkpoint(self._eager, q, k, v, terms, ids, use_reentrant=False) if recompute
+                        else self._eager(q, k, v, terms, ids))
             table_v = self.rpe_v.lookup_table_weight if self.rpe_v is not None else None
-            return recomputed_attention(q, k, v, terms, self.scale, table_v, ids)
-        if kernel == "eager":
-            return self._eager(q, k, v, terms, ids)
+            return attention_core(q, k, v, terms, self.scale, table_v, ids, recompute_weights=recompute)
         dense = [_expanded(t).to(q.dtype) for t in terms]
         bias = dense[0] if len(dense) == 1 else sum(dense[1:], dense[0])  # never empty: no table → v table
         if kernel == "triton":

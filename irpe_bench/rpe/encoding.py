@@ -113,7 +113,7 @@ class BucketTerm(NamedTuple):
     """A contextual logits term before any work: ``gather_buckets(contextual_products(x, table, scale), index)``.
 
     Kept unexpanded by paths that recompute the term in the backward pass instead of storing the L×L term or
-    even the (B, H, L, K) products (:mod:`irpe_bench.models.recompute`)."""
+    even the (B, H, L, K) products (:mod:`irpe_bench.models.attention_core`)."""
 
     x: torch.Tensor
     table: torch.Tensor

@@ -1,16 +1,18 @@
-"""Attention with iRPE that keeps no L×L tensor for its backward pass: the weights are recomputed there.
+"""The attention core with iRPE terms, with a hand-written backward: how eager attention trains here.
 
-Eager attention keeps the (B, H, L, L) softmax output per layer for its backward pass; the no-RPE baseline's
-fused kernel keeps only the output and one log-sum-exp per row, and recomputes the weights. With a value
-table (Eq. 17) the difference is most of the peak-memory gap (README, Performance), so
-``RPEAttention.recompute_weights`` routes training through this function, which does the same as the fused
-kernels, with the iRPE terms' gradients computed in the same backward pass. The maths (notation of
-:mod:`irpe_bench.rpe.encoding`; ``G`` a bucket gather, ``G*`` its adjoint, a scatter-add)::
+``softmax(s·q kᵀ + iRPE terms) v + value term`` through autograd would keep the weights for two backward
+nodes, run PyTorch's softmax backward (an extra L×L reduction pass) and store the per-bucket products z of each
+contextual term. This function computes the same gradients from the weights and the output (``D`` below is
+O(L·d), not an L×L pass), recomputes the small z, and gives the iRPE terms' gradients in the same pass. With
+``recompute_weights`` it keeps, like the no-RPE baseline's fused kernel, one log-sum-exp per row instead of the
+weights and recomputes them in the backward pass: no L×L tensor is kept at all (README, Performance). The
+maths (notation of :mod:`irpe_bench.rpe.encoding`; ``G`` a bucket gather, ``G*`` its adjoint, a
+scatter-add)::
 
     forward    z_c = s · x_c r_c (x_c = q for r^K, k for r^Q)
                S = s · q kᵀ + Σ_c G(z_c) + dense          ℓ_i = logsumexp_j S_ij        P = exp(S − ℓ)
-               O = P v + G*(P) r^V                          saved: q, k, v, the tables, dense, ℓ, O
-    backward   P = exp(S − ℓ)                               (recomputed: z_c, one matmul, the gathers, one exp)
+               O = P v + G*(P) r^V                          saved: q, k, v, the tables, dense, O, and P (or ℓ)
+    backward   P = exp(S − ℓ)                               (recompute_weights: z_c, one matmul, the gathers, an exp)
                dP = dO vᵀ + G(dO r^Vᵀ)                     (dP_ij = dO_i · (v_j + r^V[I(i, j)]))
                D_i = dO_i · O_i                             (= Σ_j P_ij dP_ij, from O: no L×L pass)
                dS = P ⊙ (dP − D)                            (softmax backward)
@@ -18,13 +20,12 @@ kernels, with the iRPE terms' gradients computed in the same backward pass. The 
                dz_c = G*(dS)    dx_c += s · dz_c r_cᵀ    dr_c = s · Σ_{b, i} x_cᵀ dz_c
                dr^V = Σ_{b, i} G*(P)ᵀ dO                     (and over heads when the table is shared)
 
-Compared with :func:`torch.utils.checkpoint.checkpoint` of the whole attention (what
-``recompute_weights`` did before), the backward re-runs one matmul, the gathers and an exponential, not
-the whole forward (benchmarks/bench_attention_kernels.py ``--train``). Attention dropout needs the forward's
-random mask again, so with dropout :class:`~irpe_bench.models.attention.RPEAttention` keeps checkpointing.
-
-Without a value table, the forward on the CPU in fp32 is PyTorch's fused attention kernel with the iRPE terms as
-its float mask, which returns ℓ itself (faster than the eager forward; ``_CPU_FLASH``).
+Compared with :func:`torch.utils.checkpoint.checkpoint` of the whole attention (what ``recompute_weights`` did
+before), recomputing re-runs one matmul, the gathers and an exponential, not the whole forward
+(``benchmarks/bench_attention_kernels.py --train``). With ``recompute_weights`` and no value table, the
+forward on the CPU in fp32 is PyTorch's fused attention kernel with the iRPE terms as its float mask, which
+returns ℓ itself (``_CPU_FLASH``). There is no attention dropout here: with dropout
+:class:`~irpe_bench.models.attention.RPEAttention` trains through autograd (and checkpoints to recompute).
 
 Precision: the matmuls run in q's dtype (bf16 under autocast, as eager's), the L×L statistics in at least
 fp32 (as autocast's softmax), so the result equals eager attention up to float rounding.
@@ -77,7 +78,7 @@ def _table_grad(grad_heads: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return (grad_heads.sum(0, keepdim=True) if table.shape[0] == 1 else grad_heads).to(table.dtype)
 
 
-class _RecomputedAttention(torch.autograd.Function):
+class _AttentionCore(torch.autograd.Function):
     """The module docstring's forward and backward.
 
     Inputs: q, k, v, ``dense`` (or None), ``table_v`` (or None), ``meta`` = (scale, [(term scale, gather
@@ -88,9 +89,16 @@ class _RecomputedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, dense, table_v, meta, *contextual):
-        scale, terms, index_v = meta
+        scale, terms, index_v, keep = meta
         with torch.autocast(q.device.type, enabled=False):
-            if table_v is None and contextual and _fused_forward(q):  # NOTE: module docstring, "Forward"
+            if keep:
+                p = torch.softmax(_scores(q, k, scale, contextual, terms, dense), dim=-1)
+                lse = p  # NOTE: saved in the log-sum-exp's place; the backward then recomputes nothing
+                out = p.to(v.dtype) @ v
+                if table_v is not None:
+                    per_bucket = scatter_buckets(p, index_v, table_v.shape[-2])
+                    out = out + (per_bucket.to(v.dtype) @ _as_matrix(table_v).to(v.dtype))
+            elif table_v is None and contextual and _fused_forward(q):  # NOTE: module docstring
                 mask = _scores(q, k, scale, contextual, terms, dense, with_qk=False)
                 out, lse = _CPU_FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)
                 lse = lse.unsqueeze(-1)
@@ -112,9 +120,9 @@ class _RecomputedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, dense, table_v, lse, out, *contextual = ctx.saved_tensors
-        scale, terms, index_v = ctx.meta
+        scale, terms, index_v, keep = ctx.meta
         with torch.autocast(q.device.type, enabled=False):
-            p = _scores(q, k, scale, contextual, terms, dense).sub_(lse).exp_()
+            p = lse if keep else _scores(q, k, scale, contextual, terms, dense).sub_(lse).exp_()
             go = grad_out.to(v.dtype)
             grad_v = p.to(v.dtype).transpose(-2, -1) @ go
             dp = (go @ v.transpose(-2, -1)).to(p.dtype)
@@ -125,7 +133,7 @@ class _RecomputedAttention(torch.autograd.Function):
                 per_bucket = scatter_buckets(p, index_v, table_v.shape[-2]).to(v.dtype)  # B, H, L, K
                 grad_table_v = _table_grad(torch.einsum("bhik,bhid->hkd", per_bucket, go), table_v)
             delta = (go.to(p.dtype) * out.to(p.dtype)).sum(-1, keepdim=True)
-            ds = dp.sub_(delta).mul_(p)
+            ds = dp.sub_(delta).mul_(p)  # NOTE: in place into dp: p may be the saved weights, never written
             grad_dense = ds.sum_to_size(dense.shape).to(dense.dtype) if dense is not None else None
             grad_contextual = []
             for (x, table), (term_scale, index) in zip(_pairs(contextual), terms):
@@ -139,11 +147,12 @@ class _RecomputedAttention(torch.autograd.Function):
         return (grad_q, grad_k, grad_v, grad_dense, grad_table_v, None, *grad_contextual)
 
 
-def recomputed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: Sequence[LogitsTerm],
-                         scale: float, table_v: Optional[torch.Tensor] = None,
-                         ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: Sequence[LogitsTerm], scale: float,
+                   table_v: Optional[torch.Tensor] = None, ids: Optional[torch.Tensor] = None,
+                   recompute_weights: bool = False) -> torch.Tensor:
     """``softmax(s·q kᵀ + Σ terms) v`` (+ the value term of ``table_v`` (H|1, K, d) over ``ids``), (B, H, L, d),
-    keeping no L×L tensor for the backward pass (module docstring).
+    with the module docstring's backward; ``recompute_weights`` keeps a log-sum-exp per row instead of the
+    weights (no L×L tensor for the backward pass).
 
     Args:
         terms: logits terms from :func:`irpe_bench.rpe.attention_logits_terms` with ``expand=False``:
@@ -156,8 +165,8 @@ def recomputed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, term
     index_v = None
     if table_v is not None:
         if ids is None:
-            raise ValueError("recomputed_attention: table_v needs the bucket ids")
+            raise ValueError("attention_core: table_v needs the bucket ids")
         index_v = bucket_index(ids, table_v.shape[-2])
-    meta = (scale, [(t.scale, t.index) for t in contextual], index_v)
+    meta = (scale, [(t.scale, t.index) for t in contextual], index_v, not recompute_weights)
     flat = [a for t in contextual for a in (t.x, t.table)]
-    return _RecomputedAttention.apply(q, k, v, dense, table_v, meta, *flat)
+    return _AttentionCore.apply(q, k, v, dense, table_v, meta, *flat)
