@@ -6,15 +6,17 @@ q, k, v, table and ids (interleaved rounds, medians, ratios to the baseline of t
 
 * ``baseline``   — ``F.scaled_dot_product_attention`` without iRPE (what timm's DeiT runs);
 * ``sdpa_mask``  — our inference path: ``z = q·r`` per bucket, gathered into the float mask of SDPA;
-* ``eager``      — our CPU training path: matmul, in-place add of the gathered term, softmax, matmul;
+* ``eager``      — matmul, in-place add of the gathered term, softmax, matmul, through autograd;
+* ``core``       — our CPU training path: the same forward with :mod:`irpe_bench.models.attention_core`'s
+  hand-written backward;
 * ``flex``       — ``torch.nn.attention.flex_attention`` with a ``score_mod`` that gathers ``z`` per (i, j)
   inside the kernel, compiled (the only form that fuses the lookup itself);
 * ``eager_compiled`` — ``torch.compile`` of the eager form;
 * ``triton``     — our GPU training/inference path: the gathered term as the bias of the Triton
   FlashAttention-2 kernel (:mod:`irpe_bench.models.triton_attention`; CUDA, bf16/fp16);
 * ``sdpa_mask_cudnn`` — ``sdpa_mask`` pinned to cuDNN's attention backend (CUDA; where it takes a bias);
-* ``recompute``  — the ``recompute_weights`` path (:mod:`irpe_bench.models.attention_core`): no L×L tensor kept for
-  the backward pass, the weights recomputed there from one log-sum-exp per row;
+* ``recompute``  — the ``recompute_weights`` path (``core`` keeping no L×L tensor for the backward pass, the
+  weights recomputed there from one log-sum-exp per row);
 * ``eager_checkpoint`` — what ``recompute_weights`` did before: activation checkpointing of ``eager``.
 
 ``--train`` times forward + backward (to q, k, v and the table); without it, inference forwards. A candidate
@@ -98,12 +100,12 @@ def candidates(q, k, v, table, ids, device) -> Dict[str, Callable[[], torch.Tens
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             return sdpa_mask()
 
-    def recompute():
+    def core(recompute_weights: bool):
         term = BucketTerm(q, table, scale, bucket_index(ids, table.shape[-1]))
-        return attention_core(q, k, v, [term], scale, recompute_weights=True)
+        return attention_core(q, k, v, [term], scale, recompute_weights=recompute_weights)
 
     return {"baseline": baseline, "sdpa_mask": sdpa_mask, "triton": triton_fn, "sdpa_mask_cudnn": sdpa_mask_cudnn,
-            "eager": lambda: eager_fn(q, k, v, table), "recompute": recompute,
+            "eager": lambda: eager_fn(q, k, v, table), "core": lambda: core(False), "recompute": lambda: core(True),
             "eager_checkpoint": lambda: checkpoint(eager_fn, q, k, v, table, use_reentrant=False),
             "flex": (lambda f=torch.compile(flex_fn, dynamic=False): f(q, k, v, table)),
             "eager_compiled": (lambda f=torch.compile(eager_fn, dynamic=False): f(q, k, v, table))}
