@@ -14,7 +14,8 @@ from timm.layers import Attention
 from benchmarks.reference_irpe import ReferenceRPEAttention
 from irpe_bench.models import RPEAttention
 from irpe_bench.models.attention import attention_scores
-from irpe_bench.rpe import RPEConfig, bias_logits, bucket_ids, contextual_logits, contextual_values
+from irpe_bench.rpe import (RPEConfig, attention_logits_terms, bias_logits, bucket_ids, contextual_logits,
+                            contextual_values)
 
 
 
@@ -372,20 +373,32 @@ def test_recompute_weights_with_attention_dropout_checkpoints_the_same_mask():
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_recomputed_attention_under_bf16_autocast_close_to_eager(device):
-    """Under bf16 autocast the matmuls run in bf16 and the softmax statistics in fp32, as eager's: close to eager
-    under the same autocast, gradients included, and every gradient in its parameter's dtype."""
+def test_attention_core_under_bf16_autocast_close_to_autograd_eager(device):
+    """Under bf16 autocast the matmuls run in bf16 and the softmax statistics in fp32, as eager's: the attention
+    core (weights kept or recomputed) is close to autograd through the eager form under the same autocast,
+    gradients included, and every gradient is in its parameter's dtype."""
     torch.set_default_dtype(torch.float32)
     ours, _ = _layers(dict(mode="contextual", on="qkv"), dim=32)
     ours = ours.to(device).train()
     x = torch.randn(4, LS, 32, device=device)
-    results = []
-    for recompute in (False, True):
-        ours.recompute_weights = recompute
+    seen = []
+
+    def run(recompute=None):
+        if recompute is None:  # autograd through the eager form, as with attention dropout
+            ours.attend = lambda q, k, v, ids, m=None: ours._eager(
+                q, k, v, attention_logits_terms(ours.rpe_q, ours.rpe_k, q, k, ours.scale, ids), ids)
+        else:
+            ours.__dict__.pop("attend", None)
+            ours.recompute_weights = recompute
+            seen.append(ours.kernel_for(x, [torch.zeros(1, requires_grad=True)]))
         with torch.autocast(device, dtype=torch.bfloat16):
             out = ours(x)
         grads = torch.autograd.grad(out.float().square().sum(), list(ours.parameters()))
         assert all(gr.dtype == p.dtype for gr, p in zip(grads, ours.parameters()))
-        results.append([out.float(), *grads])
-    for a, b in zip(results[1], results[0]):
-        assert float((a - b).norm() / b.norm().clamp_min(1e-6)) < 2e-2
+        return [out.float(), *grads]
+
+    want = run()
+    for recompute in (False, True):
+        for a, b in zip(run(recompute), want):
+            assert float((a - b).norm() / b.norm().clamp_min(1e-6)) < 2e-2
+    assert seen == ["eager", "recompute"]
