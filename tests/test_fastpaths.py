@@ -333,6 +333,30 @@ def test_attention_core_matches_eager(case, dtype, recompute):
         torch.testing.assert_close(a, b, **tol)
 
 
+def test_attention_core_with_a_constant_mask_equals_eager():
+    """An attention mask (a dense term without a gradient) beside a contextual term: same values and gradients
+    as the eager form, and no gradient is formed for the mask."""
+    from irpe_bench.models.attention_core import attention_core
+    from irpe_bench.rpe import BucketTerm, bucket_index
+
+    ids, K = _ids("product")
+    q, k, v = (torch.randn(2, 3, L, 4, requires_grad=True) for _ in range(3))
+    table = torch.randn(1, 4, K, requires_grad=True)
+    mask = torch.randn(2, 1, L, L)
+    g = torch.randn(2, 3, L, 4)
+    want = _grads_with(lambda q, k, v, t: attention_scores(q, k, [contextual_logits(q, t, ids, 0.5), mask], 0.5)
+                       .softmax(-1) @ v, g, q, k, v, table)
+    for recompute in (False, True):
+        def core(q, k, v, t):
+            terms = [BucketTerm(q, t, 0.5, bucket_index(ids, K)), mask]
+            return attention_core(q, k, v, terms, 0.5, recompute_weights=recompute)
+
+        got = _grads_with(core, g, q, k, v, table)
+        torch.testing.assert_close(got[0], want[0])
+        for a, b in zip(got[1], want[1]):
+            torch.testing.assert_close(a, b)
+
+
 def _saved_shapes(fn):
     shapes = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):

@@ -134,7 +134,9 @@ class _AttentionCore(torch.autograd.Function):
                 grad_table_v = _table_grad(torch.einsum("bhik,bhid->hkd", per_bucket, go), table_v)
             delta = (go.to(p.dtype) * out.to(p.dtype)).sum(-1, keepdim=True)
             ds = dp.sub_(delta).mul_(p)  # NOTE: in place into dp: p may be the saved weights, never written
-            grad_dense = ds.sum_to_size(dense.shape).to(dense.dtype) if dense is not None else None
+            grad_dense = None  # NOTE: an attention mask needs none; a bias-mode term does (one pass over dS)
+            if dense is not None and ctx.needs_input_grad[3]:
+                grad_dense = ds.sum_to_size(dense.shape).to(dense.dtype)
             grad_contextual = []
             for (x, table), (term_scale, index) in zip(_pairs(contextual), terms):
                 dz = scatter_buckets(ds, index, table.shape[-1]).to(x.dtype)  # B, H, L, K
