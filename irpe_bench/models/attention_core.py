@@ -91,21 +91,17 @@ class _AttentionCore(torch.autograd.Function):
     def forward(ctx, q, k, v, dense, table_v, meta, *contextual):
         scale, terms, index_v, keep = meta
         with torch.autocast(q.device.type, enabled=False):
-            if keep:
-                p = torch.softmax(_scores(q, k, scale, contextual, terms, dense), dim=-1)
-                lse = p  # NOTE: saved in the log-sum-exp's place; the backward then recomputes nothing
-                out = p.to(v.dtype) @ v
-                if table_v is not None:
-                    per_bucket = scatter_buckets(p, index_v, table_v.shape[-2])
-                    out = out + (per_bucket.to(v.dtype) @ _as_matrix(table_v).to(v.dtype))
-            elif table_v is None and contextual and _fused_forward(q):  # NOTE: module docstring
+            if not keep and table_v is None and contextual and _fused_forward(q):  # NOTE: module docstring
                 mask = _scores(q, k, scale, contextual, terms, dense, with_qk=False)
                 out, lse = _CPU_FLASH(q, k, v, 0.0, False, attn_mask=mask, scale=scale)
-                lse = lse.unsqueeze(-1)
+                kept = lse.unsqueeze(-1)
             else:
                 s = _scores(q, k, scale, contextual, terms, dense)
-                lse = torch.logsumexp(s, dim=-1, keepdim=True)
-                p = s.sub_(lse).exp_()
+                if keep:
+                    p = kept = torch.softmax(s, dim=-1)
+                else:
+                    kept = torch.logsumexp(s, dim=-1, keepdim=True)
+                    p = s.sub_(kept).exp_()
                 out = p.to(v.dtype) @ v
                 if table_v is not None:
                     per_bucket = scatter_buckets(p, index_v, table_v.shape[-2])
@@ -113,16 +109,16 @@ class _AttentionCore(torch.autograd.Function):
             # NOTE: stored as (B, L, H, d): the caller's transpose + reshape for the projection is then a view,
             # so the projection's saved input and this saved output are one tensor, not two.
             out = out.transpose(1, 2).contiguous().transpose(1, 2)
-        ctx.save_for_backward(q, k, v, dense, table_v, lse, out, *contextual)
+        ctx.save_for_backward(q, k, v, dense, table_v, kept, out, *contextual)  # kept: P, or ℓ to recompute it
         ctx.meta = meta
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, dense, table_v, lse, out, *contextual = ctx.saved_tensors
+        q, k, v, dense, table_v, kept, out, *contextual = ctx.saved_tensors
         scale, terms, index_v, keep = ctx.meta
         with torch.autocast(q.device.type, enabled=False):
-            p = lse if keep else _scores(q, k, scale, contextual, terms, dense).sub_(lse).exp_()
+            p = kept if keep else _scores(q, k, scale, contextual, terms, dense).sub_(kept).exp_()
             go = grad_out.to(v.dtype)
             grad_v = p.to(v.dtype).transpose(-2, -1) @ go
             dp = (go @ v.transpose(-2, -1)).to(p.dtype)
