@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import RPEAttention, count_params_and_macs, create_model
+from ..models import RPEAttention, count_params_and_macs, create_model, set_attention_options
 from ..rpe import RPEConfig
 from .harness import Case, peak_memory, run_interleaved, summarize, tensor_bytes
 
@@ -83,20 +83,12 @@ def fp32_checkable(mode: str) -> bool:
 def _count_macs(model: nn.Module, mode: str) -> int:
     """MACs of one image (counted on the CPU in fp32: a Triton-pinned copy counts with the default kernel)."""
     if not fp32_checkable(mode):
-        model = copy.deepcopy(model)
-        for m in model.modules():
-            if isinstance(m, RPEAttention):
-                m.kernel = "auto"
+        model = set_attention_options(copy.deepcopy(model), kernel="auto")
     return count_params_and_macs(model)["macs"]
 
 
 def _set_options(model: nn.Module, mode: str) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, RPEAttention):
-            for k in MODULE_OPTIONS:
-                if k in MODES[mode]:
-                    setattr(m, k, MODES[mode][k])
-    return model
+    return set_attention_options(model, **{k: v for k, v in MODES[mode].items() if k in MODULE_OPTIONS})
 
 
 def reference_of(mode: str, modes: Sequence[str]) -> str:

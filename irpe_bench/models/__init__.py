@@ -2,9 +2,10 @@
 from .attention import RPEAttention
 from .checkpoint import convert_official_state_dict, load_official_checkpoint
 from .deit import (OFFICIAL_RATIOS, count_params_and_macs, create_model, parse_official_name, resolve_rpe, rpe_layers,
-                   variant_slug)
+                   set_attention_options, variant_slug)
 
 __all__ = [
     "RPEAttention", "convert_official_state_dict", "load_official_checkpoint", "OFFICIAL_RATIOS",
-    "count_params_and_macs", "create_model", "parse_official_name", "resolve_rpe", "rpe_layers", "variant_slug",
+    "count_params_and_macs", "create_model", "parse_official_name", "resolve_rpe", "rpe_layers", "set_attention_options",
+    "variant_slug",
 ]

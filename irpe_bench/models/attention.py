@@ -134,7 +134,7 @@ class RPEAttention(nn.Module):
             recompute = kernel == "recompute"
             if not (self.training and torch.is_grad_enabled()):
                 return self._eager(q, k, v, terms, ids)  # nothing to keep for a backward pass
-            if self.training and self.attn_drop.p > 0:  # NOTE: attention_core has no dropout: autograd does it,
+            if self.attn_drop.p > 0:  # NOTE: attention_core has no dropout: autograd does it,
                 # and checkpointing (which replays the dropout mask) recomputes
                 return (checkpoint(self._eager, q, k, v, terms, ids, use_reentrant=False) if recompute
                         else self._eager(q, k, v, terms, ids))

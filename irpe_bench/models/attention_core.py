@@ -57,7 +57,7 @@ def _scores(q: torch.Tensor, k: torch.Tensor, scale: float, contextual: Sequence
     for part in parts[1:]:
         s.add_(part)
     if dense is not None:
-        s = s.add_(dense) if s.shape == torch.broadcast_shapes(s.shape, dense.shape) else s + dense
+        s.add_(dense)  # s is (B, H, L, L): a matmul or a gathered term; dense broadcasts into it
     return s
 
 

@@ -143,6 +143,15 @@ def _check_img_patch(kwargs: Dict[str, Any]) -> None:
                          "a multiple of the patch size")
 
 
+def set_attention_options(model: nn.Module, **options: Any) -> nn.Module:
+    """Set attributes (``recompute_weights``, ``kernel``) on every iRPE attention layer of ``model``."""
+    for m in model.modules():
+        if isinstance(m, RPEAttention):
+            for name, value in options.items():
+                setattr(m, name, value)
+    return model
+
+
 def rpe_layers(model: nn.Module) -> Tuple[int, ...]:
     """Indices of the blocks whose attention carries iRPE."""
     return tuple(i for i, b in enumerate(model.blocks) if isinstance(b.attn, RPEAttention))

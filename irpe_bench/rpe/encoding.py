@@ -34,8 +34,9 @@ from .config import RPEConfig
 
 
 @functools.lru_cache(maxsize=64)
-def _row_flat_ids(ids: torch.Tensor, num_buckets: int, transpose: bool) -> torch.Tensor:
-    """(C, L, L) ids → (C, L·L) positions in a row-major (L, K) product ``z``.
+def bucket_index(ids: torch.Tensor, num_buckets: int, transpose: bool = False) -> torch.Tensor:
+    """(C, L, L) bucket ids → (C, L·L) flat positions into a (…, L, K) per-bucket tensor viewed as (…, L·K);
+    the index of :func:`gather_buckets` and :func:`scatter_buckets`.
 
     ``transpose=False``: entry (i, j) reads ``z[i, I(i, j)]``; ``transpose=True``: it reads ``z[j, I(j, i)]``,
     the query-side term already in (query, key) layout.
@@ -73,12 +74,6 @@ class _GatherFlat(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (index,) = ctx.saved_tensors
         return _scatter_flat(grad, index, ctx.z_shape[1]), None
-
-
-def bucket_index(ids: torch.Tensor, num_buckets: int, transpose: bool = False) -> torch.Tensor:
-    """(C, L, L) bucket ids → (C, L·L) flat positions into a (…, L, K) per-bucket tensor viewed as (…, L·K);
-    the index of :func:`gather_buckets` and :func:`scatter_buckets` (cached per ids tensor)."""
-    return _row_flat_ids(ids, num_buckets, transpose)
 
 
 def gather_buckets(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

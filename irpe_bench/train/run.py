@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import lightning.pytorch as pl
 import torch
 
-from ..models import RPEAttention, count_params_and_macs, create_model
+from ..models import count_params_and_macs, create_model, set_attention_options
 from .config import MONITOR, MONITOR_MODE, TrainConfig, dump_config
 from .data import build_datamodule
 from .module import ClassificationModule, NonFiniteLossError
@@ -78,10 +78,7 @@ def resolve_precision(config: TrainConfig) -> str:
 def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     m = config.model
     model = create_model(m.name, rpe=m.rpe, abs_pos=m.abs_pos, **m.timm_kwargs(num_classes))
-    for layer in model.modules():
-        if isinstance(layer, RPEAttention):
-            layer.recompute_weights = m.recompute_weights
-    return model
+    return set_attention_options(model, recompute_weights=m.recompute_weights)
 
 
 def no_decay_names(model: torch.nn.Module, config: TrainConfig):
