@@ -79,6 +79,17 @@ if triton is not None:
         return tl.load(Ptr + b * sb + h * sh + rows[:, None] * sl + offs_d[None, :], mask=ok[:, None], other=0.0)
 
     @triton.jit
+    def _program_block(X, sxb, sxh, sxl, H, L, BLOCK: tl.constexpr, D: tl.constexpr):
+        """This program's (batch·head, batch, head) and its BLOCK rows of X (queries or keys, by the grid's first
+        axis): row offsets, head-dim offsets, the row mask and the (BLOCK, D) tile."""
+        pid, bh = tl.program_id(0), tl.program_id(1)
+        b, h = bh // H, bh % H
+        rows = pid * BLOCK + tl.arange(0, BLOCK)
+        offs_d = tl.arange(0, D)
+        ok = rows < L
+        return bh, b, h, rows, offs_d, ok, _tile(X, b, h, sxb, sxh, sxl, rows, offs_d, ok)
+
+    @triton.jit
     def _scores(q, k, Bias, b, h, sbb, sbh, sbm, sbn, m, n, ok, scale):
         """``scale · q kᵀ + bias`` (fp32) for query rows ``m`` and key rows ``n``."""
         bias = tl.load(Bias + b * sbb + h * sbh + m[:, None] * sbm + n[None, :] * sbn, mask=ok, other=0.0)
@@ -94,13 +105,8 @@ if triton is not None:
     @_kernel
     def _fwd(Q, K, V, Bias, O, LSE, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sbb, sbh, sbm, sbn,
              sob, soh, sol, H, L, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
-        pid_m, bh = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        bh, b, h, offs_m, offs_d, row_ok, q = _program_block(Q, sqb, sqh, sql, H, L, BLOCK_M, D)
         offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, D)
-        row_ok = offs_m < L
-        q = _tile(Q, b, h, sqb, sqh, sql, offs_m, offs_d, row_ok)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -127,13 +133,8 @@ if triton is not None:
                   sbb, sbh, sbm, sbn, H, L, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                   WRITE_DS: tl.constexpr):
         # NOTE: dO, dq, dk, dv, ds are contiguous (B, H, L, D) / (B, H, L, L) here (the wrapper makes them so).
-        pid_n, bh = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        bh, b, h, offs_n, offs_d, col_ok, k = _program_block(K, skb, skh, skl, H, L, BLOCK_N, D)
         offs_m = tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, D)
-        col_ok = offs_n < L
-        k = _tile(K, b, h, skb, skh, skl, offs_n, offs_d, col_ok)
         v = _tile(V, b, h, svb, svh, svl, offs_n, offs_d, col_ok)
         dk = tl.zeros([BLOCK_N, D], tl.float32)
         dv = tl.zeros([BLOCK_N, D], tl.float32)
@@ -157,13 +158,8 @@ if triton is not None:
     @_kernel
     def _bwd_dq(Q, K, V, Bias, DO, LSE, Delta, DQ, sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
                 sbb, sbh, sbm, sbn, H, L, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
-        pid_m, bh = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        bh, b, h, offs_m, offs_d, row_ok, q = _program_block(Q, sqb, sqh, sql, H, L, BLOCK_M, D)
         offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, D)
-        row_ok = offs_m < L
-        q = _tile(Q, b, h, sqb, sqh, sql, offs_m, offs_d, row_ok)
         do = _tile(DO, b, h, H * L * D, L * D, D, offs_m, offs_d, row_ok)
         lse = tl.load(LSE + bh * L + offs_m, mask=row_ok, other=0.0)
         delta = tl.load(Delta + bh * L + offs_m, mask=row_ok, other=0.0)
