@@ -34,12 +34,16 @@ MODES: Dict[str, Dict[str, str]] = {
     # GPU: the same variants on the opt-in Triton kernel instead of SDPA's memory-efficient kernel
     "k_triton": dict(mode="contextual", on="k", kernel="triton"),
     "bias_k_triton": dict(mode="bias", on="k", kernel="triton"),
+    # GPU: K and bias-K on eager attention (in training: attention_core's hand-written backward) instead of SDPA
+    "k_eager": dict(mode="contextual", on="k", kernel="eager"),
+    "bias_k_eager": dict(mode="bias", on="k", kernel="eager"),
 }
 #: The issue's four variants; the others are implementation variants of one of them (same reference model).
 CORE = ["k", "qk", "qkv", "bias_k"]
 #: The same variants with ``recompute_weights`` (no L×L tensor kept for the backward pass: less memory, more time).
 LOWMEM = ["k_lowmem", "qkv_lowmem"]
-VARIANT_OF = {"qkv_lowmem": "qkv", "k_lowmem": "k", "k_triton": "k", "bias_k_triton": "bias_k"}
+VARIANT_OF = {"qkv_lowmem": "qkv", "k_lowmem": "k", "k_triton": "k", "bias_k_triton": "bias_k", "k_eager": "k",
+              "bias_k_eager": "bias_k"}
 #: Attributes of :class:`RPEAttention` a bench mode sets (the rest of a MODES entry is the RPEConfig).
 MODULE_OPTIONS = ("recompute_weights", "kernel")
 
