@@ -125,7 +125,8 @@ def main(argv=None) -> list:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="of q, k, v and the table (bfloat16: what bf16 autocast feeds attention on a GPU)")
+                   help="of q, k, v and the table (bfloat16: what bf16 autocast feeds attention on a GPU; the "
+                        "candidates then run under bf16 autocast, as in the models)")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled candidates (flex, eager_compiled)")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
@@ -134,6 +135,9 @@ def main(argv=None) -> list:
     q, k, v, table, ids = build(args.grid, args.batch, args.heads, args.head_dim, device, args.train,
                                 getattr(torch, args.dtype))
     inputs = [q, k, v, table]
+
+    def amp():  # NOTE: bf16 runs under autocast, as the models do: eager's softmax then runs in fp32
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     reference = None
     cases, skipped = [], {}
     for name, fn in candidates(q, k, v, table, ids, device).items():
@@ -144,14 +148,16 @@ def main(argv=None) -> list:
             if args.train:
                 for t in inputs:
                     t.grad = None
-                fn().sum().backward()
+                with amp():
+                    out = fn()
+                out.sum().backward()
             else:
-                with torch.no_grad():
+                with torch.no_grad(), amp():
                     return fn()
 
         try:
             t0 = time.perf_counter()
-            with torch.no_grad():
+            with torch.no_grad(), amp():
                 out = fn().float()
             step()  # compiles (flex, eager_compiled) and checks the backward exists
             first = time.perf_counter() - t0

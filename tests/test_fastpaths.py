@@ -167,12 +167,22 @@ def test_kernel_choice_per_device():
     ours, _ = _layers(dict(mode="contextual", on="k"))
     q = torch.zeros(1, 2, LS, 4)
     grad_bias = [torch.zeros(1, requires_grad=True)]
-    assert ours.kernel_for(q, grad_bias) == "eager"  # CPU: the fused kernel has no mask gradient
+    assert ours.kernel_for(q, grad_bias) == "core"  # CPU: the fused kernel has no mask gradient
     assert ours.kernel_for(q, [torch.zeros(1)]) == "sdpa"  # no gradient needed: fused
     with torch.no_grad():
         assert ours.kernel_for(q, grad_bias) == "sdpa"
     qkv, _ = _layers(dict(mode="contextual", on="qkv"))
+    assert qkv.kernel_for(q, []) == "core"  # a v table needs the weights; CPU training: the hand-written backward
+    qkv.core_backward = False  # what CUDA takes by default (autograd's backward measured faster there)
     assert qkv.kernel_for(q, []) == "eager"
+    qkv.recompute_weights = True
+    assert qkv.kernel_for(q, []) == "checkpoint"
+    qkv.core_backward = None
+    assert qkv.kernel_for(q, []) == "recompute"
+    qkv.attn_drop.p = 0.1  # the core has no dropout: autograd's eager, checkpointed to recompute
+    assert qkv.kernel_for(q, []) == "checkpoint"
+    qkv.eval()
+    assert qkv.kernel_for(q, []) == "eager"  # nothing to keep for a backward pass
     ours.kernel = "sdpa"
     assert ours.kernel_for(q, grad_bias) == "sdpa"  # forced: SDPA's math fallback computes the gradient
     ours.kernel = "triton"
@@ -364,18 +374,27 @@ def _saved_shapes(fn):
     return shapes
 
 
+@pytest.mark.parametrize("core", [None, False], ids=["core", "checkpoint"])
 @pytest.mark.parametrize("on", ["k", "qkv"])
-def test_recompute_weights_keeps_no_batch_sized_square_tensor(on):
+def test_recompute_weights_keeps_no_batch_sized_square_tensor(on, core):
     """What the memory saving rests on: with ``recompute_weights`` nothing (B, H, L, L) is saved for the
-    backward pass (eager keeps the softmax output), so the peak no longer grows with B·H·L²."""
+    backward pass (eager keeps the softmax output), so the peak no longer grows with B·H·L²; the same values
+    and gradients, through the hand-written backward (CPU's default) or checkpointing (CUDA's)."""
     ours, _ = _layers(dict(mode="contextual", on=on))
     ours.train()
-    x = torch.randn(5, LS, 8)
+    ours.core_backward = core
+    x = torch.randn(5, LS, 8, requires_grad=True)
     square = (5, 2, LS, LS)
     assert square in _saved_shapes(lambda: ours(x))
+    g = torch.randn(5, LS, 8)
+    want = _grads_with(lambda x, *_: ours(x), g, x, *ours.parameters())
     ours.recompute_weights = True
-    assert ours.kernel_for(x, [torch.zeros(1, requires_grad=True)]) == "recompute"
+    assert ours.kernel_for(x, [torch.zeros(1, requires_grad=True)]) == ("recompute" if core is None else "checkpoint")
     assert square not in _saved_shapes(lambda: ours(x))
+    got = _grads_with(lambda x, *_: ours(x), g, x, *ours.parameters())
+    torch.testing.assert_close(got[0], want[0])
+    for a, b in zip(got[1], want[1]):
+        torch.testing.assert_close(a, b)
 
 
 def test_recompute_weights_with_attention_dropout_checkpoints_the_same_mask():
@@ -414,6 +433,7 @@ def test_attention_core_under_bf16_autocast_close_to_autograd_eager(device):
         else:
             ours.__dict__.pop("attend", None)
             ours.recompute_weights = recompute
+            ours.core_backward = True  # NOTE: CUDA's default is autograd's backward; this checks the core there too
             seen.append(ours.kernel_for(x, [torch.zeros(1, requires_grad=True)]))
         with torch.autocast(device, dtype=torch.bfloat16):
             out = ours(x)
@@ -425,4 +445,4 @@ def test_attention_core_under_bf16_autocast_close_to_autograd_eager(device):
     for recompute in (False, True):
         for a, b in zip(run(recompute), want):
             assert float((a - b).norm() / b.norm().clamp_min(1e-6)) < 2e-2
-    assert seen == ["eager", "recompute"]
+    assert seen == ["core", "recompute"]

@@ -43,9 +43,10 @@ STANDARD = [
 #: Run only when ``--preset`` names them (DeiT-Tiny width on 65 tokens: ~3-6 minutes on CPU by itself).
 OPTIONAL = [("train", "tiny64", 32, CORE + LOWMEM)]
 QUICK = [("layer", "micro", 4, CORE), ("train", "micro", 4, CORE + LOWMEM), ("infer", "micro", 4, ["k"])]
-#: On CUDA the model suites also time K and bias-K on the opt-in Triton kernel beside the default (SDPA), and in
-#: training on eager attention with attention_core's backward (per attention core it was close to SDPA on an H100).
-CUDA_EXTRA = {"train": ["k_triton", "bias_k_triton", "k_eager", "bias_k_eager"], "infer": ["k_triton"]}
+#: On CUDA the model suites also time K and bias-K on the opt-in Triton kernel and on eager attention beside the
+#: default (SDPA), and QKV trained through attention_core's hand-written backward beside autograd's (the default).
+CUDA_EXTRA = {"train": ["k_triton", "bias_k_triton", "k_eager", "bias_k_eager", "qkv_core", "qkv_lowmem_core"],
+              "infer": ["k_triton"]}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

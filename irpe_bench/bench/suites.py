@@ -34,18 +34,20 @@ MODES: Dict[str, Dict[str, str]] = {
     # GPU: the same variants on the opt-in Triton kernel instead of SDPA's memory-efficient kernel
     "k_triton": dict(mode="contextual", on="k", kernel="triton"),
     "bias_k_triton": dict(mode="bias", on="k", kernel="triton"),
-    # GPU: K and bias-K on eager attention (in training: attention_core's hand-written backward) instead of SDPA
+    # GPU: K and bias-K on eager attention instead of SDPA; QKV with attention_core's backward instead of autograd's
     "k_eager": dict(mode="contextual", on="k", kernel="eager"),
     "bias_k_eager": dict(mode="bias", on="k", kernel="eager"),
+    "qkv_core": dict(mode="contextual", on="qkv", core_backward=True),
+    "qkv_lowmem_core": dict(mode="contextual", on="qkv", recompute_weights=True, core_backward=True),
 }
 #: The issue's four variants; the others are implementation variants of one of them (same reference model).
 CORE = ["k", "qk", "qkv", "bias_k"]
 #: The same variants with ``recompute_weights`` (no L×L tensor kept for the backward pass: less memory, more time).
 LOWMEM = ["k_lowmem", "qkv_lowmem"]
 VARIANT_OF = {"qkv_lowmem": "qkv", "k_lowmem": "k", "k_triton": "k", "bias_k_triton": "bias_k", "k_eager": "k",
-              "bias_k_eager": "bias_k"}
+              "bias_k_eager": "bias_k", "qkv_core": "qkv", "qkv_lowmem_core": "qkv"}
 #: Attributes of :class:`RPEAttention` a bench mode sets (the rest of a MODES entry is the RPEConfig).
-MODULE_OPTIONS = ("recompute_weights", "kernel")
+MODULE_OPTIONS = ("recompute_weights", "kernel", "core_backward")
 
 #: Model shapes (timm kwargs on top of ``deit_tiny_patch16_224``). ``digits``: the CPU training config
 #: (configs/digits.yaml): 32×32, patch 4 → 8×8 + cls = 65 tokens, width 64, depth 4, 2 heads.

@@ -6,19 +6,24 @@ the fastest exact kernel for the iRPE logits terms (:meth:`RPEAttention.kernel_f
 
 * ``sdpa`` — the iRPE term as ``F.scaled_dot_product_attention``'s float mask: on CUDA (the memory-efficient
   kernel computes the mask's gradient itself) and for CPU inference (the fused CPU kernel);
-* ``eager`` — CPU training. NOTE: the fused CPU kernel has no mask gradient, so SDPA would silently fall back
-  to its math path (a "safe" softmax with extra ``isneginf``/``all``/``where`` passes over the L×L scores,
-  ~25% of the layer). Eager here is a matmul, an in-place add of the iRPE term, a softmax and a matmul, and in
-  training :mod:`.attention_core`'s hand-written backward (autograd's own with attention dropout);
-* a value-side table needs the attention weights themselves → eager, then the efficient value term;
-* ``recompute`` — where eager would train and ``recompute_weights`` is set: :mod:`.attention_core` keeping
-  one log-sum-exp per row instead of the L×L weights, recomputing them in the backward pass (with attention
-  dropout: activation checkpointing of the eager form, which replays the dropout mask);
+* ``eager`` — a matmul, an in-place add of the iRPE term, a softmax and a matmul, through autograd: CPU
+  training (see ``core``), and any value-side table, which needs the attention weights themselves (then the
+  efficient value term). NOTE: the fused CPU kernel has no mask gradient, so SDPA would silently fall back to its
+  math path (a "safe" softmax with extra ``isneginf``/``all``/``where`` passes over the L×L scores, ~25% of the
+  layer);
+* ``core`` — eager's forward with :mod:`.attention_core`'s hand-written backward: how eager trains on the CPU.
+  On CUDA autograd's own backward is faster (H200: QKV 1.9× vs 2.6× the baseline's training step, README,
+  Performance), so there ``core_backward`` (default: by device) leaves it off; with attention dropout it is
+  always off (the core has no dropout);
+* ``recompute`` / ``checkpoint`` — where ``core`` / autograd's ``eager`` would train and ``recompute_weights``
+  is set: :mod:`.attention_core` keeping one log-sum-exp per row instead of the L×L weights and recomputing them
+  in the backward pass, or activation checkpointing of the eager form (which also replays a dropout mask);
 * ``triton`` — opt-in only (``attn.kernel = "triton"``): :mod:`.triton_attention`, FlashAttention-2 with the
   iRPE term as a bias tile. Exact, but measured slower than SDPA's memory-efficient kernel on an H100
   (README, Performance), so ``auto`` never picks it.
 
-``attn.kernel`` (default ``"auto"``) forces one of the first three, for benchmarks and tests.
+``attn.kernel`` (default ``"auto"``) forces ``triton``, ``sdpa`` or ``eager``, and ``attn.core_backward`` the
+hand-written backward on or off, for benchmarks and tests.
 """
 from __future__ import annotations
 
@@ -56,12 +61,15 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: Sequence[torch.Ten
 
 
 #: Recompute the (B, H, L, L) attention weights in the backward pass instead of keeping them, wherever the eager
-#: form would train (CPU training; any v table): :mod:`.attention_core`. The no-RPE baseline's fused kernel keeps no
+#: form would train (CPU training; any v table): :mod:`.attention_core`, or checkpointing where that is off. The no-RPE baseline's fused kernel keeps no
 #: L×L tensor; eager keeps one per layer, which is most of iRPE's extra training memory (README, Performance).
 #: The price is one more matmul, the gathers and an exponential per layer in the backward pass. Off by default
 #: (sweeps pay for time, not memory); per module: ``attn.recompute_weights = True``, per model: the training
 #: config's ``model.recompute_weights``.
 RECOMPUTE_WEIGHTS = False
+#: Train eager attention through :mod:`.attention_core`'s hand-written backward: None = where measured faster
+#: than autograd's (the CPU); True / False force it (``attn.core_backward``, for benchmarks and tests).
+CORE_BACKWARD: Optional[bool] = None
 #: Kernels :meth:`RPEAttention.kernel_for` accepts; ``auto`` picks by device and by whether the iRPE term needs a
 #: gradient.
 KERNELS = ("auto", "triton", "sdpa", "eager")
@@ -94,6 +102,7 @@ class RPEAttention(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self.recompute_weights = RECOMPUTE_WEIGHTS
         self.kernel = "auto"
+        self.core_backward: Optional[bool] = CORE_BACKWARD
         for a in "qkv":
             rpe = (RelativePositionEncoding(config, a, self.num_heads, self.head_dim, num_prefix_tokens)
                    if a in config.on else None)
@@ -130,16 +139,13 @@ class RPEAttention(nn.Module):
         if attn_mask is not None:
             terms.append(attn_mask)
         kernel = self.kernel_for(q, terms)
-        if kernel in ("eager", "recompute"):
-            recompute = kernel == "recompute"
-            if not (self.training and torch.is_grad_enabled()):
-                return self._eager(q, k, v, terms, ids)  # nothing to keep for a backward pass
-            if self.attn_drop.p > 0:  # NOTE: attention_core has no dropout: autograd does it,
-                # and checkpointing (which replays the dropout mask) recomputes
-                return (checkpoint(self._eager, q, k, v, terms, ids, use_reentrant=False) if recompute
-                        else self._eager(q, k, v, terms, ids))
+        if kernel in ("core", "recompute"):
             table_v = self.rpe_v.lookup_table_weight if self.rpe_v is not None else None
-            return attention_core(q, k, v, terms, self.scale, table_v, ids, recompute_weights=recompute)
+            return attention_core(q, k, v, terms, self.scale, table_v, ids, recompute_weights=kernel == "recompute")
+        if kernel == "checkpoint":  # NOTE: replays the forward, and with it the same dropout mask
+            return checkpoint(self._eager, q, k, v, terms, ids, use_reentrant=False)
+        if kernel == "eager":
+            return self._eager(q, k, v, terms, ids)
         dense = [_expanded(t).to(q.dtype) for t in terms]
         bias = dense[0] if len(dense) == 1 else sum(dense[1:], dense[0])  # never empty: no table → v table
         if kernel == "triton":
@@ -160,21 +166,27 @@ class RPEAttention(nn.Module):
         return out
 
     def kernel_for(self, q: torch.Tensor, terms: Sequence[LogitsTerm]) -> str:
-        """The kernel for these logits terms (module docstring): ``triton``, ``sdpa``, ``eager`` or ``recompute``."""
+        """The kernel for these logits terms (module docstring): ``triton``, ``sdpa``, ``eager``, ``core``,
+        ``recompute`` or ``checkpoint``."""
         if self.kernel not in KERNELS:
             raise ValueError(f"RPEAttention.kernel={self.kernel!r}; allowed: {', '.join(KERNELS)}")
-        if self.rpe_v is not None or not self.fused_attn or self.kernel == "eager":
-            kernel = "eager"  # a v table needs the weights; fused_attn=False is timm's own switch to eager
-        elif self.kernel != "auto":
-            if self.kernel == "triton":
-                self._check_triton(q, terms)
-            return self.kernel
-        else:
+        if self.rpe_v is None and self.fused_attn and self.kernel != "eager":  # else: the weights are needed
+            # NOTE: a v table needs the weights; fused_attn=False is timm's own switch to eager
+            if self.kernel != "auto":
+                if self.kernel == "triton":
+                    self._check_triton(q, terms)
+                return self.kernel
             needs_grad = torch.is_grad_enabled() and any(r.requires_grad for t in terms for r in _sources(t))
-            kernel = "sdpa" if not needs_grad or q.is_cuda else "eager"
-        if kernel == "eager" and self.recompute_weights and self.training and torch.is_grad_enabled():
-            return "recompute"
-        return kernel
+            if not needs_grad or q.is_cuda:
+                return "sdpa"
+        if not (self.training and torch.is_grad_enabled()):
+            return "eager"  # nothing to keep for a backward pass
+        core = q.device.type == "cpu" if self.core_backward is None else self.core_backward
+        if self.attn_drop.p > 0:
+            core = False  # NOTE: attention_core has no dropout
+        if self.recompute_weights:
+            return "recompute" if core else "checkpoint"
+        return "core" if core else "eager"
 
     def _check_triton(self, q: torch.Tensor, terms: Sequence[LogitsTerm]) -> None:
         from .triton_attention import available
