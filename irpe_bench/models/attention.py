@@ -12,12 +12,13 @@ the fastest exact kernel for the iRPE logits terms (:meth:`RPEAttention.kernel_f
   math path (a "safe" softmax with extra ``isneginf``/``all``/``where`` passes over the L×L scores, ~25% of the
   layer);
 * ``core`` — eager's forward with :mod:`.attention_core`'s hand-written backward: how eager trains on the CPU.
-  On CUDA autograd's own backward is faster (H200: QKV 1.9× vs 2.6× the baseline's training step, README,
-  Performance), so there ``core_backward`` (default: by device) leaves it off; with attention dropout it is
-  always off (the core has no dropout);
-* ``recompute`` / ``checkpoint`` — where ``core`` / autograd's ``eager`` would train and ``recompute_weights``
-  is set: :mod:`.attention_core` keeping one log-sum-exp per row instead of the L×L weights and recomputing them
-  in the backward pass, or activation checkpointing of the eager form (which also replays a dropout mask);
+  On CUDA autograd's own backward is faster, though it keeps more (H200, DeiT-Tiny, QKV: 1.97× vs 2.35× the
+  baseline's training step, memory 1.61× vs 1.31×; README, Performance), so there ``core_backward`` (default:
+  by device) leaves it off; with attention dropout it is always off (the core has no dropout);
+* ``recompute`` — where eager would train and ``recompute_weights`` is set: :mod:`.attention_core` keeping one
+  log-sum-exp per row instead of the L×L weights and recomputing them in the backward pass, on every device
+  (faster than checkpointing on both: H200 QKV 2.69× vs 3.05×, CPU 1.30× vs 1.34×); ``checkpoint`` —
+  activation checkpointing of the eager form, only with attention dropout (it replays the dropout mask);
 * ``triton`` — opt-in only (``attn.kernel = "triton"``): :mod:`.triton_attention`, FlashAttention-2 with the
   iRPE term as a bias tile. Exact, but measured slower than SDPA's memory-efficient kernel on an H100
   (README, Performance), so ``auto`` never picks it.
@@ -61,7 +62,7 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: Sequence[torch.Ten
 
 
 #: Recompute the (B, H, L, L) attention weights in the backward pass instead of keeping them, wherever the eager
-#: form would train (CPU training; any v table): :mod:`.attention_core`, or checkpointing where that is off. The no-RPE baseline's fused kernel keeps no
+#: form would train (CPU training; any v table): :mod:`.attention_core` (checkpointing with attention dropout). The no-RPE baseline's fused kernel keeps no
 #: L×L tensor; eager keeps one per layer, which is most of iRPE's extra training memory (README, Performance).
 #: The price is one more matmul, the gathers and an exponential per layer in the backward pass. Off by default
 #: (sweeps pay for time, not memory); per module: ``attn.recompute_weights = True``, per model: the training
@@ -181,11 +182,11 @@ class RPEAttention(nn.Module):
                 return "sdpa"
         if not (self.training and torch.is_grad_enabled()):
             return "eager"  # nothing to keep for a backward pass
-        core = q.device.type == "cpu" if self.core_backward is None else self.core_backward
-        if self.attn_drop.p > 0:
-            core = False  # NOTE: attention_core has no dropout
+        if self.attn_drop.p > 0:  # NOTE: attention_core has no dropout; checkpointing replays the dropout mask
+            return "checkpoint" if self.recompute_weights else "eager"
         if self.recompute_weights:
-            return "recompute" if core else "checkpoint"
+            return "recompute"
+        core = q.device.type == "cpu" if self.core_backward is None else self.core_backward
         return "core" if core else "eager"
 
     def _check_triton(self, q: torch.Tensor, terms: Sequence[LogitsTerm]) -> None:
