@@ -1,4 +1,6 @@
-"""The attention core with iRPE terms, with a hand-written backward: how eager attention trains here.
+"""The attention core with iRPE terms, with a hand-written backward: how eager attention trains on the CPU, and
+how recomputed weights (``recompute_weights``) train on every device. On CUDA, kept weights train through
+autograd's backward, measured faster there (:mod:`.attention`; README, Performance).
 
 ``softmax(s·q kᵀ + iRPE terms) v + value term`` through autograd would keep the weights for two backward
 nodes, run PyTorch's softmax backward (an extra L×L reduction pass) and store the per-bucket products z of each
