@@ -79,3 +79,22 @@ def test_lookup_candidates_agree_and_report(capsys):
         assert [r["case"] for r in rows] == ["index_select", "gather", "gather_flat"]
         assert all(r["max_abs_diff"] == 0.0 for r in rows) and rows[0]["x_base"] == 1.0
     assert "forward + backward" in capsys.readouterr().out
+
+
+def test_cuda_only_variants_build_and_equal_the_reference_on_cpu():
+    """The variants ``run.py bench`` adds on CUDA (eager K and bias-K, QKV through attention_core's backward) are
+    checked here on the CPU, where they run too: their module options apply, and they equal their reference."""
+    from irpe_bench.bench import CUDA_EXTRA
+    from irpe_bench.bench.suites import build_models, fp32_checkable, model_suite
+
+    extra = [m for m in CUDA_EXTRA["train"] if fp32_checkable(m)]  # the Triton ones need CUDA
+    assert set(extra) == {"k_eager", "bias_k_eager", "qkv_core", "qkv_lowmem_core"}
+    models = build_models("micro", ["qkv_lowmem_core", "k_eager"], ("ours",))
+    attn = models["qkv_lowmem_core/ours"].blocks[0].attn
+    assert (attn.core_backward, attn.recompute_weights) == (True, True)
+    assert models["k_eager/ours"].blocks[0].attn.kernel == "eager"
+    rows = model_suite("micro", 2, extra, device=torch.device("cpu"), impls=("ours", "reference"), amp=None,
+                       clock="wall", warmup=1, rounds=2, train=True, memory=False)
+    ours = {r["case"]: r for r in rows if r["case"].endswith("/ours")}
+    assert set(ours) == {f"{m}/ours" for m in extra}
+    assert all(r["max_abs_diff"] <= 1e-5 and "x_ref" in r for r in ours.values())
