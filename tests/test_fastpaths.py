@@ -181,6 +181,9 @@ def test_kernel_choice_per_device():
     assert qkv.kernel_for(q, []) == "checkpoint"
     qkv.eval()
     assert qkv.kernel_for(q, []) == "eager"  # nothing to keep for a backward pass
+    qkv.core_backward = "yes"
+    with pytest.raises(ValueError, match=r"core_backward='yes'; allowed: None \(by device\), True, False"):
+        qkv.kernel_for(q, [])
     ours.kernel = "sdpa"
     assert ours.kernel_for(q, grad_bias) == "sdpa"  # forced: SDPA's math fallback computes the gradient
     ours.kernel = "triton"

@@ -171,6 +171,8 @@ class RPEAttention(nn.Module):
         ``recompute`` or ``checkpoint``."""
         if self.kernel not in KERNELS:
             raise ValueError(f"RPEAttention.kernel={self.kernel!r}; allowed: {', '.join(KERNELS)}")
+        if self.core_backward not in (None, True, False):
+            raise ValueError(f"RPEAttention.core_backward={self.core_backward!r}; allowed: None (by device), True, False")
         if self.rpe_v is None and self.fused_attn and self.kernel != "eager":  # else: the weights are needed
             # NOTE: a v table needs the weights; fused_attn=False is timm's own switch to eager
             if self.kernel != "auto":
