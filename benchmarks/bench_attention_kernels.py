@@ -23,7 +23,7 @@ q, k, v, table and ids (interleaved rounds, medians, ratios to the baseline of t
 that the current torch cannot run (e.g. FlexAttention's backward on CPU) is reported with the reason instead.
 Max |Δ| is each candidate's output against ``eager`` in the same dtype.
 
-    python benchmarks/bench_attention_kernels.py [--tokens 197] [--batch 32] [--train] [--threads 2]
+    python benchmarks/bench_attention_kernels.py [--tokens 197] [--batch 32] [--train] [--threads 2] [--profile core]
 """
 from __future__ import annotations
 
@@ -128,6 +128,8 @@ def main(argv=None) -> list:
                    help="of q, k, v and the table (bfloat16: what bf16 autocast feeds attention on a GPU; the "
                         "candidates then run under bf16 autocast, as in the models)")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled candidates (flex, eager_compiled)")
+    p.add_argument("--profile", default="", help="comma-separated candidates to profile after timing (one step "
+                   "each under torch.profiler: the operators that cost the time, e.g. --profile eager,core)")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     if args.threads:
@@ -185,7 +187,25 @@ def main(argv=None) -> list:
     print("first call (incl. compile), s: " + ", ".join(f"{c.name} {c.first_s:.1f}" for c in cases))  # type: ignore
     for name, why in skipped.items():
         print(f"{name}: not run — {why}")
+    for c in cases:
+        if c.name in args.profile.split(","):
+            print(f"\nprofile of one {'training' if args.train else 'inference'} step: {c.name}")
+            print(profile_table(c.step, device))
     return rows
+
+
+def profile_table(step: Callable[[], object], device: torch.device, rows: int = 15) -> str:
+    """The operators of one step by their own time (the device's on CUDA): where a candidate's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    step()  # NOTE: warm, so that one-off allocations and kernel loads stay out of the table
+    with profile(activities=activities) as prof:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=48)
 
 
 if __name__ == "__main__":

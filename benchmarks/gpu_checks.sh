@@ -37,7 +37,8 @@ step tests 240 python -m pytest -p no:cacheprovider -q -m gpu tests/
 step bench256 240 python run.py bench --suite train --suite infer --preset tiny224 --batch 256 --no-reference \
   --out "$OUT/bench256"
 # COMPILE=1 adds the compiled candidates (FlexAttention, compiled eager: ~2 more minutes of compilation).
-step kernels 300 bash -c 'for t in --train "--train --grid 8" ""; do
+# The first (training, L=197) run also profiles eager and attention_core: where the core's time goes on the GPU.
+step kernels 300 bash -c 'for t in "--train --profile eager,core" "--train --grid 8" ""; do
   python benchmarks/bench_attention_kernels.py --dtype bfloat16 --batch 256 $t \
     $([[ ${COMPILE:-0} == 1 ]] || echo --no-compile) || exit; done'
 step bench 300 python run.py bench --out "$OUT/bench"

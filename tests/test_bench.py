@@ -61,12 +61,13 @@ def test_attention_kernel_candidates_agree_and_report(train, capsys):
     from benchmarks.bench_attention_kernels import main as kernels
 
     argv = ["--grid", "4", "--batch", "2", "--heads", "2", "--head-dim", "8", "--rounds", "3", "--no-compile"]
-    rows = {r["case"]: r for r in kernels(argv + (["--train"] if train else []))}
+    rows = {r["case"]: r for r in kernels(argv + (["--train", "--profile", "core"] if train else []))}
     assert set(rows) == {"baseline", "sdpa_mask", "eager", "core", "recompute", "eager_checkpoint"}
     assert rows["baseline"]["x_base"] == 1.0 and rows["eager"]["max_abs_diff"] == 0.0
     assert all(rows[c]["max_abs_diff"] < 1e-5 for c in ("sdpa_mask", "core", "recompute", "eager_checkpoint"))
     out = capsys.readouterr().out
     assert ("train (fwd+bwd)" if train else "inference") in out and "L=17 B=2" in out
+    assert ("profile of one training step: core" in out and "_AttentionCoreBackward" in out) == train
 
 
 def test_lookup_candidates_agree_and_report(capsys):
