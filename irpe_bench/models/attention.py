@@ -6,21 +6,23 @@ the fastest exact kernel for the iRPE logits terms (:meth:`RPEAttention.kernel_f
 
 * ``sdpa`` — the iRPE term as ``F.scaled_dot_product_attention``'s float mask: on CUDA (the memory-efficient
   kernel computes the mask's gradient itself) and for CPU inference (the fused CPU kernel);
-* ``eager`` — a matmul, an in-place add of the iRPE term, a softmax and a matmul, through autograd: CPU
-  training (see ``core``), and any value-side table, which needs the attention weights themselves (then the
-  efficient value term). NOTE: the fused CPU kernel has no mask gradient, so SDPA would silently fall back to its
-  math path (a "safe" softmax with extra ``isneginf``/``all``/``where`` passes over the L×L scores, ~25% of the
-  layer);
+* ``eager`` — a matmul, an in-place add of the iRPE term, a softmax and a matmul, through autograd: wherever
+  the weights themselves are needed (a value-side table, then the efficient value term; timm's
+  ``fused_attn=False``; CPU training, below) and the hand-written backward is not used (inference, CUDA
+  training, attention dropout);
 * ``core`` — eager's forward with :mod:`.attention_core`'s hand-written backward: how eager trains on the CPU.
-  On CUDA autograd's own backward is faster, though it keeps more (H200, DeiT-Tiny, QKV: 1.97× vs 2.35× the
-  baseline's training step, memory 1.61× vs 1.31×; README, Performance), so there ``core_backward`` (default:
-  by device) leaves it off; with attention dropout it is always off (the core has no dropout);
+  NOTE: CPU training of every mode takes it, since the fused CPU kernel has no mask gradient: SDPA would
+  silently fall back to its math path (a "safe" softmax with extra ``isneginf``/``all``/``where`` passes over
+  the L×L scores, ~25% of the layer). On CUDA autograd's own backward is faster, though it keeps more (H200,
+  DeiT-Tiny, QKV: 1.97× vs 2.35× the baseline's training step, memory 1.61× vs 1.31×; README, Performance), so
+  there ``core_backward`` (default: by device) leaves it off; with attention dropout it is always off (the core
+  has no dropout);
 * ``recompute`` — where eager would train and ``recompute_weights`` is set: :mod:`.attention_core` keeping one
   log-sum-exp per row instead of the L×L weights and recomputing them in the backward pass, on every device
   (faster than checkpointing on both: H200 QKV 2.69× vs 3.05×, CPU 1.30× vs 1.34×); ``checkpoint`` —
   activation checkpointing of the eager form, only with attention dropout (it replays the dropout mask);
 * ``triton`` — opt-in only (``attn.kernel = "triton"``): :mod:`.triton_attention`, FlashAttention-2 with the
-  iRPE term as a bias tile. Exact, but measured slower than SDPA's memory-efficient kernel on an H100
+  iRPE term as a bias tile. Exact, but not faster than SDPA's memory-efficient kernel on an H100 or an H200
   (README, Performance), so ``auto`` never picks it.
 
 ``attn.kernel`` (default ``"auto"``) forces ``triton``, ``sdpa`` or ``eager``, and ``attn.core_backward`` the
