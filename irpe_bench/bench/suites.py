@@ -44,10 +44,17 @@ MODES: Dict[str, Dict[str, str]] = {
 CORE = ["k", "qk", "qkv", "bias_k"]
 #: The same variants with ``recompute_weights`` (no L×L tensor kept for the backward pass: less memory, more time).
 LOWMEM = ["k_lowmem", "qkv_lowmem"]
-VARIANT_OF = {"qkv_lowmem": "qkv", "k_lowmem": "k", "k_triton": "k", "bias_k_triton": "bias_k", "k_eager": "k",
-              "bias_k_eager": "bias_k", "qkv_core": "qkv", "qkv_lowmem_core": "qkv"}
 #: Attributes of :class:`RPEAttention` a bench mode sets (the rest of a MODES entry is the RPEConfig).
 MODULE_OPTIONS = ("recompute_weights", "kernel", "core_backward")
+
+
+def _config_fields(mode: str) -> Dict[str, str]:
+    return {k: v for k, v in MODES[mode].items() if k not in MODULE_OPTIONS}
+
+
+#: Implementation variant → the issue's variant with the same iRPE config (its reference model): ``qkv_lowmem`` →
+#: ``qkv``, ``k_triton`` → ``k``, …
+VARIANT_OF = {m: base for m in MODES if m not in CORE for base in CORE if _config_fields(m) == _config_fields(base)}
 
 #: Model shapes (timm kwargs on top of ``deit_tiny_patch16_224``). ``digits``: the CPU training config
 #: (configs/digits.yaml): 32×32, patch 4 → 8×8 + cls = 65 tokens, width 64, depth 4, 2 heads.
@@ -76,8 +83,7 @@ def reference_module():
 def rpe_config(mode: str) -> RPEConfig:
     if mode not in MODES:
         raise ValueError(f"unknown bench mode {mode!r}; choices: {list(MODES)}")
-    fields = {k: v for k, v in MODES[mode].items() if k not in MODULE_OPTIONS}
-    return RPEConfig(method="product", ratio=1.9, shared_head=True, layers="all", **fields)
+    return RPEConfig(method="product", ratio=1.9, shared_head=True, layers="all", **_config_fields(mode))
 
 
 def fp32_checkable(mode: str) -> bool:

@@ -64,8 +64,9 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: Sequence[torch.Ten
 
 
 #: Recompute the (B, H, L, L) attention weights in the backward pass instead of keeping them, wherever the eager
-#: form would train (CPU training; any v table): :mod:`.attention_core` (checkpointing with attention dropout). The no-RPE baseline's fused kernel keeps no
-#: L×L tensor; eager keeps one per layer, which is most of iRPE's extra training memory (README, Performance).
+#: form would train (CPU training; any v table): :mod:`.attention_core` (checkpointing with attention dropout).
+#: The no-RPE baseline's fused kernel keeps no L×L tensor; eager keeps one per layer, which is most of iRPE's
+#: extra training memory (README, Performance).
 #: The price is one more matmul, the gathers and an exponential per layer in the backward pass. Off by default
 #: (sweeps pay for time, not memory); per module: ``attn.recompute_weights = True``, per model: the training
 #: config's ``model.recompute_weights``.
@@ -174,9 +175,10 @@ class RPEAttention(nn.Module):
         if self.kernel not in KERNELS:
             raise ValueError(f"RPEAttention.kernel={self.kernel!r}; allowed: {', '.join(KERNELS)}")
         if self.core_backward not in (None, True, False):
-            raise ValueError(f"RPEAttention.core_backward={self.core_backward!r}; allowed: None (by device), True, False")
-        if self.rpe_v is None and self.fused_attn and self.kernel != "eager":  # else: the weights are needed
-            # NOTE: a v table needs the weights; fused_attn=False is timm's own switch to eager
+            raise ValueError(f"RPEAttention.core_backward={self.core_backward!r}; "
+                             "allowed: None (by device), True, False")
+        # NOTE: else the weights are needed: a v table needs them; fused_attn=False is timm's own switch to eager
+        if self.rpe_v is None and self.fused_attn and self.kernel != "eager":
             if self.kernel != "auto":
                 if self.kernel == "triton":
                     self._check_triton(q, terms)
