@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from irpe_bench import allocator  # noqa: E402
 from irpe_bench.bench.harness import (Case, environment, format_table, resolve_device, run_interleaved,  # noqa: E402
                                      summarize)
 from torch.utils.checkpoint import checkpoint  # noqa: E402
@@ -131,6 +132,7 @@ def main(argv=None) -> list:
     p.add_argument("--profile", default="", help="comma-separated candidates to profile after timing (one step "
                    "each under torch.profiler: the operators that cost the time, e.g. --profile eager,core)")
     args = p.parse_args(argv)
+    allocator.configure()  # as the command line does (irpe_bench/allocator.py)
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
+from irpe_bench import allocator  # noqa: E402
 from irpe_bench.bench.harness import CLOCKS, environment, write_json  # noqa: E402
 
 
@@ -69,6 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "harness_cpu.json")
     args = p.parse_args(argv)
+    allocator.configure()  # as the command line does (irpe_bench/allocator.py)
 
     from timm.optim import create_optimizer_v2, param_groups_weight_decay
     from timm.scheduler import create_scheduler_v2

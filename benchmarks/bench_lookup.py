@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from irpe_bench import allocator  # noqa: E402
 from irpe_bench.bench.harness import Case, environment, format_table, run_interleaved, summarize  # noqa: E402
 from irpe_bench.rpe import RPEConfig, bucket_ids  # noqa: E402
 from irpe_bench.rpe.encoding import _GatherFlat, bucket_index  # noqa: E402
@@ -41,6 +42,7 @@ def main(argv=None) -> list:
     p.add_argument("--rounds", type=int, default=25)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
+    allocator.configure()  # as the command line does (irpe_bench/allocator.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = RPEConfig()

@@ -10,6 +10,8 @@ import importlib
 import sys
 from typing import Dict, List, Optional
 
+from . import allocator
+
 
 def parse_overrides(items: List[str]) -> Dict[str, object]:
     """``["rpe.mode=bias", "rpe.layers=[0,1]"]`` (or the ``--set`` option's list of lists) → nested dict; values
@@ -62,6 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         runners[name] = mod.run
     args = parser.parse_args(argv)
     try:
+        allocator.configure()  # NOTE: before any work; IRPE_BENCH_MALLOC=system opts out (irpe_bench/allocator.py)
         return runners[args.command](args)
     except ValueError as e:  # configuration errors: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from irpe_bench import allocator
 from irpe_bench.bench import goals
 from irpe_bench.bench.harness import Case, format_table, peak_memory, summarize
 from irpe_bench.cli import main
@@ -15,6 +16,7 @@ def test_bench_quick_writes_tables_and_json(tmp_path, capsys):
     assert "[layer] micro" in printed and "[train] micro" in printed and "goals" in printed
     payload = json.loads((tmp_path / "quick.json").read_text())
     assert payload["environment"]["threads"] == 1
+    assert payload["environment"]["malloc"] == allocator.in_effect()  # the command line applied the policy
     suites = {r["suite"]: r for r in payload["results"]}
     assert set(suites) == {"layer", "train", "infer"}
     train = {row["case"]: row for row in suites["train"]["rows"]}

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from irpe_bench import allocator
 from irpe_bench.train import MONITOR, TrainingDiverged, train
 from irpe_bench.train.run import no_decay_names, build_model
 from irpe_bench.train.wandb_setup import read_offline_history, read_offline_summary
@@ -27,6 +28,7 @@ def test_train_writes_summary_and_wandb_offline(tmp_path, monkeypatch):
     assert saved["throughput/precision"] == "32-true" and saved["throughput/batch_size"] == 32
     assert saved["params"] > 0 and saved["macs"] > 0 and saved["seed"] == 0
     assert saved["versions"]["torch"] == torch.__version__ and saved["epochs"] == 2
+    assert saved["malloc"] == allocator.in_effect()  # which allocator policy the timings ran under
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert saved["wandb_id"] == "pytest01"
 

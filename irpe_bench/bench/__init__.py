@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     env = environment(threads, device)
     env["clock"] = args.clock
     print(f"# irpe_bench bench — {env['processor']}, {threads} thread(s), {args.clock} clock, device {device}"
-          f"{' (' + env['gpu'] + ', bf16 autocast)' if 'gpu' in env else ', fp32'}, torch {env['torch']}")
+          f"{' (' + env['gpu'] + ', bf16 autocast)' if 'gpu' in env else ', fp32'}, torch {env['torch']}, "
+          f"malloc {env['malloc']}")
     results = []
     t_start = time.perf_counter()
     for suite, preset, batch, suite_modes in plan:

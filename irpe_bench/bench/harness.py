@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from .. import allocator
 from ..train.throughput import _sync
 
 
@@ -200,7 +201,8 @@ def resolve_device(name: str) -> torch.device:
 def environment(threads: int, device: torch.device) -> Dict[str, Any]:
     env = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
                processor=platform.processor() or _cpu_model(), cpu_count=os.cpu_count(), threads=threads,
-               device=str(device), load_avg=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
+               device=str(device), load_avg=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+               malloc=allocator.in_effect())
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import lightning.pytorch as pl
 import torch
 
+from .. import allocator
 from ..models import count_params_and_macs, create_model, set_attention_options
 from .config import MONITOR, MONITOR_MODE, TrainConfig, dump_config
 from .data import build_datamodule
@@ -195,6 +196,7 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
         "throughput/train_img_s": throughput.last, "throughput/batch_size": config.data.batch_size,
         "throughput/precision": precision, "throughput/device": _device_name(device),
         "world_size": trainer.world_size, "versions": _versions(), "git_commit": _git_commit(),
+        "malloc": allocator.in_effect(),
         "resumed_from": str(resume_from) if resume_from else None,
     }
     if trainer.is_global_zero and status == "finished" and t.benchmark_batches > 0:
