@@ -5,16 +5,16 @@ large blocks to the kernel (``mmap`` above a threshold that adapts only up to 32
 that), so a training step that frees and re-allocates the same big activations every step touches fresh pages
 every step: each 4 KiB page is a minor page fault (a kernel entry and a zeroed page). Measured on DeiT-Tiny at
 224, batch 32, 2 CPU threads (README, Performance): the no-RPE baseline settles at ~0 faults per step, while
-eager attention with iRPE (more and larger transient L×L tensors) kept 16–27 thousand per step, 1–4 % of its
-step time; with memory kept, every model has ~0 and iRPE's step-time ratios to the baseline fell by 0.01–0.03.
+eager attention with iRPE (more and larger transient L×L tensors) kept 16–28 thousand per step, 1–4 % of its
+step time; with memory kept, every model has ~0 and iRPE's step-time ratios to the baseline fell by 0.02–0.04.
 
-What it changes: ``mallopt(M_MMAP_THRESHOLD, 1 GiB)`` (blocks below it come from the reusable heap) and
-``mallopt(M_TRIM_THRESHOLD, 2 GiB - 1)`` (the heap is not shrunk). The process keeps its high-water mark of
-memory for its lifetime — what a training or benchmark process wants, and what PyTorch's CUDA caching
-allocator does on the GPU. The command line (``run.py``, ``irpe-bench``, sweep workers, Lightning's DDP
-processes, which re-run the command) applies it before any work; importing the package never does.
-``IRPE_BENCH_MALLOC=system`` leaves the C library's defaults alone (e.g. to run with jemalloc or tcmalloc
-preloaded, or to measure without it); benchmark JSON records which was in effect.
+What it changes: ``mallopt(M_MMAP_THRESHOLD, 1 GiB)`` (blocks below it come from the reusable heap; 32 MiB where
+an older glibc refuses more) and ``mallopt(M_TRIM_THRESHOLD, 2 GiB - 1)`` (the heap is not shrunk). The process
+keeps its high-water mark of memory for its lifetime — what a training or benchmark process wants, and what
+PyTorch's CUDA caching allocator does on the GPU. The command line (``run.py``, ``irpe-bench``, sweep workers,
+Lightning's DDP processes, which re-run the command) applies it before any work; importing the package never
+does. ``IRPE_BENCH_MALLOC=system`` leaves the C library's defaults alone (e.g. to run with jemalloc or tcmalloc
+preloaded, or to measure without it); benchmark JSON and ``summary.json`` record which was in effect.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ ENV_VAR = "IRPE_BENCH_MALLOC"
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 1 << 30
+#: Tried in order: glibc ≥ 2.35 takes 1 GiB; older ones cap the threshold at 32 MiB (on 64-bit).
+MMAP_THRESHOLDS = (1 << 30, 32 << 20)
 TRIM_THRESHOLD = 2**31 - 1  # NOTE: mallopt takes a C int
 
 _applied = "system"
@@ -63,15 +64,20 @@ def configure() -> str:
     if libc is None:
         _applied = "system (not glibc)"
         return in_effect()
-    # NOTE: mallopt returns 1 on success; a C library that refuses either value keeps its defaults for it
-    ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    _applied = "keep" if ok else "system (mallopt refused)"
+    # NOTE: mallopt returns 1 on success; a value it refuses leaves that default in place
+    mmap = next((t for t in MMAP_THRESHOLDS if libc.mallopt(_M_MMAP_THRESHOLD, t) == 1), None)
+    trim = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    if mmap is None or not trim:
+        _applied = f"partial (mmap threshold {mmap or 'refused'}, heap trimming {'off' if trim else 'refused'})"
+    else:
+        _applied = "keep" if mmap == MMAP_THRESHOLDS[0] else f"keep (mmap threshold {mmap >> 20} MiB)"
     return in_effect()
 
 
 def in_effect() -> str:
-    """``keep`` when :func:`configure` changed glibc's thresholds in this process, else ``system`` (with the
-    reason when ``keep`` was asked for but could not be applied)."""
+    """``keep`` when :func:`configure` changed glibc's thresholds in this process (with the threshold where glibc
+    capped it), ``partial (…)`` where it refused one, else ``system`` (with the reason when ``keep`` was asked
+    for but this is not glibc)."""
     return _applied
 
 
