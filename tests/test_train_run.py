@@ -51,6 +51,29 @@ def test_train_writes_summary_and_wandb_offline(tmp_path, monkeypatch):
     assert wandb.run is None  # finished
 
 
+def test_logged_training_metrics_every_n_steps_and_per_epoch(tmp_path):
+    """train/lr is logged only on the steps Lightning writes, yet every written step row has it; train/loss_epoch
+    is the mean of the epoch's step losses, once per epoch (the CSV logger's file, as the W&B run gets it)."""
+    import csv
+
+    config = tiny_config(tmp_path, trainer={"log_every_n_steps": 3, "limit_train_batches": 5, "max_epochs": 2})
+    train(config, run_dir=tmp_path / "run", wandb_id=None)
+    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
+    steps = [r for r in rows if r.get("train/loss")]
+    assert [int(r["step"]) for r in steps] == [2, 5, 8]  # every 3rd of 10 optimiser steps (0-based)
+    assert all(r.get("train/lr") for r in steps)
+    epochs = [r for r in rows if r.get("train/loss_epoch")]
+    assert [int(r["epoch"]) for r in epochs] == [0, 1] and all(float(r["train/loss_epoch"]) > 0 for r in epochs)
+
+    config = tiny_config(tmp_path, trainer={"log_every_n_steps": 1, "limit_train_batches": 4, "max_epochs": 1})
+    train(config, run_dir=tmp_path / "every", wandb_id=None)
+    rows = list(csv.DictReader((tmp_path / "every" / "csv" / "metrics.csv").open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    (epoch_mean,) = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    assert len(losses) == 4 and all(r.get("train/lr") for r in rows if r.get("train/loss"))
+    assert epoch_mean == pytest.approx(sum(losses) / 4, rel=1e-5)
+
+
 def test_same_seed_same_metrics(tmp_path):
     a = train(tiny_config(tmp_path, trainer={"max_epochs": 1, "benchmark_batches": 0}), run_dir=tmp_path / "a")
     b = train(tiny_config(tmp_path, trainer={"max_epochs": 1, "benchmark_batches": 0}), run_dir=tmp_path / "b")
