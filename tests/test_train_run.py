@@ -53,17 +53,21 @@ def test_train_writes_summary_and_wandb_offline(tmp_path, monkeypatch):
 
 def test_logged_training_metrics_every_n_steps_and_per_epoch(tmp_path):
     """train/lr is logged only on the steps Lightning writes, yet every written step row has it; train/loss_epoch
-    is the mean of the epoch's step losses, once per epoch (the CSV logger's file, as the W&B run gets it)."""
+    is the mean of the epoch's step losses, once per epoch; the summary's training images/s is the median of the
+    epochs' (the CSV logger's file, as the W&B run gets it)."""
     import csv
+    import statistics
 
-    config = tiny_config(tmp_path, trainer={"log_every_n_steps": 3, "limit_train_batches": 5, "max_epochs": 2})
-    train(config, run_dir=tmp_path / "run", wandb_id=None)
+    config = tiny_config(tmp_path, trainer={"log_every_n_steps": 3, "limit_train_batches": 5, "max_epochs": 3})
+    summary = train(config, run_dir=tmp_path / "run", wandb_id=None)
     rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
     steps = [r for r in rows if r.get("train/loss")]
-    assert [int(r["step"]) for r in steps] == [2, 5, 8]  # every 3rd of 10 optimiser steps (0-based)
+    assert [int(r["step"]) for r in steps] == [2, 5, 8, 11, 14]  # every 3rd of 15 optimiser steps (0-based)
     assert all(r.get("train/lr") for r in steps)
     epochs = [r for r in rows if r.get("train/loss_epoch")]
-    assert [int(r["epoch"]) for r in epochs] == [0, 1] and all(float(r["train/loss_epoch"]) > 0 for r in epochs)
+    assert [int(r["epoch"]) for r in epochs] == [0, 1, 2] and all(float(r["train/loss_epoch"]) > 0 for r in epochs)
+    speeds = [float(r["throughput/train_img_s"]) for r in rows if r.get("throughput/train_img_s")]
+    assert len(speeds) == 3 and summary["throughput/train_img_s"] == pytest.approx(statistics.median(speeds))
 
     config = tiny_config(tmp_path, trainer={"log_every_n_steps": 1, "limit_train_batches": 4, "max_epochs": 1})
     train(config, run_dir=tmp_path / "every", wandb_id=None)
@@ -151,9 +155,9 @@ def test_inference_benchmark_runs_without_autograd_and_returns_the_model(tmp_pat
 
     model = Probe().train()
     out = benchmark_inference(model, batch_size=2, img_size=4, precision="32-true", device=torch.device("cpu"),
-                              warmup=1, batches=2)
+                              warmup=1, batches=2, repeats=2)
     assert out["throughput/infer_img_s"] > 0 and out["throughput/infer_batch_size"] == 2
-    assert seen == [(True, False)] * 3  # inference mode, eval mode, every forward
+    assert seen == [(True, False)] * 5  # inference mode, eval mode, every forward (1 warm-up, 2 × 2 timed)
     assert model.training and next(model.parameters()).device.type == "cpu"
 
 

@@ -193,7 +193,7 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
         f"{MONITOR}_best": module.best_acc1 if status == "finished" else None,
         "metrics": metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step,
         "best_checkpoint": checkpoint.best_model_path or None, "wall_s": wall, **cost,
-        "throughput/train_img_s": throughput.last, "throughput/batch_size": config.data.batch_size,
+        "throughput/train_img_s": throughput.median, "throughput/batch_size": config.data.batch_size,
         "throughput/precision": precision, "throughput/device": _device_name(device),
         "world_size": trainer.world_size, "versions": _versions(), "git_commit": _git_commit(),
         "malloc": allocator.in_effect(),

@@ -7,9 +7,10 @@ warm-up batches, then timed batches with a synchronisation before reading the cl
 """
 from __future__ import annotations
 
+import statistics
 import time
 from contextlib import nullcontext
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -22,7 +23,11 @@ def _sync(device: torch.device) -> None:
 
 
 class TrainThroughput(pl.Callback):
-    """Logs ``throughput/train_img_s`` (all devices) at each epoch end; keeps the last value.
+    """Logs ``throughput/train_img_s`` (all devices) at each epoch end; :attr:`median` is the run's number.
+
+    NOTE: the median over epochs, not the last epoch: one epoch of a small dataset is a second or two, and a
+    single burst of load from another process moved the last-epoch number by up to ±30 % between otherwise
+    identical sweeps (README, quick sweep); the median ignores such an epoch.
 
     The clock runs from the start of step ``skip_steps`` to the end of the epoch's last step, so data loading
     between steps counts (it is part of training speed) but the warm-up steps do not. NOTE: the GPU is
@@ -32,7 +37,7 @@ class TrainThroughput(pl.Callback):
 
     def __init__(self, skip_steps: int = 5) -> None:
         self.skip_steps = skip_steps
-        self.last: Optional[float] = None
+        self.epochs: List[float] = []  # images/s of each epoch this process trained (since a resume, if any)
         self._images = 0
         self._t0: Optional[float] = None
         self._t1: Optional[float] = None
@@ -55,8 +60,13 @@ class TrainThroughput(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._images and self._t0 is not None and self._t1 is not None and self._t1 > self._t0:
-            self.last = self._images * trainer.world_size / (self._t1 - self._t0)
-            pl_module.log("throughput/train_img_s", self.last, on_epoch=True, rank_zero_only=True)
+            self.epochs.append(self._images * trainer.world_size / (self._t1 - self._t0))
+            pl_module.log("throughput/train_img_s", self.epochs[-1], on_epoch=True, rank_zero_only=True)
+
+    @property
+    def median(self) -> Optional[float]:
+        """Median images/s over the epochs timed (None before the first)."""
+        return statistics.median(self.epochs) if self.epochs else None
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -70,7 +80,8 @@ def autocast_for(precision: str, device: torch.device):
 
 @torch.no_grad()
 def benchmark_inference(model: nn.Module, batch_size: int, img_size: int, precision: str,
-                        device: Optional[torch.device] = None, warmup: int = 3, batches: int = 10) -> Dict[str, float]:
+                        device: Optional[torch.device] = None, warmup: int = 3, batches: int = 10,
+                        repeats: int = 3) -> Dict[str, float]:
     """Images/s of ``model`` in eval mode, under ``inference_mode``, on random input, on ``device``.
 
     NOTE: after ``fit`` Lightning has moved the module back to the CPU, so the caller passes the device it
@@ -86,12 +97,14 @@ def benchmark_inference(model: nn.Module, batch_size: int, img_size: int, precis
         with torch.inference_mode(), autocast_for(precision, device):
             for _ in range(warmup):
                 model(x)
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(batches):
-                model(x)
-            _sync(device)
-            elapsed = time.perf_counter() - t0
+            rates = []
+            for _ in range(repeats):  # NOTE: the median of a few timed loops, as for training (TrainThroughput)
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(batches):
+                    model(x)
+                _sync(device)
+                rates.append(batch_size * batches / (time.perf_counter() - t0))
     finally:
         model.train(was_training).to(home)
-    return {"throughput/infer_img_s": batch_size * batches / elapsed, "throughput/infer_batch_size": batch_size}
+    return {"throughput/infer_img_s": statistics.median(rates), "throughput/infer_batch_size": batch_size}
