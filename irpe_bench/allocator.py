@@ -5,8 +5,8 @@ large blocks to the kernel (``mmap`` above a threshold that adapts only up to 32
 that), so a training step that frees and re-allocates the same big activations every step touches fresh pages
 every step: each 4 KiB page is a minor page fault (a kernel entry and a zeroed page). Measured on DeiT-Tiny at
 224, batch 32, 2 CPU threads (README, Performance): the no-RPE baseline settles at ~0 faults per step, while
-eager attention with iRPE (more and larger transient L×L tensors) kept 16–28 thousand per step, 1–4 % of its
-step time; with memory kept, every model has ~0 and iRPE's step-time ratios to the baseline fell by 0.02–0.04.
+eager attention with iRPE (more and larger transient L×L tensors) kept 16–28 thousand per step, up to 5 % of its
+step time; with memory kept, every model has ~0 and iRPE's step-time ratios to the baseline fell by 0.02–0.05.
 
 What it changes: ``mallopt(M_MMAP_THRESHOLD, 1 GiB)`` (blocks below it come from the reusable heap; 32 MiB where
 an older glibc refuses more) and ``mallopt(M_TRIM_THRESHOLD, 2 GiB - 1)`` (the heap is not shrunk). The process
@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+from typing import Optional
 
 #: ``IRPE_BENCH_MALLOC`` values: ``keep`` (default) keeps freed memory; ``system`` changes nothing.
 POLICIES = ("keep", "system")
@@ -34,7 +35,7 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLDS = (1 << 30, 32 << 20)
 TRIM_THRESHOLD = 2**31 - 1  # NOTE: mallopt takes a C int
 
-_applied = "system"
+_applied: Optional[str] = None  # what configure() did in this process; None: nothing (glibc's defaults)
 
 
 def policy() -> str:
@@ -54,23 +55,25 @@ def _glibc():
         return None
 
 
-def configure() -> str:
-    """Apply :func:`policy` to this process (and the processes it forks); returns what is in effect, as
-    :func:`in_effect` reports it. Idempotent."""
-    global _applied
-    if policy() == "system" or _applied != "system":
-        return in_effect()
+def _keep() -> str:
+    """Set glibc's thresholds; returns what took effect (:func:`in_effect`'s words)."""
     libc = _glibc()
     if libc is None:
-        _applied = "system (not glibc)"
-        return in_effect()
+        return "system (not glibc)"
     # NOTE: mallopt returns 1 on success; a value it refuses leaves that default in place
     mmap = next((t for t in MMAP_THRESHOLDS if libc.mallopt(_M_MMAP_THRESHOLD, t) == 1), None)
     trim = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     if mmap is None or not trim:
-        _applied = f"partial (mmap threshold {mmap or 'refused'}, heap trimming {'off' if trim else 'refused'})"
-    else:
-        _applied = "keep" if mmap == MMAP_THRESHOLDS[0] else f"keep (mmap threshold {mmap >> 20} MiB)"
+        return f"partial (mmap threshold {mmap or 'refused'}, heap trimming {'off' if trim else 'refused'})"
+    return "keep" if mmap == MMAP_THRESHOLDS[0] else f"keep (mmap threshold {mmap >> 20} MiB)"
+
+
+def configure() -> str:
+    """Apply :func:`policy` to this process (and the processes it forks) once; returns :func:`in_effect`."""
+    global _applied
+    requested = policy()  # NOTE: checked on every call, so a bad value fails every command before its work
+    if _applied is None and requested == "keep":
+        _applied = _keep()
     return in_effect()
 
 
@@ -78,7 +81,7 @@ def in_effect() -> str:
     """``keep`` when :func:`configure` changed glibc's thresholds in this process (with the threshold where glibc
     capped it), ``partial (…)`` where it refused one, else ``system`` (with the reason when ``keep`` was asked
     for but this is not glibc)."""
-    return _applied
+    return _applied or "system"
 
 
 __all__ = ["configure", "in_effect", "policy", "POLICIES", "ENV_VAR"]

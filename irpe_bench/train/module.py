@@ -94,11 +94,11 @@ class ClassificationModule(pl.LightningModule):
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)  # Lightning computes, resets
 
     def _written_this_step(self) -> bool:
-        """Whether Lightning writes this training step's logged values to the loggers: every
-        ``log_every_n_steps``-th optimiser step (counting this one), and before a stop."""
+        """Whether Lightning writes this training step's logged values to the loggers (``log_every_n_steps``,
+        a stop, ``fast_dev_run``). NOTE: Lightning's own decision, asked as its ``LearningRateMonitor`` asks it,
+        rather than a copy of its step arithmetic."""
         t = self.trainer
-        n = t.log_every_n_steps
-        return t.fast_dev_run or (n > 0 and ((self.global_step + 1) % n == 0 or t.should_stop))
+        return bool(t.fast_dev_run) or t._logger_connector.should_update_logs
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
