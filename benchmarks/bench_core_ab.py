@@ -1,0 +1,127 @@
+"""Did a change to the attention core make training faster? The core of a git revision against the working tree's,
+side by side in one process.
+
+``irpe_bench/models/attention_core.py`` (how eager iRPE attention trains on the CPU) is loaded twice: as committed
+at ``--rev`` and as it is now. Each mode's model is built once (same weights, random iRPE tables, as
+``run.py bench`` builds them) and trained for one step per round through either core, interleaved with the no-RPE
+baseline (timm's DeiT), rounds rotated: ``mode/rev`` and ``mode/now`` differ in nothing but the core. Before
+timing, both cores' logits and gradients are compared (``max Δ``). Machines of one type differ from session to
+session by more than most changes to the core; two cores timed in one process do not.
+
+    python benchmarks/bench_core_ab.py --rev HEAD~1 [--preset tiny224] [--batch 32] [--modes k,qk,qkv] [--rounds 9]
+
+NOTE: only the core module is swapped; the revision's core must still import from the current ``irpe_bench.rpe``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from irpe_bench import allocator  # noqa: E402
+from irpe_bench.bench.harness import (Case, environment, format_table, run_interleaved, summarize,  # noqa: E402
+                                     write_json)
+from irpe_bench.bench.suites import PRESETS, build_models  # noqa: E402
+from irpe_bench.models import attention as attention_module  # noqa: E402
+from irpe_bench.models import attention_core as current_core  # noqa: E402
+
+CORE_PATH = "irpe_bench/models/attention_core.py"
+
+
+def core_at(rev: str) -> Callable:
+    """``attention_core`` as committed at ``rev``, loaded as a module of the ``irpe_bench.models`` package."""
+    source = subprocess.run(["git", "show", f"{rev}:{CORE_PATH}"], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout
+    module = types.ModuleType("irpe_bench.models._attention_core_at_rev")
+    module.__package__ = "irpe_bench.models"
+    exec(compile(source, f"{rev}:{CORE_PATH}", "exec"), module.__dict__)
+    return module.attention_core
+
+
+def logits_and_grads(model: torch.nn.Module, core: Callable, x: torch.Tensor, y: torch.Tensor) -> list:
+    """The logits and every parameter gradient of one batch, with ``core`` as the attention core."""
+    attention_module.attention_core = core
+    try:
+        model.zero_grad(set_to_none=True)
+        logits = model(x)
+        F.cross_entropy(logits, y).backward()
+        out = [logits.detach()] + [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad(set_to_none=True)
+        return out
+    finally:
+        attention_module.attention_core = current_core.attention_core
+
+
+def main(argv=None) -> list:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rev", required=True, help="git revision whose attention core is compared (e.g. HEAD~1)")
+    p.add_argument("--preset", default="tiny224", choices=sorted(PRESETS))
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--modes", default="k,qk,qkv")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    args = p.parse_args(argv)
+    allocator.configure()
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    device = torch.device("cpu")  # NOTE: the core trains eager attention on the CPU only (CUDA: autograd)
+    modes = args.modes.split(",")
+    cores = {args.rev: core_at(args.rev), "now": current_core.attention_core}
+    models = build_models(args.preset, modes, ["ours"])
+    kw = PRESETS[args.preset]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, kw["img_size"], kw["img_size"], generator=gen)
+    y = torch.randint(0, kw["num_classes"], (args.batch,), generator=gen)
+
+    def stepper(model, core):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def step():
+            attention_module.attention_core = core  # NOTE: the name RPEAttention.attend calls
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+
+    cases = [Case(name="baseline", mode="none", impl="baseline", step=stepper(models["baseline"], None))]
+    for mode in modes:
+        model = models[f"{mode}/ours"]
+        outputs = {label: logits_and_grads(model, core, x[:8], y[:8]) for label, core in cores.items()}
+        for label, core in cores.items():
+            cases.append(Case(name=f"{mode}/{label}", mode=mode, impl=label, step=stepper(model, core)))
+        cases[-1].check = max((a - b).abs().max().item() for a, b in zip(*outputs.values()))
+    run_interleaved(cases, args.warmup, args.rounds, device)
+    attention_module.attention_core = current_core.attention_core
+    rows = summarize(cases)
+    by_name = {c.name: c for c in cases}
+    for row in rows:  # NOTE: paired per round, as ×base: the drift of the machine cancels out of the pair
+        if row["impl"] == "now":
+            rev = by_name[f"{row['mode']}/{args.rev}"]
+            row["x_rev"] = statistics.median(t / r for t, r in zip(by_name[row["case"]].times, rev.times))
+    env = environment(threads, device)
+    print(f"# attention core at {args.rev} vs now — {env['processor']}, {threads} thread(s), torch {env['torch']}, "
+          f"malloc {env['malloc']}")
+    print(format_table(f"train · {args.preset} · batch {args.batch}", rows))
+    for row in rows:
+        if "x_rev" in row:
+            print(f"{row['mode']}: now / {args.rev} = {row['x_rev']:.3f} (median of per-round ratios)")
+    if args.out:
+        write_json(args.out, dict(environment=env, rev=args.rev, preset=args.preset, batch=args.batch, rows=rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
