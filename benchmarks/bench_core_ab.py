@@ -15,6 +15,7 @@ NOTE: only the core module is swapped; the revision's core must still import fro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -32,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 from irpe_bench import allocator  # noqa: E402
 from irpe_bench.bench.harness import (Case, environment, format_table, run_interleaved, summarize,  # noqa: E402
                                      write_json)
-from irpe_bench.bench.suites import PRESETS, build_models  # noqa: E402
+from irpe_bench.bench.suites import PRESETS, build_models, largest_difference, logits_and_grads  # noqa: E402
 from irpe_bench.models import attention as attention_module  # noqa: E402
 from irpe_bench.models import attention_core as current_core  # noqa: E402
 
@@ -49,16 +50,12 @@ def core_at(rev: str) -> Callable:
     return module.attention_core
 
 
-def logits_and_grads(model: torch.nn.Module, core: Callable, x: torch.Tensor, y: torch.Tensor) -> list:
-    """The logits and every parameter gradient of one batch, with ``core`` as the attention core."""
+@contextlib.contextmanager
+def using(core: Callable):
+    """``RPEAttention.attend`` calls ``core`` inside the block (the name it looks up), the current core after it."""
     attention_module.attention_core = core
     try:
-        model.zero_grad(set_to_none=True)
-        logits = model(x)
-        F.cross_entropy(logits, y).backward()
-        out = [logits.detach()] + [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
-        model.zero_grad(set_to_none=True)
-        return out
+        yield
     finally:
         attention_module.attention_core = current_core.attention_core
 
@@ -90,21 +87,23 @@ def main(argv=None) -> list:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
         def step():
-            attention_module.attention_core = core  # NOTE: the name RPEAttention.attend calls
-            F.cross_entropy(model(x), y).backward()
+            with using(core):
+                F.cross_entropy(model(x), y).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         return step
 
-    cases = [Case(name="baseline", mode="none", impl="baseline", step=stepper(models["baseline"], None))]
+    cases = [Case(name="baseline", mode="none", impl="baseline",
+                  step=stepper(models["baseline"], current_core.attention_core))]
     for mode in modes:
         model = models[f"{mode}/ours"]
-        outputs = {label: logits_and_grads(model, core, x[:8], y[:8]) for label, core in cores.items()}
+        outputs = []
         for label, core in cores.items():
+            with using(core):
+                outputs.append(logits_and_grads(model, x[:8], y[:8]))
             cases.append(Case(name=f"{mode}/{label}", mode=mode, impl=label, step=stepper(model, core)))
-        cases[-1].check = max((a - b).abs().max().item() for a, b in zip(*outputs.values()))
+        cases[-1].check = largest_difference(*outputs)
     run_interleaved(cases, args.warmup, args.rounds, device)
-    attention_module.attention_core = current_core.attention_core
     rows = summarize(cases)
     by_name = {c.name: c for c in cases}
     for row in rows:  # NOTE: paired per round, as ×base: the drift of the machine cancels out of the pair

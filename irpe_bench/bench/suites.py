@@ -142,21 +142,25 @@ def _autocast(device: torch.device, amp: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
 
 
+def logits_and_grads(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """One batch's logits (key ``"logits"``) and every parameter gradient (by parameter name), grads cleared after."""
+    m.zero_grad(set_to_none=True)
+    logits = m(x)
+    F.cross_entropy(logits, y).backward()
+    out = {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.grad is not None}
+    out["logits"] = logits.detach()
+    m.zero_grad(set_to_none=True)
+    return out
+
+
+def largest_difference(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> float:
+    """Largest |a - b| over the tensors of two :func:`logits_and_grads` results (``a``'s keys)."""
+    return max((a[n] - b[n]).abs().max().item() for n in a)
+
+
 def max_difference(a: nn.Module, b: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Largest |a - b| over logits and all parameter gradients (float32, no autocast), same batch."""
-    out = []
-    for m in (a, b):
-        m.zero_grad(set_to_none=True)
-        logits = m(x)
-        F.cross_entropy(logits, y).backward()
-        out.append((logits.detach(), {n: p.grad.detach().clone() for n, p in m.named_parameters()
-                                      if p.grad is not None}))
-        m.zero_grad(set_to_none=True)
-    (la, ga), (lb, gb) = out
-    diff = (la - lb).abs().max().item()
-    for n in ga:
-        diff = max(diff, (ga[n] - gb[n]).abs().max().item())
-    return diff
+    return largest_difference(logits_and_grads(a, x, y), logits_and_grads(b, x, y))
 
 
 def _split(name: str):

@@ -115,8 +115,7 @@ class _AttentionCore(torch.autograd.Function):
     def forward(ctx, q, k, v, dense, table_v, meta, *contextual):
         scale, terms, index_v, keep = meta
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        contextual = [(q, k)[src] if src is not None and i % 2 == 0 else t
-                      for i, (t, src) in enumerate(zip(contextual, _sources_flat(terms)))]
+        contextual = _with_sources(contextual, terms, q, k)
         with torch.autocast(q.device.type, enabled=False):
             if not keep and table_v is None and contextual and _fused_forward(q):  # NOTE: module docstring
                 mask = _scores(q, k, scale, contextual, terms, dense, with_qk=False)
@@ -136,16 +135,17 @@ class _AttentionCore(torch.autograd.Function):
             # NOTE: stored as (B, L, H, d): the caller's transpose + reshape for the projection is then a view,
             # so the projection's saved input and this saved output are one tensor, not two.
             out = out.transpose(1, 2).contiguous().transpose(1, 2)
-        tables = [t if src is None else None for t, src in zip(contextual, _sources_flat(terms))]
-        ctx.save_for_backward(q, k, v, dense, table_v, kept, out, *tables)  # kept: P, or ℓ to recompute it
+        # NOTE: an x that is q or k is saved as None and restored from them (_with_sources)
+        own = [None if src is not None else t for t, src in zip(contextual, _sources_flat(terms))]
+        ctx.save_for_backward(q, k, v, dense, table_v, kept, out, *own)  # kept: P, or ℓ to recompute it
         ctx.meta = meta
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, dense, table_v, kept, out, *tables = ctx.saved_tensors
+        q, k, v, dense, table_v, kept, out, *own = ctx.saved_tensors
         scale, terms, index_v, keep = ctx.meta
-        contextual = [(q, k)[src] if t is None else t for t, src in zip(tables, _sources_flat(terms))]
+        contextual = _with_sources(own, terms, q, k)
         with torch.autocast(q.device.type, enabled=False):
             p = kept if keep else _scores(q, k, scale, contextual, terms, dense).sub_(kept).exp_()
             go = grad_out.to(v.dtype).contiguous()  # NOTE: class docstring: one copy, not one per matmul
@@ -181,6 +181,13 @@ def _sources_flat(terms) -> List[Optional[int]]:
     """Per flat contextual input (x, table, x, table, …): the source of each x (0 = q, 1 = k, None), None for
     tables."""
     return [s for (_, _, src) in terms for s in (src, None)]
+
+
+def _with_sources(flat: Sequence[Optional[torch.Tensor]], terms, q: torch.Tensor,
+                  k: torch.Tensor) -> List[torch.Tensor]:
+    """The flat contextual inputs with each x whose source is q or k replaced by (this) q or k: the contiguous
+    copies in the forward pass, the saved ones in the backward pass."""
+    return [t if src is None else (q, k)[src] for t, src in zip(flat, _sources_flat(terms))]
 
 
 def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: Sequence[LogitsTerm], scale: float,
