@@ -28,26 +28,18 @@ Max |Δ| is each candidate's output against ``eager`` in the same dtype.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Callable, Dict
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from irpe_bench import allocator  # noqa: E402
-from irpe_bench.bench.harness import (Case, environment, format_table, resolve_device, run_interleaved,  # noqa: E402
-                                     summarize)
-from torch.utils.checkpoint import checkpoint  # noqa: E402
-
-from irpe_bench.models.attention import attention_scores  # noqa: E402
-from irpe_bench.models.attention_core import attention_core  # noqa: E402
-from irpe_bench.rpe import BucketTerm, RPEConfig, bucket_ids, bucket_index, contextual_logits  # noqa: E402
+from irpe_bench import allocator
+from irpe_bench.bench.harness import Case, environment, format_table, resolve_device, run_interleaved, summarize
+from irpe_bench.models.attention import attention_scores
+from irpe_bench.models.attention_core import attention_core
+from irpe_bench.rpe import BucketTerm, RPEConfig, bucket_ids, bucket_index, contextual_logits
 
 
 def build(grid: int, batch: int, heads: int, head_dim: int, device: torch.device, train: bool,

@@ -18,24 +18,20 @@ import argparse
 import contextlib
 import statistics
 import subprocess
-import sys
 import types
 from pathlib import Path
 from typing import Callable
 
+import torch
+import torch.nn.functional as F
+
+from irpe_bench import allocator
+from irpe_bench.bench.harness import Case, environment, format_table, run_interleaved, summarize, write_json
+from irpe_bench.bench.suites import PRESETS, build_models, largest_difference, logits_and_grads
+from irpe_bench.models import attention as attention_module
+from irpe_bench.models import attention_core as current_core
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from irpe_bench import allocator  # noqa: E402
-from irpe_bench.bench.harness import (Case, environment, format_table, run_interleaved, summarize,  # noqa: E402
-                                     write_json)
-from irpe_bench.bench.suites import PRESETS, build_models, largest_difference, logits_and_grads  # noqa: E402
-from irpe_bench.models import attention as attention_module  # noqa: E402
-from irpe_bench.models import attention_core as current_core  # noqa: E402
 
 CORE_PATH = "irpe_bench/models/attention_core.py"
 

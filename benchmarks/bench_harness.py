@@ -16,15 +16,13 @@ import statistics
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
+import torch
+
+from irpe_bench import allocator
+from irpe_bench.bench.harness import CLOCKS, environment, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import lightning.pytorch as pl  # noqa: E402
-import torch  # noqa: E402
-
-from irpe_bench import allocator  # noqa: E402
-from irpe_bench.bench.harness import CLOCKS, environment, write_json  # noqa: E402
 
 
 class _EpochTimer(pl.Callback):

@@ -13,19 +13,13 @@ Candidates on the same z, index and upstream gradient (interleaved rounds, media
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from irpe_bench import allocator  # noqa: E402
-from irpe_bench.bench.harness import Case, environment, format_table, run_interleaved, summarize  # noqa: E402
-from irpe_bench.rpe import RPEConfig, bucket_ids  # noqa: E402
-from irpe_bench.rpe.encoding import _GatherFlat, bucket_index  # noqa: E402
+from irpe_bench import allocator
+from irpe_bench.bench.harness import Case, environment, format_table, run_interleaved, summarize
+from irpe_bench.rpe import RPEConfig, bucket_ids
+from irpe_bench.rpe.encoding import _GatherFlat, bucket_index
 
 LOOKUPS = {
     "index_select": lambda z, flat: z.index_select(1, flat),

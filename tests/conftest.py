@@ -1,7 +1,5 @@
-"""Shared test setup: offline W&B, deterministic CPU threads, the repository root importable (benchmarks/)."""
+"""Shared test setup: offline W&B, deterministic CPU threads, CUDA-only tests skipped without CUDA."""
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +9,6 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # benchmarks/reference_irpe.py is the official-algorithm reference
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

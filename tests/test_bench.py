@@ -126,3 +126,19 @@ def test_cuda_only_variants_build_and_equal_the_reference_on_cpu():
     ours = {r["case"]: r for r in rows if r["case"].endswith("/ours")}
     assert set(ours) == {f"{m}/ours" for m in extra}
     assert all(r["max_abs_diff"] <= 1e-5 and "x_ref" in r for r in ours.values())
+
+
+def test_package_imports_nothing_from_benchmarks():
+    """The installed package stands alone: no module of irpe_bench imports the checkout's benchmarks/ scripts."""
+    import ast
+    from pathlib import Path
+
+    import irpe_bench
+
+    offenders = []
+    for path in Path(irpe_bench.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "benchmarks"]
+    assert offenders == []

@@ -3,7 +3,7 @@
 The plain forms below materialise the (L, L, d) per-pair table ``r[I(i, j)]`` and sum over d — the naive
 cost the efficient forms (paper Eq. 26–28, per-bucket value sums) avoid. The attention paths (fused SDPA
 with a float mask, eager scores with an in-place iRPE term) are checked against each other and against the
-official-algorithm reference in ``benchmarks/reference_irpe.py``.
+official-algorithm reference in ``irpe_bench/bench/reference.py``.
 """
 import copy
 
@@ -11,12 +11,17 @@ import pytest
 import torch
 from timm.layers import Attention
 
-from benchmarks.reference_irpe import ReferenceRPEAttention
+from irpe_bench.bench.reference import ReferenceRPEAttention
 from irpe_bench.models import RPEAttention
 from irpe_bench.models.attention import attention_scores
-from irpe_bench.rpe import (RPEConfig, attention_logits_terms, bias_logits, bucket_ids, contextual_logits,
-                            contextual_values)
-
+from irpe_bench.rpe import (
+    RPEConfig,
+    attention_logits_terms,
+    bias_logits,
+    bucket_ids,
+    contextual_logits,
+    contextual_values,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -272,7 +277,7 @@ def test_query_side_term_is_the_transposed_key_side_term(method):
 @pytest.mark.parametrize("on", ["k", "qkv"])
 def test_cuda_bf16_model_training_step(on):
     """A whole DeiT with iRPE trains one step on CUDA under bf16 autocast, close to the fp32 reference."""
-    from benchmarks.reference_irpe import build_reference_model
+    from irpe_bench.bench.reference import build_reference_model
     from irpe_bench.models import create_model
 
     torch.set_default_dtype(torch.float32)

@@ -6,9 +6,15 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from benchmarks.reference_irpe import build_reference_model
-from irpe_bench.models import (RPEAttention, count_params_and_macs, create_model, load_official_checkpoint,
-                               parse_official_name, rpe_layers)
+from irpe_bench.bench.reference import build_reference_model
+from irpe_bench.models import (
+    RPEAttention,
+    count_params_and_macs,
+    create_model,
+    load_official_checkpoint,
+    parse_official_name,
+    rpe_layers,
+)
 from irpe_bench.rpe import RPEConfig, bucket_ids
 from tests.test_rpe_encoding import plain_contextual_logits, plain_values
 

@@ -4,8 +4,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from irpe_bench.rpe import RPEConfig, RelativePositionEncoding, bias_logits, bucket_ids, contextual_logits, \
-    contextual_values
+from irpe_bench.rpe import (
+    RelativePositionEncoding,
+    RPEConfig,
+    bias_logits,
+    bucket_ids,
+    contextual_logits,
+    contextual_values,
+)
 
 
 def plain_table(table, ids, bucket_dim):

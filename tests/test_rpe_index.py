@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.reference_irpe import official_piecewise_index
+from irpe_bench.bench.reference import official_piecewise_index
 from irpe_bench.rpe import INDEX_FUNCTIONS, get_index
 from irpe_bench.rpe.index import clip, piecewise, register_index
 

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.reference_irpe import official_bucket_ids
+from irpe_bench.bench.reference import official_bucket_ids
 from irpe_bench.rpe import MAPPINGS, RPEConfig, bucket_ids, get_mapping, num_buckets
 
 OFFICIAL = {"euclidean": "euc", "quant": "quant", "product": "product"}

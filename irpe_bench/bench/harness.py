@@ -167,8 +167,8 @@ def summarize(cases: Sequence[Case], reference_of: Optional[Dict[str, str]] = No
 COLUMNS = [("case", "{:<22}"), ("median_ms", "{:>10.1f}"), ("spread", "{:>7.1%}"), ("x_base", "{:>7.3f}"),
            ("x_ref", "{:>7.3f}"), ("macs_x_base", "{:>8.3f}"), ("peak_mib", "{:>9.1f}"), ("mem_x_base", "{:>8.3f}"),
            ("max_abs_diff", "{:>9.1e}")]
-HEADERS = {"case": "variant", "median_ms": "median ms", "spread": "IQR/med", "x_base": "×base", "x_ref": "×ref", "macs_x_base": "MACs×base",
-           "peak_mib": "peak MiB", "mem_x_base": "mem×base", "max_abs_diff": "max Δ"}
+HEADERS = {"case": "variant", "median_ms": "median ms", "spread": "IQR/med", "x_base": "×base", "x_ref": "×ref",
+           "macs_x_base": "MACs×base", "peak_mib": "peak MiB", "mem_x_base": "mem×base", "max_abs_diff": "max Δ"}
 
 
 def format_table(title: str, rows: Sequence[Dict[str, Any]], markdown: bool = False) -> str:

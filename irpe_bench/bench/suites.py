@@ -1,7 +1,7 @@
 """The standard benchmark cases: whole-model training steps and inference, single attention layers.
 
 Every suite builds, in one process, the no-RPE baseline (timm's DeiT with fused attention), irpe_bench's
-model for each iRPE mode and the same mode's reference model (``benchmarks/reference_irpe.py``, the
+model for each iRPE mode and the same mode's reference model (:mod:`irpe_bench.bench.reference`, the
 official algorithm written plainly: advanced indexing, naive value path), with identical weights for ours and
 the reference, and times them interleaved (:mod:`irpe_bench.bench.harness`).
 """
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -19,9 +17,8 @@ from torch import nn
 
 from ..models import RPEAttention, count_params_and_macs, create_model, set_attention_options
 from ..rpe import RPEConfig
+from . import reference
 from .harness import Case, peak_memory, run_interleaved, summarize, tensor_bytes
-
-ROOT = Path(__file__).resolve().parents[2]
 
 #: iRPE variants of the issue's goals: product mapping, ratio 1.9 (50 buckets), shared heads, all layers.
 MODES: Dict[str, Dict[str, str]] = {
@@ -69,17 +66,6 @@ BASE_MODEL = "deit_tiny_patch16_224"
 TABLE_STD = 0.1  # random tables so that iRPE changes the outputs (zero tables would hide errors)
 
 
-def reference_module():
-    """``benchmarks/reference_irpe.py``, the plain official algorithm (lives beside the package, not in it)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import reference_irpe
-    except ImportError as e:  # an installed package without the repository
-        raise ValueError(f"benchmarks/reference_irpe.py not found under {ROOT}: run from a checkout") from e
-    return reference_irpe
-
-
 def rpe_config(mode: str) -> RPEConfig:
     if mode not in MODES:
         raise ValueError(f"unknown bench mode {mode!r}; choices: {list(MODES)}")
@@ -122,7 +108,7 @@ def build_models(preset: str, modes: Sequence[str], impls: Sequence[str], seed: 
     kw = PRESETS[preset]
     torch.manual_seed(seed)
     models = {"baseline": create_model(BASE_MODEL, rpe=None, **kw)}
-    ref = reference_module() if "reference" in impls else None
+    ref = reference if "reference" in impls else None
     for mode in modes:
         cfg = rpe_config(mode)
         torch.manual_seed(seed)
@@ -234,7 +220,7 @@ def layer_suite(preset: str, batch: int, modes: Sequence[str], device: torch.dev
     torch.manual_seed(seed)
     base = _layer(preset)
     layers = {"baseline": base}
-    ref = reference_module() if "reference" in impls else None
+    ref = reference if "reference" in impls else None
     for mode in modes:
         cfg = rpe_config(mode)
         ours = _set_options(RPEAttention(copy.deepcopy(base), cfg, grid, 1), mode)

@@ -103,7 +103,7 @@ if triton is not None:
         return p, p * (tl.dot(do, tl.trans(v)) - delta[:, None])
 
     @_kernel
-    def _fwd(Q, K, V, Bias, O, LSE, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sbb, sbh, sbm, sbn,
+    def _fwd(Q, K, V, Bias, Out, LSE, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sbb, sbh, sbm, sbn,
              sob, soh, sol, H, L, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
         bh, b, h, offs_m, offs_d, row_ok, q = _program_block(Q, sqb, sqh, sql, H, L, BLOCK_M, D)
         offs_n = tl.arange(0, BLOCK_N)
@@ -124,7 +124,7 @@ if triton is not None:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
         acc = acc / l_i[:, None]
-        tl.store(O + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :], acc.to(O.dtype.element_ty),
+        tl.store(Out + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :], acc.to(Out.dtype.element_ty),
                  mask=row_ok[:, None])
         tl.store(LSE + bh * L + offs_m, m_i + tl.log(l_i), mask=row_ok)
 

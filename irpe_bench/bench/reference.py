@@ -2,7 +2,8 @@
 
 Written from the algorithm's description (reference §2, §4), not copied: it keeps the official code's
 structure and costs on purpose, because it is what irpe_bench is compared against, for values (tests) and
-for speed (benchmarks):
+for speed (``irpe-bench bench``, :mod:`irpe_bench.bench.suites`). It ships inside the package so that the
+installed ``bench`` command needs no checkout; nothing else in the package imports it:
 
 * bucket ids built from the official formulae, with the class token's extra bucket, and the grid guessed as
   ``h = w = floor(sqrt(L))`` exactly as the official DeiT attention does;
@@ -45,7 +46,8 @@ def official_piecewise_index(relative_position: torch.Tensor, alpha: float, beta
 
 @torch.no_grad()
 def official_bucket_ids(method: str, height: int, width: int, skip: int, alpha: float, beta: float, gamma: float):
-    """Returns (ids (skip+L, skip+L) int64, num_buckets including the skip bucket); cross: method 'cross_rows'|'cross_cols'."""
+    """Returns (ids (skip+L, skip+L) int64, num_buckets including the skip bucket);
+    cross: method 'cross_rows' | 'cross_cols'."""
     rows = torch.arange(height).view(height, 1).repeat(1, width)
     cols = torch.arange(width).view(1, width).repeat(height, 1)
     pos = torch.stack([rows, cols], 2).view(height * width, 2)
