@@ -14,19 +14,40 @@ def test_defaults_are_the_papers():
 
 
 def test_explicit_coefficients_and_round_trip():
-    c = RPEConfig(alpha=2.5, beta=5, gamma=20, on="vkq", layers=[3, 1])
-    assert (c.ratio, c.alpha, c.beta, c.gamma, c.on, c.layers) == (None, 2.5, 5.0, 20.0, "qkv", (1, 3))
+    c = RPEConfig(alpha=2.5, beta=5, gamma=21, on="vkq", layers=[3, 1])
+    assert (c.ratio, c.alpha, c.beta, c.gamma, c.on, c.layers) == (None, 2.5, 5.0, 21.0, "qkv", (1, 3))
     assert RPEConfig(**c.model_dump()) == c
     assert RPEConfig(**RPEConfig(ratio=2.5).model_dump()) == RPEConfig(ratio=2.5)
-    assert c.slug() == "ctx_product_122_a2.5b5g20_shared_qkv_L1-3"
+    assert c.slug() == "ctx_product_122_a2.5b5g21_shared_qkv_L1-3"
     assert RPEConfig(method="cross", ratio=20, index="clip", shared_head=False, mode="bias").slug() == \
         "bias_cross_164_r20_clip_unshared_k"
 
 
 def test_with_updates_switches_between_ratio_and_coefficients():
-    c = RPEConfig(alpha=2.5, beta=5, gamma=20)
+    c = RPEConfig(alpha=2.5, beta=5, gamma=21)
     assert c.with_updates(ratio=3.0).beta == 6.0
     assert RPEConfig().with_updates(alpha=4, beta=5, gamma=20).ratio is None
+    assert RPEConfig().with_updates(alpha=3, beta=6, gamma=24) == RPEConfig(ratio=3)
+
+
+@pytest.mark.parametrize("ratio, abg", [(1.9, (1.9, 3.8, 15.2)), (2.5, (2.5, 5, 20)), (0.7 * 3, (2.1, 4.2, 16.8)),
+                                        (1.3, (1.3, 2.6, 10.4 + 1e-12))])
+def test_explicit_coefficients_in_ratio_proportions_are_that_ratio(ratio, abg):
+    """``ratio=r`` and the explicit ``r:2r:8r`` are one model: equal configs, dumps, slugs and config keys (they
+    once named two leaderboard rows). Equal up to float rounding (0.7 * 3 = 2.0999999999999996)."""
+    from irpe_bench.sweep.objective import config_key
+    from irpe_bench.train.config import build_config, flatten
+
+    a, b = RPEConfig(ratio=ratio), RPEConfig(**dict(zip(("alpha", "beta", "gamma"), abg)))
+    assert b.ratio == pytest.approx(ratio) and (b.beta, b.gamma) == (2 * b.ratio, 8 * b.ratio)
+    assert b.slug() == RPEConfig(ratio=abg[0]).slug()
+    if ratio == abg[0]:
+        assert a == b and a.model_dump() == b.model_dump() and a.slug() == b.slug()
+    keys = [config_key(flatten(build_config({"model": {"rpe": rpe}}).model_dump(mode="json")))
+            for rpe in ({"ratio": abg[0]}, dict(zip(("alpha", "beta", "gamma"), abg)))]
+    assert keys[0] == keys[1]
+    assert RPEConfig(ratio=1.9).slug() == "ctx_product_50_shared_k"  # the default ratio names nothing
+    assert RPEConfig(alpha=1.9, beta=3.8, gamma=15.3).ratio is None  # not in proportion: stays explicit
 
 
 def test_frozen():

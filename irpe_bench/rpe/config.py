@@ -2,10 +2,12 @@
 
 The coefficients of the index function are given either as the paper's ``ratio`` r (α : β : γ = 1 : 2 : 8,
 so α = r, β = 2r, γ = 8r; default r = 1.9, i.e. 7×7 + 1 = 50 product buckets) or as explicit
-``alpha``/``beta``/``gamma``. After validation ``alpha``, ``beta`` and ``gamma`` are always set.
+``alpha``/``beta``/``gamma``. After validation ``alpha``, ``beta`` and ``gamma`` are always set, and explicit
+coefficients in the ratio's proportions become that ratio: one model, one slug and one config key.
 """
 from __future__ import annotations
 
+import math
 from typing import Literal, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -21,8 +23,21 @@ OFFICIAL_METHOD_WORDS = {"euc": "euclidean", "quant": "quant", "cross": "cross",
 OFFICIAL_MODE_WORDS = {"ctx": "contextual", "bias": "bias"}
 
 
+_REL_TOL = 1e-9
+
+
 def _fmt(x: float) -> str:
     return f"{x:g}"
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_ratio_triple(a, b, g) -> bool:
+    """Whether α : β : γ is r : 2r : 8r (up to float rounding), so that ``ratio`` r names it."""
+    return all(map(_is_number, (a, b, g))) and a > 0 and math.isclose(b, 2 * a, rel_tol=_REL_TOL) and \
+        math.isclose(g, 8 * a, rel_tol=_REL_TOL)
 
 
 class RPEConfig(BaseModel):
@@ -88,10 +103,13 @@ class RPEConfig(BaseModel):
         data = dict(data)
         explicit = [k for k in ("alpha", "beta", "gamma") if data.get(k) is not None]
         r = data.get("ratio")
-        if len(explicit) == 3 and isinstance(r, (int, float)) and (data["alpha"], data["beta"], data["gamma"]) == (
-            r, 2 * r, 8 * r
+        if len(explicit) == 3 and _is_ratio_triple(data["alpha"], data["beta"], data["gamma"]) and (
+            r is None or (_is_number(r) and math.isclose(data["alpha"], r, rel_tol=_REL_TOL))
         ):
-            explicit = []  # a dumped config (ratio and its coefficients) reloads as the same config
+            # NOTE: one representation per model: explicit r : 2r : 8r coefficients are the ratio r (the same
+            # slug, dump and config key as ratio=r), and a dumped config (ratio and its coefficients) reloads
+            # as itself; equal up to float rounding, then recomputed from r
+            explicit, r = [], float(data["alpha"]) if r is None else r
         if explicit and r is not None:
             raise ValueError(
                 f"give either ratio={data['ratio']!r} or alpha/beta/gamma ({', '.join(explicit)} given), not both"
