@@ -113,10 +113,14 @@ def create_model(
         raise ValueError("pretrained=True is not supported: no weights are downloaded; use "
                          "load_official_checkpoint() or a local checkpoint")
     _check_img_patch(timm_kwargs)
-    if not abs_pos:
-        timm_kwargs["pos_embed"] = "none"
     model = timm.create_model(name, pretrained=False, **timm_kwargs)
     _vit_blocks_check(model, name)
+    if not abs_pos:
+        # NOTE: built with the embedding, then removed (what timm's ``pos_embed="none"`` leaves: None), rather than
+        # built without it: timm draws the embedding's init from the global RNG first, so leaving it out would
+        # shift every later draw and a seed would no longer give the same initial weights with and without it
+        del model.pos_embed
+        model.pos_embed = None
     model.rpe_config = rpe
     model.variant = variant_slug(name, rpe, model.num_prefix_tokens, abs_pos)
     if rpe is None:
