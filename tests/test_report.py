@@ -1,9 +1,10 @@
-"""The leaderboard from a real SQLite Optuna study, filled the way the sweep's objective fills it.
+"""The leaderboard from a real SQLite Optuna study, filled the way the sweep's objective fills it (old-style
+trials, without ``test/*``: the board falls back to the optimistic best validation accuracy and says so).
 
 Numbers are chosen so that means and sample standard deviations are exact by hand:
 baseline 70/71/72 → 71 ± 1; ctx product 74/75 → 74.5 ± √0.5; bias product 72/77 → 74.5 ± √12.5 (ties with
-ctx product, wins on inference speed); ctx cross 76/77/81 → 78 ± √7; an abs_pos=False group (73) has no
-matching baseline.
+ctx product, faster at inference: the tie is NOT broken by speed); ctx cross 76/77/81 → 78 ± √7; an
+abs_pos=False group (73) has no matching baseline. The statistics themselves are tested in test_report_stats.
 """
 from __future__ import annotations
 
@@ -17,10 +18,14 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
+from scipy import stats
 
 from irpe_bench.report import collect, to_html, to_markdown, write_report
 from irpe_bench.report.leaderboard import comparable
-from irpe_bench.report.plots import PLOTS, make_plots, optimization_history, param_importances
+from irpe_bench.report.plots import importance_params, make_plots, optimization_history, param_importances
+
+# with 11 trials the study has too few for importances
+DRAWN = ("forest", "accuracy_by_variant", "accuracy_vs_throughput", "optimization_history")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SWEEP = {"name": "pytest-sweep", "sweep_file": "sweeps/pytest.yaml", "git_commit": "abc1234",
@@ -131,19 +136,27 @@ def _group(board, variant):
     return next(g for g in board.groups if g.variant == variant)
 
 
-def test_groups_mean_sample_std_and_ranking_with_tie_break(board):
+def _ci(values):
+    ci = stats.ttest_1samp(values, 0.0).confidence_interval()
+    return [ci.low, ci.high]
+
+
+def test_groups_mean_ci_and_ranking_never_by_speed(board):
     order = [g.variant for g in board.groups]
-    # 78 > 74.5 (bias, infer 2900) = 74.5 (ctx, infer 2400) > 73 > 71
-    assert order == ["deit_tiny_ctx_cross_50_shared_qkv", "deit_tiny_bias_product_50_shared_k",
-                     "deit_tiny_ctx_product_50_shared_k", NOABS, "deit_tiny_norpe"]
-    assert [g.rank for g in board.groups] == [1, 2, 3, 4, 5]
+    # 78 > 74.5 (bias, infer 2900) = 74.5 (ctx, infer 2400) > 73 > 71; the tie goes by config key, not speed
     cross, bias, ctx, noabs, base = board.groups
-    assert (base.n, base.seeds, base.acc1_best_mean, base.acc1_best_std) == (3, [0, 1, 2], 71.0, 1.0)
-    assert ctx.acc1_best_mean == 74.5 and ctx.acc1_best_std == pytest.approx(math.sqrt(0.5))
-    assert bias.acc1_best_mean == 74.5 and bias.acc1_best_std == pytest.approx(math.sqrt(12.5))
-    assert cross.acc1_best_mean == 78.0 and cross.acc1_best_std == pytest.approx(math.sqrt(7.0))
-    assert noabs.n == 1 and noabs.acc1_best_std is None
+    assert order[0] == "deit_tiny_ctx_cross_50_shared_qkv" and order[3:] == [NOABS, "deit_tiny_norpe"]
+    assert [bias.config_key, ctx.config_key] == sorted([bias.config_key, ctx.config_key])
+    assert [g.rank for g in board.groups] == [1, 2, 3, 4, 5]
+    assert board.metric == "value" and board.optimistic and "no trial has a test accuracy" in board.metric_note
+    assert (base.n, base.seeds, base.mean, base.acc1_best_std) == (3, [0, 1, 2], 71.0, 1.0)
+    assert base.ci95 == pytest.approx(_ci([70.0, 71.0, 72.0]))
+    assert ctx.mean == 74.5 and ctx.sd == pytest.approx(math.sqrt(0.5)) and ctx.ci95 == pytest.approx(_ci([74, 75]))
+    assert bias.mean == 74.5 and bias.acc1_best_std == pytest.approx(math.sqrt(12.5))
+    assert cross.mean == 78.0 and cross.sd == pytest.approx(math.sqrt(7.0))
+    assert noabs.n == 1 and noabs.sd is None and noabs.ci95 is None
     assert ctx.acc1_final_mean == 74.0 and base.train_img_s == 1000.0 and base.infer_img_s == 3000.0
+    assert base.train_img_s_range == [990.0, 1010.0] and ctx.train_img_s == 810.0  # median of 800, 820
     assert ctx.trials == sorted(ctx.trials) and len(ctx.run_dirs) == 2
     assert (cross.method, cross.mode, cross.on, cross.index, cross.coefficients, cross.shared, cross.layers,
             cross.abs_pos) == ("cross", "contextual", "qkv", "piecewise", "1.9:3.8:15.2", True, "0,1,2", True)
@@ -154,14 +167,19 @@ def test_groups_mean_sample_std_and_ranking_with_tie_break(board):
 def test_delta_only_against_the_matching_baseline(board):
     cross, bias, ctx, noabs, base = board.groups
     assert ctx.baseline_key == base.config_key
-    assert ctx.delta_acc1 == pytest.approx(3.5) and ctx.delta_params == 10_000
+    # paired over seeds 0, 1: (74 - 70, 75 - 71); the retried seed 1 pairs like any other
+    assert ctx.delta == pytest.approx(4.0) and ctx.test == "paired t" and ctx.n_pairs == 2
+    assert ctx.delta_params == 10_000
     assert ctx.train_speed == pytest.approx(810 / 1000) and ctx.infer_speed == pytest.approx(2400 / 3000)
-    assert bias.delta_acc1 == pytest.approx(3.5) and bias.infer_speed == pytest.approx(2900 / 3000)
-    assert base.delta_acc1 == 0.0 and base.infer_speed == 1.0  # the reference row compares with itself
+    r = stats.ttest_rel([72.0, 77.0], [70.0, 71.0])
+    assert bias.delta == pytest.approx(4.0) and bias.p_value == pytest.approx(r.pvalue)
+    assert bias.delta_ci95 == pytest.approx(list(r.confidence_interval())) and bias.verdict == "not resolved"
+    assert bias.infer_speed == pytest.approx(2900 / 3000)
+    assert base.delta is None and base.test is None and base.infer_speed == 1.0  # the reference row
     # abs_pos=False differs from the only baseline outside model.rpe*: no Δ at all, not a wrong one.
-    assert (noabs.baseline_key, noabs.delta_acc1, noabs.train_speed, noabs.delta_params) == (None,) * 4
+    assert (noabs.baseline_key, noabs.delta, noabs.train_speed, noabs.delta_params, noabs.test) == (None,) * 5
     # One seed timed on another device: accuracy still compares, speeds do not.
-    assert cross.delta_acc1 == pytest.approx(7.0) and cross.device is None
+    assert cross.delta == pytest.approx(7.0) and cross.device is None
     assert cross.train_speed is None and cross.infer_speed is None
 
 
@@ -186,12 +204,13 @@ def test_failed_retried_pruned_running(board, study_numbers):
 
 def test_write_report_is_deterministic(study, report, tmp_path):
     again = write_report(study, tmp_path / "again", meta=SECRET_META)
-    for name in ("md", "csv", "trials_csv", "json"):
+    for name in ("md", "csv", "trials_csv", "json", "tex", "html", *DRAWN):
         assert Path(report[name]).read_bytes() == Path(again[name]).read_bytes(), name
     assert report["markdown"] == Path(report["md"]).read_text(encoding="utf-8")
-    assert {p.name for p in Path(report["md"]).parent.iterdir()} >= {
+    assert report["tex"] == Path(report["md"]).parent / "leaderboard.tex"
+    assert {p.name for p in Path(report["md"]).parent.iterdir()} == {
         "leaderboard.md", "leaderboard.csv", "trials.csv", "leaderboard.html", "leaderboard.json",
-        *(f"{p}.png" for p in PLOTS)}
+        "leaderboard.tex", *(f"{p}.png" for p in DRAWN)}
 
 
 def test_csv_and_json_hold_raw_values(report):
@@ -199,7 +218,7 @@ def test_csv_and_json_hold_raw_values(report):
         rows = list(csv.DictReader(fh))
     assert [r["variant"] for r in rows][0] == "deit_tiny_ctx_cross_50_shared_qkv" and len(rows) == 5
     assert float(rows[2]["acc1_best_std"]) == pytest.approx(math.sqrt(0.5)) and rows[2]["seeds"] == "0 1"
-    assert rows[3]["acc1_best_std"] == "" and rows[3]["delta_acc1"] == ""
+    assert rows[3]["acc1_best_std"] == "" and rows[3]["delta"] == "" and rows[3]["ci95"] == ""
     with open(report["trials_csv"], newline="", encoding="utf-8") as fh:
         trials = list(csv.DictReader(fh))
     assert len(trials) == 15 and trials[3]["state"] == "FAIL" and trials[3]["reason"] == "CUDA out of memory"
@@ -207,33 +226,47 @@ def test_csv_and_json_hold_raw_values(report):
     assert data["counts"]["retried"] == 1 and data["sweep"] == SWEEP
     assert data["meta"]["storage"] == "postgresql://bench:***@db.example/optuna"
     assert data["groups"][0]["acc1_best_std"] == pytest.approx(math.sqrt(7.0))
+    assert data["metric"] == "value" and data["optimistic"] is True and "value" in trials[0]
+    assert data["groups"][0]["ci95"] == pytest.approx(_ci([76.0, 77.0, 81.0]))
 
 
-def test_markdown_header_tables_and_no_secrets(report):
+def test_markdown_header_tables_and_no_secrets(report, board):
+    collect_board = board
     md = report["markdown"]
     assert md.startswith("# Leaderboard: pytest-study\n")
     assert "11 complete · 1 pruned · 1 failed (+1 retried) · 1 running" in md
     assert "`abc1234`" in md and "hunter2" not in md and "postgresql://bench:***@db.example/optuna" in md
-    ranking = [ln for ln in md.splitlines() if ln.startswith("| 1 |") or ln.startswith("| 3 |")]
-    assert "78.00 ± 2.65" in ranking[0] and "+7.00" in ranking[0]
-    assert "74.50 ± 0.71" in ranking[1] and "+3.50" in ranking[1] and "0.81×" in ranking[1]
-    assert "+10.00K" in ranking[1] and "0.80×" in ranking[1]
+    cross, bias, ctx = (_group(collect_board, v) for v in ("deit_tiny_ctx_cross_50_shared_qkv",
+                                                            "deit_tiny_bias_product_50_shared_k",
+                                                            "deit_tiny_ctx_product_50_shared_k"))
+    rows = {ln.split(" | ")[1]: ln for ln in md.splitlines() if ln.startswith("| ") and " | deit_" in ln}
+    lo, hi = _ci([76.0, 77.0, 81.0])
+    assert f"| 78.00 [{lo:.2f}, {hi:.2f}] | +7.00 [" in rows[cross.variant]
+    assert f"| 74.50 [{ctx.ci95[0]:.2f}, {ctx.ci95[1]:.2f}] | +4.00 [" in rows[ctx.variant]
+    assert "| 0.81× |" in rows[ctx.variant] and "| 810 (800–820) |" in rows[ctx.variant]
+    assert f"| {bias.rank_band} | {bias.variant} | 2 |" in rows[bias.variant]
+    assert "| not resolved |" in rows[bias.variant] and "| paired t |" in rows[bias.variant]
+    assert "val acc1 best (optimistic) mean [95 % CI]" in md and "optimistic, the same images chose the epoch" in md
+    assert "**not resolved**: deit_tiny_bias_product_50_shared_k" in md
     assert "no such baseline" in md
     assert "| 13 | deit_tiny_ctx_product_50_shared_q | 0 | 3 | 45.25 | pruned at epoch 2 |" in md
     assert "CUDA out of memory" in md and "worker killed" not in md and "trial(s) 4" in md
-    assert "| 4 | deit_tiny_ctx_product_50_shared_k\\<noabs\\> |" in md  # GitHub would drop a bare <noabs>
-    assert "![accuracy_by_variant](accuracy_by_variant.png)" in md
+    assert "| 1–5 | deit_tiny_ctx_product_50_shared_k\\<noabs\\> | 1 | 73.00 | — |" in md  # no bare <noabs>
+    assert "![forest](forest.png)" in md and "![accuracy_by_variant](accuracy_by_variant.png)" in md
 
 
 def test_html_escapes_and_embeds_plots(report):
     page = Path(report["html"]).read_text(encoding="utf-8")
     assert "deit_tiny_ctx_product_50_shared_k&lt;noabs&gt;" in page and "<noabs>" not in page
-    assert page.count('src="data:image/png;base64,') == len(PLOTS) and "hunter2" not in page
-    assert "<td>74.50 ± 0.71</td>" in page
+    assert page.count('src="data:image/png;base64,') == len(DRAWN) and "hunter2" not in page
+    lo, hi = _ci([74.0, 75.0])
+    assert f"<td>74.50 [{lo:.2f}, {hi:.2f}]</td>" in page and "<td>not resolved</td>" in page
+    assert "param_importances: not drawn (needs at least 20 complete trials, has 11)" in page
+    assert "<h2>Statistics</h2>" in page and "optimistic" in page
 
 
 def test_plots_are_real_pngs(report):
-    for name in PLOTS:
+    for name in DRAWN:
         data = Path(report[name]).read_bytes()
         assert data[:8] == PNG_SIGNATURE and len(data) > 10_000, name
 
@@ -241,18 +274,52 @@ def test_plots_are_real_pngs(report):
 def test_plots_skip_with_a_reason(tmp_path):
     study = optuna.create_study(direction="maximize", study_name="tiny")
     _add(study, "deit_tiny_norpe", _config(0), value=70.0, train=1.0, infer=2.0)
-    assert optimization_history(study, tmp_path / "h.png") == (None, "needs at least 2 complete trials, has 1")
-    _add(study, "deit_tiny_norpe", _config(0), value=71.0, train=1.0, infer=2.0)  # same params again
-    path, reason = param_importances(study, tmp_path / "i.png")
-    assert path is None and "two or more varied parameters, has none" in reason and not (tmp_path / "i.png").exists()
+    board = collect(study)
+    assert optimization_history(study, board, tmp_path / "h.png") == (None, "needs at least 2 complete trials, has 1")
+    _add(study, "deit_tiny_norpe", _config(1), value=71.0, train=1.0, infer=2.0)  # only the seed varies
+    path, reason = param_importances(study, collect(study), tmp_path / "i.png")
+    assert path is None and "varied non-seed parameters, has none" in reason and not (tmp_path / "i.png").exists()
     _add(study, "deit_tiny_ctx_product_50_shared_k", _config(0, "product"), value=72.0, train=1.0, infer=2.0)
-    path, reason = param_importances(study, tmp_path / "i.png")  # one varied parameter: importance is 1.0
+    path, reason = param_importances(study, collect(study), tmp_path / "i.png")  # one varied param: share 1.0
     assert path is None and "has ['model.rpe.method']" in reason
     board = collect(study)
     plots = make_plots(study, board, tmp_path)
     assert plots["accuracy_by_variant"].path is not None and plots["optimization_history"].path is not None
+    assert plots["forest"].path is not None  # product vs norpe, seed 0 pairs: a point, no CI
     page = to_html(board, None, plots)
-    assert "param_importances: not drawn (needs two or more varied parameters" in page
+    assert "param_importances: not drawn (needs two or more varied non-seed parameters" in page
+    grid = optuna.create_study(direction="maximize", study_name="grid")
+    grid.set_user_attr("sweep", {"sampler": "grid"})
+    for t in study.trials:
+        grid.add_trial(t)
+    gboard = collect(grid)
+    assert optimization_history(grid, gboard, tmp_path / "g.png").reason.startswith("a grid study")
+    assert param_importances(grid, gboard, tmp_path / "g.png").reason.startswith("a grid study")
+
+
+def test_importances_never_show_the_seed_and_backend_untouched(tmp_path):
+    """A non-grid study with enough trials: importances over the non-seed params only; no pyplot state is
+    changed (a notebook's backend and open figures survive the report)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    backend = matplotlib.get_backend()
+    fig = plt.figure()
+    try:
+        study = optuna.create_study(direction="maximize", study_name="random")
+        for i in range(24):
+            method = ["product", "cross", "euclidean"][i % 3]
+            mode = ["bias", "contextual"][(i // 3) % 2]
+            _add(study, f"v-{method}-{mode}", _config(i // 6 % 3, method, mode), value=60.0 + i % 3 * 5 + i // 6 * 0.1,
+                 train=1.0, infer=2.0)
+        board = collect(study)
+        res = param_importances(study, board, tmp_path / "imp.png")
+        assert res.path is not None and (tmp_path / "imp.png").read_bytes()[:8] == PNG_SIGNATURE
+        assert len({t.params["seed"] for t in study.trials}) == 3  # the seed varies, yet is never a candidate
+        assert importance_params(study) == ["model.rpe.method", "model.rpe.mode"]
+        assert matplotlib.get_backend() == backend and plt.get_fignums() == [fig.number]
+    finally:
+        plt.close(fig)
 
 
 def test_empty_study():
@@ -288,3 +355,4 @@ def test_a_plot_that_no_longer_applies_is_removed(tmp_path):
     out = write_report(study, tmp_path)
     assert "param_importances" not in out and not (tmp_path / "param_importances.png").exists()
     assert "accuracy_by_variant" in out and (tmp_path / "accuracy_by_variant.png").is_file()
+    assert "forest" not in out  # no variant with a baseline

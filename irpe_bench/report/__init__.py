@@ -2,7 +2,9 @@
 
 The storage is the source of truth (see ``DESIGN.md``): any worker, at any time, during or after a sweep, can
 regenerate the same report from it. ``write_report`` is therefore a pure function of the storage (plus the
-caller's ``meta``): no clock, no host names, no storage URL; writing twice gives byte-identical md/csv/json.
+caller's ``meta``): no clock, no host names, no storage URL; writing twice gives byte-identical
+md/csv/json/tex. The statistics (``stats``) are pure functions of the trial values; ``stats.recompute`` redoes
+them from a written report's ``trials.csv`` and ``leaderboard.json``.
 """
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ from typing import Any, Dict, Mapping, Optional
 
 import optuna
 
+from .latex import to_latex
 from .leaderboard import GroupRow, Leaderboard, TrialRow, collect
 from .plots import PlotResult, make_plots
 from .render import redact_data, to_csv, to_html, to_markdown
+from .stats import recompute, study_stats
 
-__all__ = ["GroupRow", "Leaderboard", "PlotResult", "TrialRow", "collect", "to_csv", "to_html", "to_json",
-           "to_markdown", "write_report"]
+__all__ = ["GroupRow", "Leaderboard", "PlotResult", "TrialRow", "collect", "recompute", "study_stats", "to_csv",
+           "to_html", "to_json", "to_latex", "to_markdown", "write_report"]
 
 
 def to_json(board: Leaderboard, meta: Optional[Mapping[str, Any]] = None) -> str:
@@ -28,10 +32,10 @@ def to_json(board: Leaderboard, meta: Optional[Mapping[str, Any]] = None) -> str
 
 
 def write_report(study: optuna.Study, out_dir: Path, meta: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Write ``leaderboard.{md,csv,html,json}``, ``trials.csv`` and the PNG plots into ``out_dir``.
+    """Write ``leaderboard.{md,csv,html,json,tex}``, ``trials.csv`` and the PNG plots into ``out_dir``.
 
-    Returns name → path for every file written (``md``, ``csv``, ``trials_csv``, ``html``, ``json`` and one
-    key per drawn plot, e.g. ``accuracy_by_variant``), plus ``markdown`` (the Markdown text, to print) and
+    Returns name → path for every file written (``md``, ``csv``, ``trials_csv``, ``html``, ``json``, ``tex``
+    and one key per drawn plot, e.g. ``forest``), plus ``markdown`` (the Markdown text, to print) and
     ``board`` (the ``Leaderboard``, e.g. for ``wandb_table.log_leaderboard``).
     """
     out = Path(out_dir)
@@ -44,9 +48,10 @@ def write_report(study: optuna.Study, out_dir: Path, meta: Optional[Mapping[str,
 
     markdown = to_markdown(board, meta, drawn)
     paths: Dict[str, Any] = {"md": out / "leaderboard.md", "html": out / "leaderboard.html",
-                             "json": out / "leaderboard.json"}
+                             "json": out / "leaderboard.json", "tex": out / "leaderboard.tex"}
     paths["md"].write_text(markdown, encoding="utf-8")
     paths["csv"], paths["trials_csv"] = to_csv(board, out)
     paths["html"].write_text(to_html(board, meta, plots), encoding="utf-8")
     paths["json"].write_text(to_json(board, meta), encoding="utf-8")
+    paths["tex"].write_text(to_latex(board), encoding="utf-8")
     return {**paths, **drawn, "markdown": markdown, "board": board}

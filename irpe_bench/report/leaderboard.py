@@ -3,12 +3,17 @@
 Why it is built the way it is:
 
 * **Groups, not trials.** A variant's accuracy is only meaningful across seeds, so COMPLETE trials are grouped
-  by the ``config_key`` the objective stores (the resolved config minus the seed) and reported as mean and
-  *sample* standard deviation (n - 1; none for a single seed, where a spread cannot be estimated).
+  by the ``config_key`` the objective stores (the resolved config minus the seed) and reported with n, mean and
+  Student-t 95 % CI (``stats``); none for a single seed, where a spread cannot be estimated.
+* **An unbiased metric.** Rows rank by ``test/acc1`` (the held-out test split at the epoch chosen on
+  validation) when every complete trial has it; otherwise by the trial value, the best-over-epochs validation
+  accuracy, and the board says it is optimistic. The order is mean, then config key (never speed); what the
+  data support is the rank band, from Holm-adjusted pairwise tests.
 * **Δ only against a true baseline.** An iRPE group is compared with the no-RPE group whose flattened config
   equals its own on every key except ``model.rpe*`` and ``seed``. Anything else (a different epoch count,
   ``abs_pos``, dataset) would credit iRPE with an effect it did not cause, so then there is no Δ at all.
-  Speed ratios further need both groups timed on one and the same device / precision / batch size.
+  The difference is a paired t-test over common seeds (Welch's where seeds do not pair), Holm-adjusted across
+  the study's rows. Speed ratios (medians) further need both groups timed on one and the same device key.
 * **Storage is the source of truth.** Everything comes from trial states, values, intermediate values and
   attributes; nothing reads the clock, so collecting twice gives the same board (running trials get no
   duration for that reason).
@@ -23,11 +28,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..sweep.budget import DISCARDED
+from .stats import GroupStats, study_stats
 
 IGNORED_FOR_BASELINE = ("model.rpe", "seed")  # keys (and their dotted children) a baseline may differ in
 
 # Per-trial metrics the objective stores in ``user_attrs`` under these names.
 M_ACC1, M_ACC1_BEST, M_PARAMS, M_MACS = "val/acc1", "val/acc1_best", "params", "macs"
+M_TEST_ACC1, M_TEST_ACC5, M_TEST_LOSS, M_TEST_EPOCH = "test/acc1", "test/acc5", "test/loss", "test/epoch"
+
+# The ranking metric, as the ``trials.csv`` column it is read from: the held-out test accuracy at the epoch chosen
+# on validation; studies made before there was a test split fall back to the trial value (best-over-epochs
+# validation accuracy, optimistic: the same images chose the epoch).
+METRIC_TEST, METRIC_VAL_BEST = "test_acc1", "value"
+METRIC_LABELS = {METRIC_TEST: "test acc1", METRIC_VAL_BEST: "val acc1 best (optimistic)"}
 
 
 def _pct(x: Any) -> Optional[float]:
@@ -52,6 +65,11 @@ class TrialRow:
     value: Optional[float]
     acc1_final: Optional[float]
     acc1_best: Optional[float]
+    test_acc1: Optional[float]  # percent, at the epoch ``selection`` chose on validation
+    test_acc5: Optional[float]
+    test_loss: Optional[float]
+    test_epoch: Optional[int]
+    selection: Optional[str]  # "best_val" | "final"
     params: Optional[int]
     macs: Optional[int]
     train_img_s: Optional[float]
@@ -70,9 +88,15 @@ class TrialRow:
 
 @dataclass
 class GroupRow:
-    """One resolved config (all its seeds): the unit that is ranked and compared with its baseline."""
+    """One resolved config (all its seeds): the unit that is ranked and compared with its baseline.
 
-    rank: int
+    Metric fields (``mean``, ``ci95``, ``delta`` …) are in percent of the board's ranking ``metric``; the
+    statistics are those of ``stats.study_stats``.
+    """
+
+    rank: int  # position in the table: mean metric, then config key (determinism only, not a claim)
+    rank_band: str  # the ranks the data allow, "1–3" ("2" when resolved): rows not separated share one
+    band: List[int]  # [low, high] of rank_band
     variant: str
     config_key: str
     baseline: bool
@@ -86,17 +110,31 @@ class GroupRow:
     abs_pos: Optional[bool]
     n: int
     seeds: List[int]
-    acc1_best_mean: float
-    acc1_best_std: Optional[float]  # sample std (n - 1); None when n == 1
-    acc1_final_mean: Optional[float]
+    mean: float  # the ranking metric over seeds
+    sd: Optional[float]  # sample SD (n - 1); None when n == 1
+    ci95: Optional[List[float]]  # Student-t 95 % CI of the mean; None when n == 1
+    acc1_best_mean: float  # the trial value: best-over-epochs validation acc1 (optimistic)
+    acc1_best_std: Optional[float]
+    acc1_final_mean: Optional[float]  # validation acc1 at the final epoch
+    test_acc5_mean: Optional[float]
     params: Optional[int]
     macs: Optional[int]
-    train_img_s: Optional[float]
+    train_img_s: Optional[float]  # median over the group's trials
+    train_img_s_range: Optional[List[float]]  # [min, max] over the group's trials
     infer_img_s: Optional[float]
+    infer_img_s_range: Optional[List[float]]
     device: Optional[str]  # "device / precision / batch size" when every seed was timed on the same one
     baseline_key: Optional[str]  # config_key of the baseline group compared against
-    delta_acc1: Optional[float]
-    train_speed: Optional[float]  # train img/s ÷ the baseline's
+    test: Optional[str]  # "paired t" | "Welch t" | None (no test possible)
+    n_pairs: Optional[int]  # seeds paired with the baseline's (paired test)
+    delta: Optional[float]  # metric difference to the baseline (mean of the paired differences)
+    delta_ci95: Optional[List[float]]
+    p_value: Optional[float]
+    p_holm: Optional[float]  # Holm-adjusted over the study's rows that have a p-value
+    significant: Optional[bool]  # p_holm < 0.05
+    verdict: Optional[str]  # "higher" | "lower" | "not resolved" | "not resolved after Holm"
+    sd_diff: Optional[float]  # SD of the paired differences to the baseline
+    train_speed: Optional[float]  # median train img/s ÷ the baseline's (same device only)
     infer_speed: Optional[float]
     delta_params: Optional[int]
     trials: List[int]
@@ -111,6 +149,15 @@ class Leaderboard:
     direction: str
     sweep: Dict[str, Any]
     counts: Dict[str, int]
+    metric: str = METRIC_TEST  # the trials.csv column the ranking uses
+    metric_label: str = METRIC_LABELS[METRIC_TEST]
+    optimistic: bool = False  # True when the metric is the validation accuracy that also chose the epoch
+    metric_note: Optional[str] = None  # why the metric fell back
+    has_uncertainty: bool = False  # False for a one-seed study: no CI, no test, every band 1–N
+    mdd: Optional[float] = None  # minimum detectable paired difference at 80 % power (metric units)
+    mdd_sd: Optional[float] = None  # root-mean-square of the rows' paired-difference SDs vs baseline
+    mdd_n: Optional[int] = None  # pairs assumed (smallest n_pairs of those rows)
+    mdd_rows: int = 0  # rows pooled into mdd_sd
     groups: List[GroupRow] = field(default_factory=list)
     trials: List[TrialRow] = field(default_factory=list)
     failed: List[TrialRow] = field(default_factory=list)  # FAIL trials nobody retried
@@ -163,6 +210,8 @@ def trial_row(t: FrozenTrial) -> TrialRow:
         baseline=_is_baseline(t), seed=_int(ua.get("seed")),
         value=_pct(t.value) if t.state == TrialState.COMPLETE else None,
         acc1_final=_pct(_num(ua.get(M_ACC1))), acc1_best=_pct(_num(ua.get(M_ACC1_BEST))),
+        test_acc1=_pct(_num(ua.get(M_TEST_ACC1))), test_acc5=_pct(_num(ua.get(M_TEST_ACC5))),
+        test_loss=_num(ua.get(M_TEST_LOSS)), test_epoch=_int(ua.get(M_TEST_EPOCH)), selection=ua.get("selection"),
         params=_int(ua.get(M_PARAMS)), macs=_int(ua.get(M_MACS)),
         train_img_s=_num(ua.get(M_TRAIN)), infer_img_s=_num(ua.get(M_INFER)), device=_device(ua),
         epochs=_int(ua.get("epochs")), epochs_reported=len(steps),
@@ -183,6 +232,12 @@ def _mean(xs: Iterable[Optional[float]]) -> Optional[float]:
 def _sample_std(xs: Sequence[float]) -> Optional[float]:
     """Sample standard deviation (Bessel, n - 1): seeds are a sample of the training noise, not all of it."""
     return statistics.stdev(xs) if len(xs) >= 2 else None
+
+
+def _median_range(xs: Iterable[Optional[float]]) -> Tuple[Optional[float], Optional[List[float]]]:
+    """Median and [min, max] over the trials that measured it: one slow trial does not move a median."""
+    vals = [x for x in xs if x is not None]
+    return (statistics.median(vals), [min(vals), max(vals)]) if vals else (None, None)
 
 
 def _first(xs: Iterable[Optional[Any]]) -> Optional[Any]:
@@ -212,33 +267,59 @@ def _rpe_columns(config: Mapping[str, Any]) -> Dict[str, Any]:
     )
 
 
-def _group(key: str, trials: List[Tuple[FrozenTrial, TrialRow]]) -> Tuple[GroupRow, Dict[str, Any]]:
-    trials = sorted(trials, key=lambda tr: tr[0].number)
+def metric_value(row: TrialRow, metric: str) -> Optional[float]:
+    """The ranking metric of one trial (the ``trials.csv`` column of that name)."""
+    return getattr(row, metric)
+
+
+def choose_metric(rows: Sequence[TrialRow]) -> Tuple[str, Optional[str]]:
+    """``test_acc1`` when every ranked trial has it, else the trial value (and why, to print)."""
+    missing = sum(r.test_acc1 is None for r in rows)
+    if not missing:
+        return METRIC_TEST, None
+    why = ("no trial has a test accuracy (made before the test split)" if missing == len(rows) else
+           f"{missing} of {len(rows)} complete trials have no test accuracy")
+    return METRIC_VAL_BEST, why
+
+
+def _verdict(s: GroupStats) -> Optional[str]:
+    if s.delta_ci95 is None:
+        return None
+    if s.delta_ci95[0] <= 0.0 <= s.delta_ci95[1]:
+        return "not resolved"
+    if not s.significant:
+        return "not resolved after Holm"
+    return "higher" if s.delta > 0 else "lower"
+
+
+def _group(key: str, trials: List[Tuple[FrozenTrial, TrialRow]], s: GroupStats) -> GroupRow:
     rows = [r for _, r in trials]
     config = dict(trials[0][0].user_attrs.get("config") or {})
-    best = [_pct(t.value) for t, _ in trials]
+    best = [r.value for r in rows]
     devices = {r.device for r in rows}
-    row = GroupRow(
-        rank=0, variant=rows[0].variant, config_key=key, baseline=rows[0].baseline, **_rpe_columns(config),
-        abs_pos=config.get("model.abs_pos"), n=len(rows), seeds=[r.seed for r in rows if r.seed is not None],
+    train, train_range = _median_range(r.train_img_s for r in rows)
+    infer, infer_range = _median_range(r.infer_img_s for r in rows)
+    return GroupRow(
+        rank=s.rank, rank_band=s.rank_band, band=list(s.band), variant=rows[0].variant, config_key=key,
+        baseline=rows[0].baseline, **_rpe_columns(config), abs_pos=config.get("model.abs_pos"), n=len(rows),
+        seeds=[r.seed for r in rows if r.seed is not None], mean=s.mean, sd=s.sd, ci95=s.ci95,
         acc1_best_mean=statistics.fmean(best), acc1_best_std=_sample_std(best),
-        acc1_final_mean=_mean(r.acc1_final for r in rows),
+        acc1_final_mean=_mean(r.acc1_final for r in rows), test_acc5_mean=_mean(r.test_acc5 for r in rows),
         params=_first(r.params for r in rows), macs=_first(r.macs for r in rows),
-        train_img_s=_mean(r.train_img_s for r in rows), infer_img_s=_mean(r.infer_img_s for r in rows),
-        device=devices.pop() if len(devices) == 1 else None,
-        baseline_key=None, delta_acc1=None, train_speed=None, infer_speed=None, delta_params=None,
-        trials=[r.number for r in rows], run_dirs=[r.run_dir for r in rows if r.run_dir],
+        train_img_s=train, train_img_s_range=train_range, infer_img_s=infer, infer_img_s_range=infer_range,
+        device=devices.pop() if len(devices) == 1 else None, baseline_key=s.baseline_key, test=s.test,
+        n_pairs=s.n_pairs, delta=s.delta, delta_ci95=s.delta_ci95, p_value=s.p_value, p_holm=s.p_holm,
+        significant=s.significant, verdict=_verdict(s), sd_diff=s.sd_diff, train_speed=None, infer_speed=None,
+        delta_params=None, trials=[r.number for r in rows], run_dirs=[r.run_dir for r in rows if r.run_dir],
     )
-    return row, comparable(config)
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a / b if a is not None and b else None
 
 
-def _compare(row: GroupRow, base: GroupRow) -> None:
-    row.baseline_key = base.config_key
-    row.delta_acc1 = row.acc1_best_mean - base.acc1_best_mean
+def _costs(row: GroupRow, base: GroupRow) -> None:
+    """Parameter and speed differences to the baseline; speeds only when timed on the very same device key."""
     if row.params is not None and base.params is not None:
         row.delta_params = row.params - base.params
     if row.device is not None and row.device == base.device:  # speeds from different machines do not divide
@@ -246,9 +327,12 @@ def _compare(row: GroupRow, base: GroupRow) -> None:
         row.infer_speed = _ratio(row.infer_img_s, base.infer_img_s)
 
 
-def _rank_key(g: GroupRow) -> Tuple[float, float, str]:
-    infer = g.infer_img_s if g.infer_img_s is not None else float("-inf")
-    return (-g.acc1_best_mean, -infer, g.config_key)
+def _baselines(built: Dict[str, List[Tuple[FrozenTrial, TrialRow]]]) -> Dict[str, Optional[str]]:
+    """config key → the key of the no-RPE group with the same config apart from ``model.rpe*`` and seed (the
+    one with most trials, then the smallest key, if several)."""
+    cfg = {k: comparable(v[0][0].user_attrs.get("config") or {}) for k, v in built.items()}
+    bases = sorted((k for k, v in built.items() if v[0][1].baseline), key=lambda k: (-len(built[k]), k))
+    return {k: next((b for b in bases if cfg[b] == cfg[k]), None) for k in built}
 
 
 def collect(study: optuna.Study) -> Leaderboard:
@@ -257,21 +341,20 @@ def collect(study: optuna.Study) -> Leaderboard:
     pairs = [(t, trial_row(t)) for t in frozen]
     rows = [r for _, r in pairs]
 
+    done = [(t, r) for t, r in pairs if t.state == TrialState.COMPLETE and t.value is not None]
+    metric, why = choose_metric([r for _, r in done])
     by_key: Dict[str, List[Tuple[FrozenTrial, TrialRow]]] = {}
-    for t, r in pairs:
-        if t.state == TrialState.COMPLETE and t.value is not None:
-            by_key.setdefault(r.config_key or f"trial-{t.number}", []).append((t, r))
-    built = [_group(k, v) for k, v in sorted(by_key.items())]
-
-    baselines = sorted((b for b in built if b[0].baseline), key=lambda b: (-b[0].n, b[0].config_key))
-    for row, cfg in built:
-        base = next((b for b, bcfg in baselines if bcfg == cfg), None)
+    for t, r in done:
+        by_key.setdefault(r.config_key or f"trial-{t.number}", []).append((t, r))
+    baseline_of = _baselines(by_key)
+    st = study_stats({k: [(r.seed, metric_value(r, metric)) for _, r in v] for k, v in by_key.items()},
+                     baseline_of)
+    groups = [_group(k, by_key[k], s) for k, s in st.groups.items()]  # rank order
+    by_config = {g.config_key: g for g in groups}
+    for g in groups:
+        base = baseline_of.get(g.config_key)
         if base is not None:
-            _compare(row, base)
-
-    groups = sorted((g for g, _ in built), key=_rank_key)
-    for i, g in enumerate(groups, 1):
-        g.rank = i
+            _costs(g, by_config[base])
 
     retried_numbers = {r.retry_of for r in rows if r.retry_of is not None}
     discarded = [r for r in rows if r.state == TrialState.FAIL.name and r.status == DISCARDED]
@@ -289,6 +372,8 @@ def collect(study: optuna.Study) -> Leaderboard:
     }
     return Leaderboard(
         study_name=study.study_name, direction=study.direction.name.lower(),
-        sweep=dict(study.user_attrs.get("sweep") or {}), counts=counts, groups=groups, trials=rows,
-        failed=failed, retried=retried, pruned=pruned, running=running,
+        sweep=dict(study.user_attrs.get("sweep") or {}), counts=counts, metric=metric,
+        metric_label=METRIC_LABELS[metric], optimistic=metric == METRIC_VAL_BEST, metric_note=why,
+        has_uncertainty=st.has_uncertainty, mdd=st.mdd, mdd_sd=st.mdd_sd, mdd_n=st.mdd_n, mdd_rows=st.mdd_rows,
+        groups=groups, trials=rows, failed=failed, retried=retried, pruned=pruned, running=running,
     )

@@ -1,21 +1,29 @@
 """Figures of the leaderboard and of the study, saved as PNG; each says why when it cannot be drawn.
 
-matplotlib is imported lazily (a report without plots, or the sweep importing this package, should not pay
-for it) and always with the Agg backend: reports are made on headless workers and in tests. Our own plots use
-``matplotlib.figure.Figure`` directly, so they touch no pyplot state; Optuna's plotters use pyplot, so their
-figures are closed after saving to keep a long-lived process from accumulating them.
+The main figure is the forest plot: each variant's difference to its baseline with its 95 % CI and a zero line,
+the picture of what the study resolved. Accuracy is drawn as dots with CIs (no bar whose truncated axis would
+exaggerate), speed vs accuracy with CI bars. Nothing here ranks by noise: labels carry the rank band and n.
+
+A library must not switch its caller's matplotlib backend, nor touch its pyplot figures or style: every plot
+here is a ``matplotlib.figure.Figure`` object (no pyplot, no backend selection; ``savefig`` renders PNG with
+Agg by itself), including the optimisation history and the importances, drawn here from Optuna's data rather
+than with Optuna's pyplot-based plotters. They are drawn only where they mean something: no optimisation
+history for a grid (the order of a grid is not progress), importances over non-seed parameters only, for
+non-grid studies with enough trials.
 """
 from __future__ import annotations
 
 import logging
 import warnings
+from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import optuna
+import optuna.importance
 from optuna.trial import TrialState
 
-from .leaderboard import Leaderboard
+from .leaderboard import GroupRow, Leaderboard
 
 log = logging.getLogger(__name__)
 DPI = 110
@@ -34,9 +42,6 @@ def _skip(name: str, reason: str, level: int = logging.INFO) -> PlotResult:
 
 
 def _figure(width: float, height: float):
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
@@ -49,120 +54,186 @@ def _save(fig, path: Path, **kwargs: Any) -> PlotResult:
     return PlotResult(path)
 
 
+def _yerr(groups: List[GroupRow]) -> List[List[float]]:
+    """Asymmetric error bars from each group's CI (zero length where n = 1: the point has no interval)."""
+    lo = [g.mean - g.ci95[0] if g.ci95 else 0.0 for g in groups]
+    hi = [g.ci95[1] - g.mean if g.ci95 else 0.0 for g in groups]
+    return [lo, hi]
+
+
+def _label(g: GroupRow) -> str:
+    return f"{g.rank_band}. {g.variant} (n={g.n})"
+
+
+def forest(board: Leaderboard, path: Path) -> PlotResult:
+    """Δ to the config-matched baseline with its 95 % CI per variant, and the zero line: what is resolved."""
+    rows = [g for g in board.groups if g.delta is not None]
+    if not rows:
+        return _skip("forest", "no variant has a config-matched baseline")
+    rows = list(reversed(rows))  # best at the top
+    fig = _figure(7.5, 1.4 + 0.36 * len(rows))
+    ax = fig.add_subplot()
+    ys = list(range(len(rows)))
+    for y, g in zip(ys, rows):
+        color = "tab:blue" if g.significant else "gray"
+        if g.delta_ci95 is not None:
+            ax.errorbar([g.delta], [y], xerr=[[g.delta - g.delta_ci95[0]], [g.delta_ci95[1] - g.delta]],
+                        fmt="o", color=color, capsize=3)
+        else:
+            ax.plot([g.delta], [y], marker="x", color=color, linestyle="none")
+    ax.axvline(0.0, color="black", linewidth=1)
+    labels = [f"{g.variant} (n={g.n_pairs or g.n}{', ' + g.test if g.test else ', no test'})" for g in rows]
+    ax.set_yticks(ys, labels, fontsize=7)
+    ax.set_xlabel(f"Δ {board.metric_label} vs baseline (points), 95 % CI")
+    ax.set_title(f"{board.study_name}: difference to the baseline (blue: significant after Holm)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
 def accuracy_vs_throughput(board: Leaderboard, path: Path) -> PlotResult:
-    """The trade-off the paper argues about: accuracy gained per inference speed lost, one point per group."""
-    groups = [g for g in board.groups if g.infer_img_s is not None]
-    if not groups:
-        return _skip("accuracy_vs_throughput", "no completed group has a measured inference throughput")
+    """The trade-off the paper argues about: accuracy (mean, 95 % CI) against median train speed, for the groups
+    timed on the most common device key only (speeds of different machines are not one axis)."""
+    timed = [g for g in board.groups if g.train_img_s is not None and g.device is not None]
+    if not timed:
+        return _skip("accuracy_vs_throughput", "no completed group was timed on a single device")
+    devices = Counter(g.device for g in timed)
+    device = sorted(devices, key=lambda d: (-devices[d], d))[0]
+    groups = [g for g in timed if g.device == device]
     fig = _figure(7.5, 5.0)
     ax = fig.add_subplot()
     for baseline, style in ((False, dict(fmt="o", color="tab:blue", label="iRPE")),
                             (True, dict(fmt="s", color="black", markersize=8, label="no RPE (baseline)"))):
         pts = [g for g in groups if g.baseline == baseline]
         if pts:
-            ax.errorbar([g.infer_img_s for g in pts], [g.acc1_best_mean for g in pts],
-                        yerr=[g.acc1_best_std or 0.0 for g in pts], capsize=3, linestyle="none", **style)
+            xerr = [[g.train_img_s - g.train_img_s_range[0] for g in pts],
+                    [g.train_img_s_range[1] - g.train_img_s for g in pts]]
+            ax.errorbar([g.train_img_s for g in pts], [g.mean for g in pts], yerr=_yerr(pts), xerr=xerr,
+                        capsize=3, linestyle="none", **style)
     for g in groups:
-        ax.annotate(g.variant, (g.infer_img_s, g.acc1_best_mean), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)
+        ax.annotate(_label(g), (g.train_img_s, g.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.margins(x=0.2)  # room for the labels of the outermost points
-    ax.set_xlabel("inference throughput (img/s)")
-    ax.set_ylabel("val acc1 best (%), mean ± std over seeds")
-    ax.set_title(f"{board.study_name}: accuracy vs throughput", fontsize=10)
+    ax.set_xlabel("train throughput (img/s), median (min–max) over trials")
+    ax.set_ylabel(f"{board.metric_label} (%), mean and 95 % CI")
+    ax.set_title(f"{board.study_name}: accuracy vs throughput on {device}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def accuracy_by_variant(board: Leaderboard, path: Path) -> PlotResult:
-    """Ranked bars with seed spread: at a glance, which differences are larger than the noise."""
+    """A dot per group with its 95 % CI, labelled with the rank band: which rows the data separate."""
     if not board.groups:
         return _skip("accuracy_by_variant", "no completed trials")
-    groups = list(reversed(board.groups))  # best at the top of a horizontal bar chart
+    groups = list(reversed(board.groups))  # best at the top
     fig = _figure(7.5, 1.2 + 0.32 * len(groups))
     ax = fig.add_subplot()
-    ax.barh([f"{g.rank}. {g.variant} (n={g.n})" for g in groups], [g.acc1_best_mean for g in groups],
-            xerr=[g.acc1_best_std or 0.0 for g in groups], capsize=3,
-            color=["dimgray" if g.baseline else "tab:blue" for g in groups])
-    lo = min(g.acc1_best_mean - (g.acc1_best_std or 0.0) for g in groups)
-    hi = max(g.acc1_best_mean + (g.acc1_best_std or 0.0) for g in groups)
-    pad = max(0.5, 0.1 * (hi - lo))
-    ax.set_xlim(max(0.0, lo - pad), hi + pad)  # zoom on the differences, not on the 0–lo stretch
-    ax.set_xlabel("val acc1 best (%), mean ± std over seeds")
-    ax.tick_params(axis="y", labelsize=7)
-    ax.set_title(f"{board.study_name}: accuracy by variant", fontsize=10)
+    ys = list(range(len(groups)))
+    ax.errorbar([g.mean for g in groups], ys, xerr=_yerr(groups), fmt="none", ecolor="gray", capsize=3)
+    ax.scatter([g.mean for g in groups], ys, color=["black" if g.baseline else "tab:blue" for g in groups],
+               zorder=3)
+    ax.set_yticks(ys, [_label(g) for g in groups], fontsize=7)
+    ax.set_xlabel(f"{board.metric_label} (%), mean and 95 % CI over seeds")
+    ax.set_title(f"{board.study_name}: accuracy by variant (label: rank band)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 
+MIN_IMPORTANCE_TRIALS = 20  # below this an importance estimate is noise dressed as a ranking
+
+
+def _is_grid(study: optuna.Study, board: Leaderboard) -> bool:
+    """A grid study (sweep attribute ``sampler: grid``, or Optuna's GridSampler marks on the trials)."""
+    if str(board.sweep.get("sampler", "")).lower() == "grid":
+        return True
+    return any("grid_id" in t.system_attrs for t in study.get_trials(deepcopy=False))
+
+
+def _is_seed(name: str) -> bool:
+    return name == "seed" or name.endswith(".seed")
+
+
 def _varied_params(study: optuna.Study) -> Dict[str, int]:
-    """Number of distinct values per param over COMPLETE trials (importance is undefined without variation)."""
+    """Number of distinct values per non-seed param over COMPLETE trials (the seed is noise, not a choice)."""
     seen: Dict[str, set] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         for k, v in t.params.items():
-            seen.setdefault(k, set()).add(repr(v))
+            if not _is_seed(k):
+                seen.setdefault(k, set()).add(repr(v))
     return {k: len(v) for k, v in seen.items()}
 
 
-def _optuna_plot(name: str, study: optuna.Study, path: Path, draw: Callable[[optuna.Study], Any]) -> PlotResult:
+def importance_params(study: optuna.Study) -> List[str]:
+    """The parameters an importance plot may show: varied across COMPLETE trials, never the seed."""
+    return sorted(k for k, n in _varied_params(study).items() if n > 1)
+
+
+def optimization_history(study: optuna.Study, board: Leaderboard, path: Path) -> PlotResult:
+    """Objective per trial and the best so far: did the sampler still improve, or has the sweep converged?
+    (Not for a grid: its order is an enumeration, not progress.)"""
+    if _is_grid(study, board):
+        return _skip("optimization_history", "a grid study: trial order is not optimisation progress")
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if len(done) < 2:
+        return _skip("optimization_history", f"needs at least 2 complete trials, has {len(done)}")
+    done.sort(key=lambda t: t.number)
+    values = [100.0 * t.value for t in done]
+    best, running = [], float("-inf") if board.direction == "maximize" else float("inf")
+    for v in values:
+        running = max(running, v) if board.direction == "maximize" else min(running, v)
+        best.append(running)
+    fig = _figure(7.5, 4.5)
+    ax = fig.add_subplot()
+    ax.scatter([t.number for t in done], values, s=14, color="tab:blue", label="trial")
+    ax.step([t.number for t in done], best, where="post", color="tab:red", label="best so far")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("objective: val acc1 best (%)")
+    ax.set_title(f"{board.study_name}: optimisation history", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def param_importances(study: optuna.Study, board: Leaderboard, path: Path) -> PlotResult:
+    """Optuna's hyperparameter importance (PED-ANOVA by default) over the non-seed parameters, as shares
+    on a 0–1 axis. Only for non-grid studies with two or more varied parameters and enough trials: a grid's
+    factors are better read from the forest plot, and a share of 1.0 for a single parameter says nothing."""
+    name = "param_importances"
+    if _is_grid(study, board):
+        return _skip(name, "a grid study: read the factors from the forest plot")
+    varied = importance_params(study)
+    if len(varied) < 2:
+        return _skip(name, f"needs two or more varied non-seed parameters, has {varied or 'none'}")
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if n_complete < 2:
-        return _skip(name, f"needs at least 2 complete trials, has {n_complete}")
-    if not any(n > 1 for n in _varied_params(study).values()):
-        return _skip(name, "no parameter takes more than one value across complete trials")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    # NOTE: Optuna's plotters call plt.style.use("ggplot"), a global change; rc_context undoes it, so our own
-    # plots (and the caller's) keep their look whatever ran before.
-    before = set(plt.get_fignums())
-    with matplotlib.rc_context(), warnings.catch_warnings():
+    if n_complete < MIN_IMPORTANCE_TRIALS:
+        return _skip(name, f"needs at least {MIN_IMPORTANCE_TRIALS} complete trials, has {n_complete}")
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            ax = draw(study)
-        except Exception as exc:  # noqa: BLE001 - Optuna refusing (e.g. no variation) must not sink the report
-            for num in set(plt.get_fignums()) - before:  # only what Optuna opened, never the caller's figures
-                plt.close(num)
+            shares = optuna.importance.get_param_importances(study, params=varied)
+        except Exception as exc:  # noqa: BLE001 - Optuna refusing must not sink the report
             return _skip(name, f"optuna refused: {type(exc).__name__}: {exc}", logging.WARNING)
-        fig = ax.figure
-        try:
-            fig.set_size_inches(7.5, 5.0)
-            fig.set_dpi(DPI)
-            return _save(fig, path, bbox_inches="tight")  # Optuna's layout clips long param names otherwise
-        finally:
-            plt.close(fig)
+    items = sorted(shares.items(), key=lambda kv: (kv[1], kv[0]))
+    fig = _figure(7.5, 1.2 + 0.35 * len(items))
+    ax = fig.add_subplot()
+    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("importance (share, PED-ANOVA), seed excluded")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title(f"{board.study_name}: parameter importances ({n_complete} trials)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
 
 
-def optimization_history(study: optuna.Study, path: Path) -> PlotResult:
-    """Optuna's objective-per-trial plot: did the sampler still improve, or has the sweep converged?"""
-    from optuna.visualization.matplotlib import plot_optimization_history
-
-    return _optuna_plot("optimization_history", study, path, plot_optimization_history)
-
-
-def param_importances(study: optuna.Study, path: Path) -> PlotResult:
-    """Optuna's hyperparameter importance (PED-ANOVA by default, conditional params included). Importances are
-    shares that sum to 1, so with a single varied parameter the plot would only say 1.0: not drawn."""
-    from optuna.visualization.matplotlib import plot_param_importances
-
-    varied = sorted(k for k, n in _varied_params(study).items() if n > 1)
-    if len(varied) < 2:
-        return _skip("param_importances", f"needs two or more varied parameters, has {varied or 'none'}")
-
-    return _optuna_plot("param_importances", study, path, plot_param_importances)
-
-
-PLOTS = ("accuracy_vs_throughput", "accuracy_by_variant", "optimization_history", "param_importances")
+PLOTS = ("forest", "accuracy_by_variant", "accuracy_vs_throughput", "optimization_history", "param_importances")
 
 
 def make_plots(study: optuna.Study, board: Leaderboard, out_dir: Path) -> Dict[str, PlotResult]:
-    """All plots into ``out_dir/<name>.png``, in ``PLOTS`` order."""
+    """All plots into ``out_dir/<name>.png``, in ``PLOTS`` order (the forest plot, the main figure, first)."""
     out_dir = Path(out_dir)
     return {
-        "accuracy_vs_throughput": accuracy_vs_throughput(board, out_dir / "accuracy_vs_throughput.png"),
+        "forest": forest(board, out_dir / "forest.png"),
         "accuracy_by_variant": accuracy_by_variant(board, out_dir / "accuracy_by_variant.png"),
-        "optimization_history": optimization_history(study, out_dir / "optimization_history.png"),
-        "param_importances": param_importances(study, out_dir / "param_importances.png"),
+        "accuracy_vs_throughput": accuracy_vs_throughput(board, out_dir / "accuracy_vs_throughput.png"),
+        "optimization_history": optimization_history(study, board, out_dir / "optimization_history.png"),
+        "param_importances": param_importances(study, board, out_dir / "param_importances.png"),
     }

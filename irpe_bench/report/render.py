@@ -21,12 +21,14 @@ DASH = "—"
 REASON_CHARS = 160  # Markdown/HTML show the head of a traceback; CSV and JSON keep all of it
 Table = Tuple[List[str], List[List[str]]]
 
-BASELINE_NOTE = (
-    "Δacc1, ×base (train and inference img/s divided by the baseline's) and Δparams compare each group with "
-    "the no-RPE baseline group trained with exactly the same configuration apart from iRPE and the seed "
-    "(same epochs, data, abs_pos, optimiser …). “—” means no such baseline was run, so no comparison is made; "
-    "speed ratios additionally need the same device, precision and batch size. acc1 is the best validation "
-    "top-1 (%) of each run, as mean ± sample std (n − 1) over seeds."
+RANKING_NOTE = (
+    "Rows are ordered by mean {label}, then config key; the band is what the data support: rows that no "
+    "Holm-adjusted pairwise t-test (paired over common seeds, Welch where seeds do not pair; p < 0.05) separates "
+    "share a band, and their order inside it means nothing. Δ compares each row with the no-RPE baseline trained "
+    "with exactly the same configuration apart from iRPE and the seed (same epochs, data, abs_pos, optimiser …), "
+    "over the seeds both ran; p (Holm) is adjusted over this study's rows. “—” means no such baseline was run or "
+    "no test is possible (n = 1). Speeds are the median (min–max) over a row's trials; ×base divides medians and "
+    "needs the very same device, precision and batch size."
 )
 
 
@@ -109,17 +111,89 @@ def counts_line(board: Leaderboard) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ tables
+def _ci(ci: Optional[Sequence[float]], signed: bool = False) -> str:
+    fmt = _signed if signed else _f
+    return "" if ci is None else f" [{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def _p(p: Optional[float]) -> str:
+    return DASH if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _spread(median: Optional[float], span: Optional[Sequence[float]]) -> str:
+    if median is None or span is None:
+        return DASH
+    return _speed(median) if span[0] == span[1] else f"{_speed(median)} ({_speed(span[0])}–{_speed(span[1])})"
+
+
+def _test(g: GroupRow) -> str:
+    if g.test is None:
+        return DASH
+    return f"{g.test} (n={g.n_pairs})" if g.n_pairs is not None and g.n_pairs != g.n else g.test
+
+
 def ranking_table(board: Leaderboard) -> Table:
-    head = ["#", "variant", "method", "mode", "on", "index", "α:β:γ", "shared", "layers", "abs pos", "n",
-            "acc1 best", "Δacc1", "acc1 final", "params", "Δparams", "MACs", "train img/s", "×base",
-            "infer img/s", "×base", "trials"]
-    rows = [[str(g.rank), g.variant, _text(g.method), _text(g.mode), _text(g.on), _text(g.index),
-             _text(g.coefficients), _bool(g.shared), _text(g.layers), _bool(g.abs_pos), str(g.n),
-             _acc(g.acc1_best_mean, g.acc1_best_std), _signed(g.delta_acc1), _f(g.acc1_final_mean),
-             _si(g.params), _si(g.delta_params, signed=True), _si(g.macs), _speed(g.train_img_s),
-             _ratio(g.train_speed), _speed(g.infer_img_s), _ratio(g.infer_speed),
-             " ".join(map(str, g.trials))] for g in board.groups]
+    show_val = not board.optimistic  # otherwise the metric column already is the optimistic number
+    head = ["band", "variant", "n", f"{board.metric_label} mean [95 % CI]", "Δ vs baseline [95 % CI]",
+            "p (Holm)", "test", "vs baseline"]
+    head += ["val acc1 best (optimistic)"] if show_val else []
+    head += ["params", "train img/s median (min–max)", "×base train", "trials"]
+    refs = {g.baseline_key for g in board.groups}
+    rows = []
+    for g in board.groups:
+        delta = "reference" if g.config_key in refs else _signed(g.delta) + _ci(g.delta_ci95, signed=True)
+        row = [g.rank_band, g.variant, str(g.n), _f(g.mean) + _ci(g.ci95), delta, _p(g.p_holm), _test(g),
+               _text(g.verdict)]
+        row += [_f(g.acc1_best_mean)] if show_val else []
+        row += [_si(g.params), _spread(g.train_img_s, g.train_img_s_range), _ratio(g.train_speed),
+                " ".join(map(str, g.trials))]
+        rows.append(row)
     return head, rows
+
+
+def _n_text(board: Leaderboard) -> str:
+    ns: dict = {}
+    for g in board.groups:
+        ns.setdefault(g.n, []).append(g)
+    if len(ns) == 1:
+        return f"{next(iter(ns))} per group ({len(board.groups)} groups)"
+    return ", ".join(f"{n} for {len(gs)} group{'s' * (len(gs) > 1)}" for n, gs in sorted(ns.items(), reverse=True))
+
+
+def summary_items(board: Leaderboard) -> List[Tuple[str, str]]:
+    """The statistics header: what is ranked, with how many seeds, and what the study can resolve."""
+    if not board.groups:
+        return []
+    if board.optimistic:
+        metric = (f"{board.metric_label} (`{board.metric}` in trials.csv): the best validation top-1 (%) over "
+                  f"epochs — optimistic, the same images chose the epoch; {board.metric_note}.")
+    else:
+        metric = (f"{board.metric_label} (`{board.metric}` in trials.csv): top-1 (%) on the held-out test split "
+                  "at the epoch chosen on validation; val acc1 best (optimistic) is the trial's best validation "
+                  "top-1 over epochs.")
+    items = [("metric", metric), ("n", _n_text(board))]
+    n_rows = len(board.groups)
+    if not board.has_uncertainty:
+        items.append(("uncertainty", f"none — this study has no uncertainty estimate (n = 1 per group): no "
+                                     f"confidence interval, no test, every rank band is 1–{n_rows}."))
+    elif board.mdd is not None:
+        items.append(("minimum detectable difference",
+                      f"{board.mdd:.2f} points at 80 % power (paired t, α = 0.05, two-sided, n = {board.mdd_n} "
+                      f"pairs), from the root-mean-square ({board.mdd_sd:.2f}) of the paired-difference SDs of "
+                      f"{board.mdd_rows} row(s) vs baseline."))
+    else:
+        items.append(("minimum detectable difference", "not estimated: no row pairs with its baseline on ≥ 2 seeds."))
+    resolved = [g for g in board.groups if g.verdict in ("higher", "lower")]
+    unresolved = [g for g in board.groups if g.verdict and g.verdict.startswith("not resolved")]
+    if resolved:
+        items.append(("resolved vs baseline", "; ".join(
+            f"{g.variant} {g.verdict} ({_signed(g.delta)}{_ci(g.delta_ci95, signed=True)}, p (Holm) "
+            f"{_p(g.p_holm)})" for g in resolved)))
+    if unresolved:
+        mdd = f"; minimum detectable difference {board.mdd:.2f}" if board.mdd is not None else ""
+        items.append(("not resolved", ", ".join(g.variant for g in unresolved) +
+                      f" (95 % CI of Δ includes 0, or not significant after Holm{mdd})"))
+    return items
 
 
 def failed_table(board: Leaderboard) -> Table:
@@ -148,7 +222,7 @@ def sections(board: Leaderboard) -> List[Tuple[str, Table, str, str]]:
         retried = (f"Not listed: trial(s) {nums}, which failed and were retried; the retry's own row carries "
                    "the outcome.")
     return [
-        ("Ranking", ranking_table(board), "No trial has completed yet.", BASELINE_NOTE),
+        ("Ranking", ranking_table(board), "No trial has completed yet.", RANKING_NOTE.format(label=board.metric_label)),
         ("Failed", failed_table(board), "No failed trials.", retried),
         ("Pruned", pruned_table(board), "No pruned trials.", ""),
         ("Running", running_table(board), "No running trials.", ""),
@@ -163,6 +237,12 @@ def _md_cell(s: str) -> str:
     return s.replace("\n", " ")
 
 
+def _md_text(s: str) -> str:
+    """Prose in a list item: keep ``code`` spans, escape tags and pipes outside them."""
+    parts = s.split("`")
+    return "`".join(p if i % 2 else p.replace("<", "\\<").replace(">", "\\>") for i, p in enumerate(parts))
+
+
 def _md_table(table: Table) -> str:
     head, rows = table
     lines = ["| " + " | ".join(map(_md_cell, head)) + " |", "|" + "---|" * len(head)]
@@ -175,6 +255,9 @@ def to_markdown(board: Leaderboard, meta: Optional[Mapping[str, Any]] = None,
     """The report for a README or PR; ``plots`` (name → PNG path beside the file) are linked by file name."""
     out = [f"# Leaderboard: {_md_cell(board.study_name)}", "", counts_line(board), ""]
     out += [f"- **{_md_cell(k)}**: `{' '.join(v.split())}`" for k, v in header_items(board, meta)]
+    stats = summary_items(board)
+    if stats:
+        out += ["", "## Statistics", ""] + [f"- **{k}**: {_md_text(v)}" for k, v in stats]
     for title, table, empty, note in sections(board):
         out += ["", f"## {title}", "", _md_table(table) if table[1] else f"_{empty}_"]
         if note:
@@ -241,6 +324,10 @@ def to_html(board: Leaderboard, meta: Optional[Mapping[str, Any]] = None,
     items = header_items(board, meta)
     if items:
         parts.append("<ul>" + "".join(f"<li><b>{e(k)}</b>: <code>{e(v)}</code></li>" for k, v in items) + "</ul>")
+    stats = summary_items(board)
+    if stats:
+        parts.append("<h2>Statistics</h2><ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in stats)
+                     + "</ul>")
     for name, table, empty, note in sections(board):
         parts.append(f"<h2>{e(name)}</h2>")
         parts.append(_html_table(table) if table[1] else f"<p class=\"note\">{e(empty)}</p>")

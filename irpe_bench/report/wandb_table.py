@@ -14,18 +14,26 @@ from typing import Any, List, Mapping, Optional
 from .leaderboard import GroupRow, Leaderboard
 
 COLUMNS: List[str] = [
-    "rank", "variant", "method", "mode", "on", "index", "alpha_beta_gamma", "shared", "layers", "abs_pos", "n",
-    "seeds", "acc1_best_mean", "acc1_best_std", "acc1_final_mean", "delta_acc1", "params", "delta_params",
-    "macs", "train_img_s", "train_speed", "infer_img_s", "infer_speed", "trials", "config_key",
+    "rank", "rank_band", "variant", "method", "mode", "on", "index", "alpha_beta_gamma", "shared", "layers",
+    "abs_pos", "n", "seeds", "mean", "ci95_low", "ci95_high", "delta", "delta_ci95_low", "delta_ci95_high",
+    "p_value", "p_holm", "test", "n_pairs", "significant", "verdict", "acc1_best_mean_optimistic",
+    "acc1_final_mean", "params", "delta_params", "macs", "train_img_s_median", "train_img_s_min",
+    "train_img_s_max", "train_speed", "infer_img_s_median", "infer_speed", "device", "trials", "config_key",
 ]
 
 
+def _lo_hi(ci: Optional[List[float]]) -> List[Optional[float]]:
+    return [None, None] if ci is None else [ci[0], ci[1]]
+
+
 def _row(g: GroupRow) -> List[Any]:
-    """Scalars only (W&B tables type each column); lists become space-separated strings."""
-    return [g.rank, g.variant, g.method, g.mode, g.on, g.index, g.coefficients, g.shared, g.layers, g.abs_pos,
-            g.n, " ".join(map(str, g.seeds)), g.acc1_best_mean, g.acc1_best_std, g.acc1_final_mean,
-            g.delta_acc1, g.params, g.delta_params, g.macs, g.train_img_s, g.train_speed, g.infer_img_s,
-            g.infer_speed, " ".join(map(str, g.trials)), g.config_key]
+    """Scalars only (W&B tables type each column); lists become space-separated strings or two columns."""
+    train = _lo_hi(g.train_img_s_range)
+    return [g.rank, g.rank_band, g.variant, g.method, g.mode, g.on, g.index, g.coefficients, g.shared, g.layers,
+            g.abs_pos, g.n, " ".join(map(str, g.seeds)), g.mean, *_lo_hi(g.ci95), g.delta, *_lo_hi(g.delta_ci95),
+            g.p_value, g.p_holm, g.test, g.n_pairs, g.significant, g.verdict, g.acc1_best_mean,
+            g.acc1_final_mean, g.params, g.delta_params, g.macs, g.train_img_s, *train, g.train_speed,
+            g.infer_img_s, g.infer_speed, g.device, " ".join(map(str, g.trials)), g.config_key]
 
 
 def log_leaderboard(board: Leaderboard, paths: Mapping[str, Any], project: str, group: Optional[str] = None,
@@ -42,10 +50,13 @@ def log_leaderboard(board: Leaderboard, paths: Mapping[str, Any], project: str, 
     mode = env_mode() or mode
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
+    from .render import redact_data
+
     run = wandb.init(
         project=project, group=group or board.study_name, name=f"leaderboard-{board.study_name}",
         job_type="leaderboard", dir=str(save_dir), mode=mode, reinit="create_new",
-        config={"study": board.study_name, **{f"sweep.{k}": v for k, v in board.sweep.items()}},
+        config=redact_data({"study": board.study_name, "metric": board.metric,
+                            **{f"sweep.{k}": v for k, v in board.sweep.items()}}),
         settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_machine_info=True),
     )
     try:
@@ -56,7 +67,10 @@ def log_leaderboard(board: Leaderboard, paths: Mapping[str, Any], project: str, 
             run.log(images)
         best = board.best
         run.summary["leaderboard/best_variant"] = best.variant if best else None
-        run.summary["leaderboard/best_acc1"] = best.acc1_best_mean if best else None
+        run.summary["leaderboard/metric"] = board.metric
+        run.summary["leaderboard/best_acc1"] = best.mean if best else None  # first by mean; see its rank_band
+        run.summary["leaderboard/best_rank_band"] = best.rank_band if best else None
+        run.summary["leaderboard/mdd"] = board.mdd
         run.summary["leaderboard/n_complete"] = board.counts["complete"]
         run_id = run.id
     except BaseException:

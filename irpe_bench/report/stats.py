@@ -1,0 +1,251 @@
+"""Statistics across seeds: pure functions of per-trial metric values (no Optuna, no files but ``recompute``).
+
+What is computed, and why this way:
+
+* **Per group**: ``n``, the mean and its Student-t 95 % CI (``scipy.stats.ttest_1samp(...).confidence_interval``;
+  none for n < 2, where a spread cannot be estimated).
+* **Two groups** (a variant and its baseline, or any two rows for the rank bands): seeds pair runs (same data
+  order, same initial weights for the shared parameters), so the comparison is a **paired t-test**
+  (``scipy.stats.ttest_rel``) on the seeds both groups completed (``n_pairs`` ≥ 2; a seed that failed in one
+  group is dropped from the pairing, not imputed). Where seeds do not pair (fewer than 2 common seeds, or a
+  seed repeated inside a group, which makes the pairing ambiguous) it is **Welch's t-test**
+  (``ttest_ind(equal_var=False)``), which needs n ≥ 2 in both groups; otherwise no test (``test`` is None).
+  NOTE: zero spread (every paired difference identical, or both groups constant) leaves t undefined when the
+  difference is 0: that is reported as p = 1 (nothing distinguishes the rows); a constant non-zero difference
+  keeps scipy's t = ±inf, p = 0.
+* **Holm** (``statsmodels.stats.multitest.multipletests(method="holm")``) adjusts the p-values of the rows of a
+  study against their baselines, and separately the pairwise p-values behind the rank bands.
+* **Rank bands**: row i's band is ``[1 + #rows significantly better, N - #rows significantly worse]`` with
+  "significantly" = Holm-adjusted pairwise p < 0.05. Rows the data cannot separate share a band; ties are
+  never broken by anything but the band (the order inside is mean, then config key, for determinism only).
+* **Minimum detectable difference** (MDD): the paired difference that a two-sided paired t-test at α = 0.05
+  detects with 80 % power (``statsmodels.stats.power.TTestPower``), for the smallest ``n_pairs`` of the
+  study's rows vs baseline and the root-mean-square of their paired-difference SDs.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+ALPHA = 0.05
+POWER = 0.8
+PAIRED, WELCH = "paired t", "Welch t"
+
+Pairs = Sequence[Tuple[Optional[int], float]]  # (seed, value) per trial of one group
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One group's metric over its trials."""
+
+    n: int
+    mean: float
+    sd: Optional[float]  # sample SD (n - 1); None for n < 2
+    ci95: Optional[List[float]]  # Student-t [low, high]; None for n < 2
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Group a minus group b. ``test`` is None when no test is possible (then every other field but the
+    plain difference of means is None)."""
+
+    test: Optional[str]  # PAIRED | WELCH | None
+    n_pairs: Optional[int]  # seeds both groups completed (paired test only)
+    delta: float  # mean difference a - b (over the pairs for a paired test)
+    delta_ci95: Optional[List[float]]
+    p_value: Optional[float]
+    sd_diff: Optional[float]  # SD of the paired differences (paired test only): the study's noise scale
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Everything the leaderboard shows about one group's metric."""
+
+    n: int
+    mean: float
+    sd: Optional[float]
+    ci95: Optional[List[float]]
+    baseline_key: Optional[str]
+    test: Optional[str]
+    n_pairs: Optional[int]
+    delta: Optional[float]
+    delta_ci95: Optional[List[float]]
+    p_value: Optional[float]
+    p_holm: Optional[float]
+    significant: Optional[bool]
+    sd_diff: Optional[float]
+    rank: int
+    band: List[int]  # [low, high], 1-based
+    rank_band: str  # "1–3", or "2" when low == high
+
+
+@dataclass(frozen=True)
+class StudyStats:
+    groups: Dict[str, GroupStats]  # in rank order
+    mdd: Optional[float]  # minimum detectable paired difference (metric units) at 80 % power
+    mdd_sd: Optional[float]  # the pooled (root-mean-square) paired-difference SD behind it
+    mdd_n: Optional[int]  # the number of pairs it assumes (the smallest n_pairs of the rows vs baseline)
+    mdd_rows: int  # how many rows' SDs were pooled
+    has_uncertainty: bool  # False when no group has n ≥ 2 (a one-seed study)
+
+
+def _f(x) -> float:
+    return float(x)
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    """n, mean, sample SD and the Student-t 95 % CI of the mean."""
+    from scipy import stats
+
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("summarize: no values")
+    mean = statistics.fmean(vals)
+    if len(vals) < 2:
+        return Summary(len(vals), mean, None, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # zero spread: the CI is [mean, mean], p unused
+        ci = stats.ttest_1samp(vals, 0.0).confidence_interval(1 - ALPHA)
+    return Summary(len(vals), mean, statistics.stdev(vals), [_f(ci.low), _f(ci.high)])
+
+
+def _by_seed(pairs: Pairs) -> Optional[Dict[int, float]]:
+    """seed → value, or None when a seed is missing or repeated (then seeds cannot pair the runs)."""
+    seeds = [s for s, _ in pairs]
+    if any(s is None for s in seeds) or len(set(seeds)) != len(seeds):
+        return None
+    return {int(s): float(v) for s, v in pairs}
+
+
+def _p(p: float, delta: float) -> float:
+    return 1.0 if math.isnan(p) and delta == 0 else float(p)
+
+
+def compare(a: Pairs, b: Pairs) -> Comparison:
+    """a - b: paired t-test on common seeds (≥ 2), else Welch's t-test (n ≥ 2 each), else no test."""
+    from scipy import stats
+
+    va, vb = [float(v) for _, v in a], [float(v) for _, v in b]
+    plain = statistics.fmean(va) - statistics.fmean(vb)
+    sa, sb = _by_seed(a), _by_seed(b)
+    common = sorted(set(sa) & set(sb)) if sa is not None and sb is not None else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # zero spread is handled below, see module notes
+        if len(common) >= 2:
+            xa, xb = [sa[s] for s in common], [sb[s] for s in common]
+            r = stats.ttest_rel(xa, xb)
+            ci = r.confidence_interval(1 - ALPHA)
+            diffs = [x - y for x, y in zip(xa, xb)]
+            delta = statistics.fmean(diffs)
+            return Comparison(PAIRED, len(common), delta, [_f(ci.low), _f(ci.high)], _p(r.pvalue, delta),
+                              statistics.stdev(diffs))
+        if len(va) >= 2 and len(vb) >= 2:
+            r = stats.ttest_ind(va, vb, equal_var=False)
+            if math.isnan(r.statistic) and plain == 0:  # both constant and equal
+                return Comparison(WELCH, None, plain, [0.0, 0.0], 1.0, None)
+            ci = r.confidence_interval(1 - ALPHA)
+            return Comparison(WELCH, None, plain, [_f(ci.low), _f(ci.high)], _p(r.pvalue, plain), None)
+    return Comparison(None, None, plain, None, None, None)
+
+
+def holm(p_values: Sequence[float]) -> List[float]:
+    """Holm-adjusted p-values (same order); empty in, empty out."""
+    if not p_values:
+        return []
+    from statsmodels.stats.multitest import multipletests
+
+    return [float(p) for p in multipletests(list(p_values), alpha=ALPHA, method="holm")[1]]
+
+
+def min_detectable_difference(sd: float, n_pairs: int) -> Optional[float]:
+    """The paired difference detected with 80 % power by a two-sided paired t-test at α = 0.05."""
+    if n_pairs < 2 or sd is None:
+        return None
+    from statsmodels.stats.power import TTestPower
+
+    d = TTestPower().solve_power(effect_size=None, nobs=n_pairs, alpha=ALPHA, power=POWER,
+                                 alternative="two-sided")
+    return float(d) * float(sd)
+
+
+def band_text(low: int, high: int) -> str:
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def study_stats(groups: Mapping[str, Pairs], baseline_of: Mapping[str, Optional[str]]) -> StudyStats:
+    """All statistics of one study.
+
+    ``groups``: config key → [(seed, metric value)] of its COMPLETE trials; ``baseline_of``: config key → the
+    config key of its matched baseline (None for none, and for a baseline itself).
+    """
+    summaries = {k: summarize([v for _, v in g]) for k, g in groups.items()}
+    order = sorted(groups, key=lambda k: (-summaries[k].mean, k))
+
+    vs_base: Dict[str, Comparison] = {}
+    for k in order:
+        b = baseline_of.get(k)
+        if b is not None and b != k and b in groups:
+            vs_base[k] = compare(groups[k], groups[b])
+    tested = [k for k in order if k in vs_base and vs_base[k].p_value is not None]
+    adjusted = dict(zip(tested, holm([vs_base[k].p_value for k in tested])))
+
+    pairs = [(i, j) for ii, i in enumerate(order) for j in order[ii + 1:]]
+    pair_cmp = {(i, j): compare(groups[i], groups[j]) for i, j in pairs}
+    testable = [ij for ij in pairs if pair_cmp[ij].p_value is not None]
+    better = {k: 0 for k in order}
+    worse = {k: 0 for k in order}
+    for (i, j), p in zip(testable, holm([pair_cmp[ij].p_value for ij in testable])):
+        if p < ALPHA and pair_cmp[(i, j)].delta != 0:
+            hi, lo = (i, j) if pair_cmp[(i, j)].delta > 0 else (j, i)
+            better[lo] += 1
+            worse[hi] += 1
+
+    n_rows = len(order)
+    out: Dict[str, GroupStats] = {}
+    for rank, k in enumerate(order, 1):
+        s, c = summaries[k], vs_base.get(k)
+        band = [1 + better[k], n_rows - worse[k]]
+        p_holm = adjusted.get(k)
+        out[k] = GroupStats(
+            n=s.n, mean=s.mean, sd=s.sd, ci95=s.ci95, baseline_key=baseline_of.get(k) if c else None,
+            test=c.test if c else None, n_pairs=c.n_pairs if c else None, delta=c.delta if c else None,
+            delta_ci95=c.delta_ci95 if c else None, p_value=c.p_value if c else None, p_holm=p_holm,
+            significant=None if p_holm is None else p_holm < ALPHA, sd_diff=c.sd_diff if c else None,
+            rank=rank, band=band, rank_band=band_text(*band))
+
+    paired = [c for c in vs_base.values() if c.test == PAIRED and c.sd_diff is not None]
+    mdd = mdd_sd = mdd_n = None
+    if paired:
+        mdd_sd = math.sqrt(statistics.fmean([c.sd_diff ** 2 for c in paired]))
+        mdd_n = min(c.n_pairs for c in paired)
+        mdd = min_detectable_difference(mdd_sd, mdd_n)
+    return StudyStats(groups=out, mdd=mdd, mdd_sd=mdd_sd, mdd_n=mdd_n, mdd_rows=len(paired),
+                      has_uncertainty=any(s.n >= 2 for s in summaries.values()))
+
+
+def recompute(trials_csv: Path, leaderboard_json: Path) -> Dict[str, Dict[str, object]]:
+    """The per-group statistics again from a report's own files: values from ``trials.csv`` (COMPLETE rows, the
+    column named by ``leaderboard.json``'s ``metric``), baselines from its groups' ``baseline_key``.
+
+    Returns config key → ``GroupStats`` as a dict, to compare with ``leaderboard.json``'s groups (a committed
+    report whose numbers do not follow from its own trials fails that comparison).
+    """
+    board = json.loads(Path(leaderboard_json).read_text(encoding="utf-8"))
+    metric = board["metric"]
+    groups: Dict[str, List[Tuple[Optional[int], float]]] = {}
+    with open(trials_csv, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row["state"] != "COMPLETE" or row.get(metric, "") == "":
+                continue
+            key = row["config_key"] or f"trial-{row['number']}"
+            groups.setdefault(key, []).append((int(row["seed"]) if row["seed"] != "" else None,
+                                               float(row[metric])))
+    baseline_of = {g["config_key"]: g.get("baseline_key") for g in board["groups"]}
+    stats = study_stats(groups, baseline_of)
+    return {k: asdict(v) for k, v in stats.groups.items()}
