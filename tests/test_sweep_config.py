@@ -2,6 +2,8 @@
 conditional space never offers an illegal combination; grid points and overrides are what the file says."""
 from __future__ import annotations
 
+import uuid
+
 import optuna
 import pytest
 import yaml
@@ -124,6 +126,8 @@ def test_storage_password_is_redacted(tmp_path, monkeypatch):
 
 
 def test_a_changed_sweep_cannot_join_an_existing_study(tmp_path):
+    """What must match (base config, overrides, sampler, pruner, searched fields) is refused with the
+    difference named and a way out; a bigger budget or reordered choices are the same sweep."""
     from irpe_bench.sweep.storage import open_study
 
     path = _sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "product"]}}, out_dir=str(tmp_path / "o"))
@@ -135,9 +139,40 @@ def test_a_changed_sweep_cannot_join_an_existing_study(tmp_path):
     assert again.fingerprint() == sweep.fingerprint()
     _, created = open_study(again, {"fingerprint": again.fingerprint()})
     assert not created and len(study.trials) == 2  # joined, nothing enqueued twice
-    changed = load_sweep(path, {"overrides": {"trainer": {"max_epochs": 3}}})
-    with pytest.raises(ValueError, match="was created from a different sweep"):
-        open_study(changed, {"fingerprint": changed.fingerprint()})
+    _, created = open_study(load_sweep(path, {"space": {"model.rpe.method": {"choices": ["product", "none"]}}}), {})
+    assert not created and len(study.trials) == 2  # reordered choices: the same grid
+    cases = [({"overrides": {"trainer": {"max_epochs": 3}}},
+              ["overrides changed: {} -> {'trainer': {'max_epochs': 3}}", "trainer.max_epochs: 2 -> 3"]),
+             ({"space": {"optim.lr": {"choices": [0.001, 0.002]}}},
+              ["space.optim.lr is a new searched field: the study's trials never drew it"]),
+             ({"study": {"pruner": "median"}}, ["study.pruner/pruner_warmup_epochs changed: ['none', 2] -> "
+                                                "['median', 2]"]),
+             ({"study": {"sampler": "random", "n_trials": 2}}, ["study.sampler/seed changed: ['grid', 0]"])]
+    for change, messages in cases:
+        with pytest.raises(ValueError) as e:
+            open_study(load_sweep(path, change), {})
+        text = str(e.value)
+        assert "study 't' in sqlite:///" in text and "was created from a different sweep" in text, text
+        assert all(m in text for m in messages), text
+        assert "--set study.name=NEW" in text
+    data = {**yaml.safe_load(path.read_text()), "space": {"seed": {"choices": [0]}}}
+    with pytest.raises(ValueError, match="space.model.rpe.method is no longer searched"):
+        open_study(build_sweep(data, path), {})
+    # the base file itself changed (not the overrides): the resolved difference is named
+    write_yaml(tmp_path / "base.yaml", tiny_dict(tmp_path, optim={"lr": 0.01}))
+    with pytest.raises(ValueError, match=r"base 'base.yaml' \+ overrides\) differs: optim.lr: 0.002 -> 0.01"):
+        open_study(load_sweep(path), {})
+    assert len(study.trials) == 2  # no refusal touched the study
+
+
+def test_a_tpe_study_refuses_new_choices(tmp_path):
+    from irpe_bench.sweep.storage import open_study
+
+    path = _sweep(tmp_path, {"seed": {"choices": [0, 1]}}, study={"sampler": "tpe", "n_trials": 2},
+                  out_dir=str(tmp_path / "o"))
+    open_study(load_sweep(path), {})
+    with pytest.raises(ValueError, match=r"space.seed choices changed: \[0, 1\] -> \[0, 1, 2\] \(only a grid"):
+        open_study(load_sweep(path, {"space": {"seed": {"choices": [0, 1, 2]}}}), {})
 
 
 def test_set_reaches_dotted_space_keys():
@@ -167,3 +202,93 @@ def test_worker_gpus_come_from_the_visible_list_and_groups_can_be_shared():
     cpu = worker_env(0, 2, 1, 1, None, env={"KEEP": "1"})
     assert "CUDA_VISIBLE_DEVICES" not in cpu and cpu["KEEP"] == "1" and int(cpu["OMP_NUM_THREADS"]) >= 1
     assert gpus_needed(4, 1, 2) == 2 and gpus_needed(3, 2, 2) == 4 and gpus_needed(1, 1, 4) == 1
+
+
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _sample_all(sweep, study):
+    """Run every queued trial with the sweep's real sampling (``space.suggest`` with the study's pinned choice
+    lists, as the objective does) and no training: the trial's value is its number of parameters."""
+    from irpe_bench.sweep.budget import budget
+    from irpe_bench.sweep.extend import pinned_sweep
+
+    s = pinned_sweep(sweep, study)
+    while budget(study)["waiting"]:
+        study.optimize(lambda t: float(len(S.suggest(t, s.config.space, s.base_flat))), n_trials=1)
+
+
+def _frozen(trials):
+    return [(t.number, t.state, t.value, t.params, t.user_attrs, t.datetime_complete) for t in trials]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_grid_study_grows_by_new_choices_and_keeps_removed_ones(tmp_path, backend):
+    """New choices (here one inserted first, which also grows the bias-only ``model.rpe.on@bias``) join the
+    study: only the new points are queued, the old trials keep their values, and Optuna accepts the extended
+    choice lists; a removed choice queues nothing and deletes nothing, and the budget counts its trial."""
+    from irpe_bench.sweep.budget import target_trials
+    from irpe_bench.sweep.extend import CHOICES_ATTR
+    from irpe_bench.sweep.storage import open_study
+
+    name = f"pytest-{uuid.uuid4().hex[:8]}" if backend == "postgresql" else "t"
+    storage = PG if backend == "postgresql" else None
+    space = {"model.rpe.mode": {"choices": ["bias", "contextual"]}, "model.rpe.on": {"choices": ["k", "qkv"]}}
+    path = _sweep(tmp_path, space, study={"name": name, "storage": storage}, out_dir=str(tmp_path / "o"))
+    sweep = load_sweep(path)
+    try:
+        study, _ = open_study(sweep, {"sweep_file": "old.yaml"})
+    except ValueError as e:
+        if backend == "postgresql":
+            pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required (see .ci/run): {e}")
+        raise
+    try:
+        _sample_all(sweep, study)
+        old = _frozen(study.get_trials())
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+        grown = load_sweep(path, {"space": {"model.rpe.on": {"choices": ["q", "k", "qkv"]}}})
+        study, created = open_study(grown, {"sweep_file": "new.yaml"})
+        assert not created and target_trials(grown, study) == 5
+        assert [t.system_attrs["fixed_params"] for t in study.trials[3:]] == [
+            {"model.rpe.mode": "bias", "model.rpe.on@bias": "q"}, {"model.rpe.mode": "contextual",
+                                                                   "model.rpe.on": "q"}]
+        _sample_all(grown, study)
+        trials = study.get_trials()
+        assert _frozen(trials[:3]) == old  # untouched: values, params, attributes
+        assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 5
+        assert trials[3].params == {"model.rpe.mode": "bias", "model.rpe.on@bias": "q"}
+        assert trials[4].distributions["model.rpe.on"].choices == ("k", "qkv", "q")  # appended, old indices kept
+        assert trials[0].distributions["model.rpe.on@bias"].choices == ("k", "q")  # rewritten to the same list
+        attrs = study.user_attrs
+        assert attrs[CHOICES_ATTR]["model.rpe.on"] == ["k", "qkv", "q"]
+        assert attrs["sweep"]["sweep_file"] == "new.yaml" and attrs["sweep"]["space"]["model.rpe.on"] == [
+            "q", "k", "qkv"]
+        assert len(attrs["sweep"]["extended"]) == 1 and "+2 grid point(s), new choices {'model.rpe.on': ['q']}" \
+            in attrs["sweep"]["extended"][0]
+        again, _ = open_study(grown, {})  # nothing new: nothing queued, nothing logged
+        assert len(again.trials) == 5 and len(again.user_attrs["sweep"]["extended"]) == 1
+
+        smaller = load_sweep(path, {"space": {"model.rpe.on": {"choices": ["q", "k"]}}})
+        study, _ = open_study(smaller, {})
+        assert len(study.trials) == 5 and target_trials(smaller, study) == 5  # 4 points + the kept qkv trial
+        assert "choices no longer in the file (trials kept) {'model.rpe.on': ['qkv']}" in \
+            study.user_attrs["sweep"]["extended"][-1]
+        assert study.user_attrs[CHOICES_ATTR]["model.rpe.on"] == ["k", "qkv", "q"]
+    finally:
+        if backend == "postgresql":
+            optuna.delete_study(study_name=name, storage=PG.replace("postgresql://", "postgresql+psycopg://"))
+
+
+def test_a_journal_study_refuses_new_choices_with_a_way_out(tmp_path):
+    """A journal file cannot rewrite the stored choice lists: extending is refused before anything is queued."""
+    from irpe_bench.sweep.storage import open_study
+
+    path = _sweep(tmp_path, {"seed": {"choices": [0, 1]}}, study={"storage": f"journal://{tmp_path}/j.log"},
+                  out_dir=str(tmp_path / "o"))
+    sweep = load_sweep(path)
+    study, _ = open_study(sweep, {})
+    _sample_all(sweep, study)
+    with pytest.raises(ValueError, match=r"new choices for \['seed'\] need the stored choice lists rewritten, "
+                                         r"which a JournalStorage cannot do; run the extended grid under a new"):
+        open_study(load_sweep(path, {"space": {"seed": {"choices": [0, 1, 2]}}}), {})
+    assert len(study.trials) == 2

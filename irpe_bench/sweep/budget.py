@@ -10,7 +10,7 @@ counted, and left out of the leaderboard.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -55,12 +55,33 @@ def over_budget(study: optuna.Study, number: int, target: int) -> bool:
     return sum(1 for n, kind in _kinds(study) if n < number and kind in COUNTED) >= target
 
 
-def target_trials(sweep: Sweep) -> int:
-    """``n_trials``, or the grid's number of points."""
-    from .space import grid_size
+def point_of(t: FrozenTrial) -> Dict[str, object]:
+    """A trial's Optuna parameters: the enqueued ones (a waiting grid point has no ``params`` yet; a retry
+    carries its killed trial's), else the sampled ones."""
+    return dict(t.system_attrs.get("fixed_params") or t.params)
+
+
+def counted_points(study: optuna.Study) -> List[Dict[str, object]]:
+    """The points of the trials that count (:data:`COUNTED`): a grid point among them needs no new trial —
+    finished, running, queued, or failed for good (a failure is not re-run by extending the grid)."""
+    kinds = dict(_kinds(study))
+    return [point_of(t) for t in study.get_trials(deepcopy=False) if kinds[t.number] in COUNTED]
+
+
+def target_trials(sweep: Sweep, study: Optional[optuna.Study] = None) -> int:
+    """``n_trials``, or the grid's number of points. With the ``study``, a grid also counts its trials at
+    points the file no longer has (a removed choice; they are kept, see :mod:`.extend`), so that the budget
+    is exactly one trial per point of the old and the new grid together."""
+    from .space import optuna_params, points
 
     st = sweep.config.study
-    return st.n_trials or grid_size(sweep.config.space, sweep.base_flat)
+    if st.n_trials:
+        return st.n_trials
+    space, base = sweep.config.space, sweep.base_flat
+    grid = [optuna_params(space, p, base) for p in points(space, base)]
+    if study is None:
+        return len(grid)
+    return len(grid) + sum(1 for p in counted_points(study) if p not in grid)
 
 
-__all__ = ["budget", "over_budget", "target_trials", "DISCARDED"]
+__all__ = ["budget", "over_budget", "target_trials", "counted_points", "point_of", "DISCARDED"]

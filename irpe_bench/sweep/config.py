@@ -20,8 +20,8 @@ from typing import Any, Dict, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..train.config import TrainConfig, _merge, build_config, flatten, format_errors, read_yaml, submodel
 from ..redact import redact
+from ..train.config import TrainConfig, _merge, build_config, flatten, format_errors, read_yaml, submodel
 from . import space as S
 
 #: environment variable that overrides ``study.storage`` (keeps a password out of the sweep file)
@@ -111,13 +111,41 @@ class Sweep:
         url = os.environ.get(STORAGE_ENV) or self.config.study.storage
         return url or f"sqlite:///{(self.out_dir / 'optuna.db').as_posix()}"
 
-    def fingerprint(self) -> str:
-        """What makes two sweeps' trials comparable: the resolved base config (minus logging), the space, the
-        sampler and the pruner — not the budget, workers or storage, which may change when a study is resumed."""
+    def identity(self) -> Dict[str, Any]:
+        """What must match for this sweep to join an existing study (:mod:`.extend`): the resolved base config
+        (minus logging), the sampler and the pruner, and which fields are searched and how (``choices`` or the
+        exact range). ``base_file`` and ``overrides`` ride along only to say where a difference came from.
+        A grid's choices are *not* here: they may grow (new seeds, new methods) without a new study."""
         st = self.config.study
-        data = {"base": without_logging(self.base_flat), "space": S.describe(self.config.space),
-                "sampler": [st.sampler, st.seed], "pruner": [st.pruner, st.pruner_warmup_epochs]}
-        return digest(data, 16)
+        fields = {k: ("choices" if s.categorical else v) for (k, s), v in
+                  zip(self.config.space.items(), S.describe(self.config.space).values())}
+        return {"base": without_logging(self.base_flat), "base_file": self.config.base,
+                "overrides": self.config.overrides, "sampler": [st.sampler, st.seed],
+                "pruner": [st.pruner, st.pruner_warmup_epochs], "fields": fields}
+
+    def fingerprint(self) -> str:
+        """A short digest of :meth:`identity`'s must-match part (not the budget, workers, storage or a grid's
+        choices, which may change when a study is resumed or extended)."""
+        ident = self.identity()
+        return digest({k: ident[k] for k in ("base", "sampler", "pruner", "fields")}, 16)
+
+    def legacy_fingerprint(self, space: Mapping[str, Any]) -> str:
+        """The fingerprint older versions stored (base, ``space`` as :func:`~.space.describe` wrote it, sampler,
+        pruner): lets a study made before :meth:`identity` existed be joined and extended."""
+        st = self.config.study
+        return digest({"base": without_logging(self.base_flat), "space": dict(space),
+                       "sampler": [st.sampler, st.seed], "pruner": [st.pruner, st.pruner_warmup_epochs]}, 16)
+
+    def choices(self) -> Dict[str, list]:
+        """``{field: [encoded choices]}`` of the categorical fields, in the file's order."""
+        return {k: list(s.encoded_choices()) for k, s in self.config.space.items() if s.categorical}
+
+    def with_choices(self, choices: Mapping[str, Any]) -> "Sweep":
+        """This sweep with the categorical fields' choices replaced (same fields, same base): the choice lists
+        in the order a study pinned them, for sampling (Optuna compares a categorical's choices as a tuple)."""
+        space = {k: (s.model_copy(update={"choices": tuple(choices[k])}) if s.categorical and k in choices else s)
+                 for k, s in self.config.space.items()}
+        return Sweep(self.config.model_copy(update={"space": space}), self.base_config, self.path)
 
     def trial_config(self, point: Mapping[str, Any], **sections: Mapping[str, Any]) -> TrainConfig:
         """The training config of one point of the space, plus nested ``sections`` changes (``log={...}``,

@@ -6,6 +6,9 @@ Many GPUs, many machines: every worker is the same loop over the same storage. `
 waits for them, then writes the leaderboard;
 the same command on another machine with the same PostgreSQL ``storage`` joins the study.
 
+A grid study whose file gained choices (more seeds, another method) is extended when it is opened: only
+the new points run (:mod:`.extend`).
+
 The budget is counted in the storage, not per worker: a worker starts a trial only while
 ``finished + running < n_trials`` (finished = complete, pruned, or failed and not retried), so N workers
 together run ``n_trials``. A worker with nothing left to start still waits while trials are running, because
@@ -24,9 +27,9 @@ from typing import Dict, List, Optional, Sequence
 
 import optuna
 
+from .budget import budget, target_trials
 from .config import Sweep
 from .objective import Objective
-from .budget import budget, target_trials
 from .storage import fail_running, heartbeat_enabled, open_study
 
 log = logging.getLogger(__name__)
@@ -38,10 +41,12 @@ def work(sweep: Sweep, meta: dict, devices: Optional[int] = None, poll_s: Option
     study if the caller opened it already (else it is created or joined here with ``meta``)."""
     from optuna.storages import fail_stale_trials
 
+    from .extend import pinned_sweep
+
     if study is None:
         study, _ = open_study(sweep, meta)
-    total, started, ran = target_trials(sweep), time.time(), 0
-    objective = Objective(sweep, devices, total)
+    total, started, ran = target_trials(sweep, study), time.time(), 0
+    objective = Objective(pinned_sweep(sweep, study), devices, total)  # samples with the study's choice lists
     timeout = sweep.config.study.timeout_s
     beating = heartbeat_enabled(study)
     poll = poll_s if poll_s is not None else max(1.0, sweep.config.study.heartbeat_s / 2)

@@ -78,9 +78,12 @@ def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
 def open_study(sweep: Sweep, meta: dict) -> Tuple[optuna.Study, bool]:
     """Create the study (and enqueue the grid) or join the existing one → (study, created).
 
-    ``meta`` (stored as the study's ``sweep`` attribute: file, space, command — never the storage URL) is
-    written by the creator only."""
+    Joining checks that the trials stay comparable and refuses otherwise (``ValueError`` saying what differs);
+    a grid study whose file gained choices (seeds, methods) grows: only its new points are enqueued
+    (:mod:`.extend` has the rules). ``meta`` (stored as the study's ``sweep`` attribute: file, space,
+    command — never the storage URL) is written by the creator, and updated by an extension."""
     from . import space as S
+    from .extend import CHOICES_ATTR, IDENTITY_ATTR, differences, extend, refuse, stored_state
 
     storage = open_storage(sweep)
     name = sweep.config.study.name
@@ -91,16 +94,25 @@ def open_study(sweep: Sweep, meta: dict) -> Tuple[optuna.Study, bool]:
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(**kw)
         created = False
-    stored = study.user_attrs.get("sweep") or {}
-    if not created and stored.get("fingerprint") and meta.get("fingerprint") and \
-            stored["fingerprint"] != meta["fingerprint"]:
-        raise ValueError(f"study {name!r} in {redact(sweep.storage_url)} was created from a different sweep (base "
-                         "config, overrides, space, sampler or pruner differ; sweep file "
-                         f"{stored.get('sweep_file')!r}): its trials would not be comparable. Use a new study.name "
-                         "(--set study.name=...) or delete the old study")
-    if created or not stored:
+    grid = sweep.config.study.sampler == "grid"
+    if created:
+        study.set_user_attr(IDENTITY_ATTR, sweep.identity())
+        study.set_user_attr(CHOICES_ATTR, sweep.choices())
         study.set_user_attr("sweep", meta)
-    if sweep.config.study.sampler == "grid" and not study.user_attrs.get("grid_enqueued"):
+    else:
+        identity, choices = stored_state(sweep, study)
+        diffs = ["the base config, overrides, space, sampler or pruner differ (the study predates itemised "
+                 "checks)"] if identity is None else differences(identity, sweep.identity(), choices, sweep.choices())
+        if diffs:
+            raise refuse(sweep, study, diffs)
+        if IDENTITY_ATTR not in study.user_attrs:  # an older study: record what it is, for the next join
+            study.set_user_attr(IDENTITY_ATTR, sweep.identity())
+            study.set_user_attr(CHOICES_ATTR, choices)
+        if not study.user_attrs.get("sweep"):
+            study.set_user_attr("sweep", meta)
+        if grid and study.user_attrs.get("grid_enqueued"):
+            study = extend(sweep, study, storage, meta, choices, lambda: optuna.load_study(**kw))
+    if grid and not study.user_attrs.get("grid_enqueued"):
         if created or not study.trials:  # the creator, or a creator killed before it enqueued
             for point in S.points(sweep.config.space, sweep.base_flat):
                 study.enqueue_trial(S.optuna_params(sweep.config.space, point, sweep.base_flat),
