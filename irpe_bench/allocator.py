@@ -3,10 +3,10 @@
 Why: PyTorch allocates CPU tensors with the C library's ``malloc`` and caches nothing itself. glibc returns
 large blocks to the kernel (``mmap`` above a threshold that adapts only up to 32 MiB, heap trimming above twice
 that), so a training step that frees and re-allocates the same big activations every step touches fresh pages
-every step: each 4 KiB page is a minor page fault (a kernel entry and a zeroed page). Measured on DeiT-Tiny at
-224, batch 32, 2 CPU threads (README, Performance): the no-RPE baseline settles at ~0 faults per step, while
-eager attention with iRPE (more and larger transient L×L tensors) kept 16–28 thousand per step, up to 5 % of its
-step time; with memory kept, every model has ~0 and iRPE's step-time ratios to the baseline fell by 0.02–0.05.
+every step: each 4 KiB page is a minor page fault (a kernel entry and a zeroed page). Eager attention with iRPE
+frees and re-allocates more and larger transient (B, H, L, L) tensors per step than the no-RPE baseline's fused
+kernel, so it pays this more; with memory kept, neither faults in steady state (docs/performance.md has the
+measured faults and step times).
 
 What it changes: ``mallopt(M_MMAP_THRESHOLD, 1 GiB)`` (blocks below it come from the reusable heap; 32 MiB where
 an older glibc refuses more) and ``mallopt(M_TRIM_THRESHOLD, 2 GiB - 1)`` (the heap is not shrunk). The process

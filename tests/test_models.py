@@ -186,11 +186,65 @@ def test_abs_pos_false_removes_the_position_embedding():
 
 
 def test_dynamic_image_size_follows_the_input():
-    model = create_model("deit_tiny_patch16_224", rpe=RPEConfig(), dynamic_img_size=True, **TINY).eval()
-    assert model(torch.randn(1, 3, 16, 24)).shape == (1, 10)
-    assert model.blocks[0].attn.grid_size == (4, 6)
-    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
-    assert model.blocks[1].attn.grid_size == (8, 8)
+    """A changed grid rebuilds the bucket buffers: the ids are those of the new grid, and a dynamic model's
+    output on a 4×6 image equals a fixed 4×6 model's with the same weights (no absolute position embedding,
+    which timm would resample)."""
+    cfg = RPEConfig(on="qkv")
+    model = create_model("deit_tiny_patch16_224", rpe=cfg, abs_pos=False, dynamic_img_size=True, **TINY).eval()
+    _randomise_tables(model)
+    x = torch.randn(1, 3, 16, 24)
+    with torch.no_grad():
+        got = model(x)
+    assert got.shape == (1, 10)
+    attn = model.blocks[0].attn
+    assert attn.grid_size == (4, 6)
+    torch.testing.assert_close(attn.bucket_ids, bucket_ids(cfg.method, cfg.index, cfg.alpha, cfg.beta, cfg.gamma,
+                                                           4, 6, 1), rtol=0, atol=0)
+    assert attn.bucket_index.shape == attn.bucket_index_t.shape == (1, 25 * 25)
+    fixed = create_model("deit_tiny_patch16_224", rpe=cfg, abs_pos=False, **{**TINY, "img_size": (16, 24)}).eval()
+    fixed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(got, fixed(x))
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert model.blocks[1].attn.grid_size == (8, 8) and model.blocks[1].attn.bucket_ids.shape == (1, 65, 65)
+
+
+def _randomise_tables(model, std=0.3):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lookup_table" in name:
+                p.normal_(0, std)
+
+
+@pytest.mark.parametrize("on, mode", [("qkv", "contextual"), ("qk", "bias")])
+def test_bucket_buffers_are_not_saved_and_follow_the_module(on, mode):
+    """Checkpoints hold only learned tables (the buffers are non-persistent); buffers exist only where a table
+    reads them, and move with the module."""
+    model = create_model("deit_tiny_patch16_224", rpe=RPEConfig(on=on, mode=mode), **TINY)
+    assert not [k for k in model.state_dict() if "bucket" in k]
+    attn = model.blocks[0].attn
+    names = {n.split(".")[-1] for n, _ in attn.named_buffers()}
+    assert names == ({"bucket_ids", "bucket_index", "bucket_index_t"} if mode == "contextual" else {"bucket_ids"})
+    model.to(torch.float64)
+    assert attn.bucket_ids.dtype == torch.int64
+
+
+def test_a_meta_device_model_builds_and_materialises_with_the_right_ids():
+    """Built under ``torch.device("meta")`` (the sweep's slug), the buffers are shape-only; after
+    ``to_empty`` the first forward rebuilds them, so the model computes what a CPU-built one does."""
+    cfg = RPEConfig(on="qkv", method="quant_rank")  # NOTE: quant_rank's ids need data (unique): not on meta
+    with torch.device("meta"):
+        meta = create_model("deit_tiny_patch16_224", rpe=cfg, **TINY)
+    assert meta.blocks[0].attn.bucket_ids.is_meta
+    torch.manual_seed(0)
+    cpu = create_model("deit_tiny_patch16_224", rpe=cfg, **TINY).eval()
+    _randomise_tables(cpu)
+    meta = meta.to_empty(device="cpu").eval()
+    meta.load_state_dict(cpu.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(meta(x), cpu(x), rtol=0, atol=0)
+    torch.testing.assert_close(meta.blocks[0].attn.bucket_ids, cpu.blocks[0].attn.bucket_ids, rtol=0, atol=0)
 
 
 def test_sequence_that_does_not_match_the_grid_fails_clearly():

@@ -1,13 +1,13 @@
 """The attention core with iRPE terms, with a hand-written backward: how eager attention trains on the CPU, and
 how recomputed weights (``recompute_weights``) train on every device. On CUDA, kept weights train through
-autograd's backward, measured faster there (:mod:`.attention`; README, Performance).
+autograd's backward, which is faster there (:mod:`.attention`; docs/performance.md).
 
 ``softmax(s·q kᵀ + iRPE terms) v + value term`` through autograd would keep the weights for two backward
 nodes, run PyTorch's softmax backward (an extra L×L reduction pass) and store the per-bucket products z of each
 contextual term. This function computes the same gradients from the weights and the output (``D`` below is
 O(L·d), not an L×L pass), recomputes the small z, and gives the iRPE terms' gradients in the same pass. With
 ``recompute_weights`` it keeps, like the no-RPE baseline's fused kernel, one log-sum-exp per row instead of the
-weights and recomputes them in the backward pass: no L×L tensor is kept at all (README, Performance). The
+weights and recomputes them in the backward pass: no L×L tensor is kept at all. The
 maths (notation of :mod:`irpe_bench.rpe.encoding`; ``G`` a bucket gather, ``G*`` its adjoint, a
 scatter-add)::
 
@@ -22,9 +22,9 @@ scatter-add)::
                dz_c = G*(dS)    dx_c += s · dz_c r_cᵀ    dr_c = s · Σ_{b, i} x_cᵀ dz_c
                dr^V = Σ_{b, i} G*(P)ᵀ dO                     (and over heads when the table is shared)
 
-Compared with :func:`torch.utils.checkpoint.checkpoint` of the whole attention (what ``recompute_weights`` did
-before), recomputing re-runs one matmul, the gathers and an exponential, not the whole forward
-(``benchmarks/bench_attention_kernels.py --train``). With ``recompute_weights`` and no value table, the
+Compared with :func:`torch.utils.checkpoint.checkpoint` of the whole attention, recomputing re-runs one matmul,
+the gathers and an exponential, not the whole forward (``benchmarks/bench_attention_kernels.py --train``
+measures both). With ``recompute_weights`` and no value table, the
 forward on the CPU in fp32 is PyTorch's fused attention kernel with the iRPE terms as its float mask, which
 returns ℓ itself (``_CPU_FLASH``). There is no attention dropout here: with dropout
 :class:`~irpe_bench.models.attention.RPEAttention` trains through autograd (and checkpoints to recompute).
@@ -54,7 +54,7 @@ def _scores(q: torch.Tensor, k: torch.Tensor, scale: float, contextual: Sequence
 
     NOTE: where a gathered term already is a fresh L×L tensor of the statistics dtype (fp32, fp64), ``q kᵀ``
     is accumulated into it by the matmul itself (``baddbmm_``, the scale as its alpha): no scaled copy of q,
-    no matmul output, no pass adding it (CPU, DeiT-Tiny at 224, batch 32: 3.1 vs 4.8 ms per layer)."""
+    no (B, H, L, L) matmul output, no pass adding it."""
     stats = _stats_dtype(q.dtype)
     parts = [gather_buckets(contextual_products(x, table, ts), index)
              for (x, table), (ts, index, _) in zip(_pairs(contextual), terms)]
@@ -89,7 +89,7 @@ def _table_grad(x: torch.Tensor, dz: torch.Tensor, table: torch.Tensor, term_sca
     in its dtype (summed over heads too when the table is shared).
 
     NOTE: a shared table's gradient is one (m, B·H·L) @ (B·H·L, n) matrix product of the contiguous operands;
-    the per-head einsum would permute both into (H, m, B·L) copies first (~2 ms per layer at DeiT-Tiny 224)."""
+    the per-head einsum would permute both into (H, m, B·L) copies first."""
     m, n = x.shape[-1], dz.shape[-1]
     if table.shape[0] == 1:
         grad = x.reshape(-1, m).transpose(0, 1) @ dz.reshape(-1, n)
@@ -106,9 +106,9 @@ class _AttentionCore(torch.autograd.Function):
     NOTE: not even the per-bucket products z are kept (a quarter of an L×L tensor each at K = 50, L = 197):
     the backward recomputes them from x and the table, one small matmul each.
     NOTE: q, k and v arrive as strided views of the qkv projection's output, and the incoming gradient as a
-    view of the projection's layout; each batched matmul would copy such an operand again (7 copies of a
-    (B, H, L, d) tensor per layer at DeiT-Tiny 224, ~3 % of its CPU training step). Each is made contiguous
-    once; the views' storage is then free, so nothing more is kept.
+    view of the projection's layout; each batched matmul would copy such an operand again (seven copies of a
+    (B, H, L, d) tensor per layer). Each is made contiguous once; the views' storage is then free, so nothing
+    more is kept.
     """
 
     @staticmethod
@@ -192,7 +192,7 @@ def _with_sources(flat: Sequence[Optional[torch.Tensor]], terms, q: torch.Tensor
 
 def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: Sequence[LogitsTerm], scale: float,
                    table_v: Optional[torch.Tensor] = None, ids: Optional[torch.Tensor] = None,
-                   recompute_weights: bool = False) -> torch.Tensor:
+                   recompute_weights: bool = False, index_v: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``softmax(s·q kᵀ + Σ terms) v`` (+ the value term of ``table_v`` (H|1, K, d) over ``ids``), (B, H, L, d),
     with the module docstring's backward; ``recompute_weights`` keeps a log-sum-exp per row instead of the
     weights (no L×L tensor for the backward pass).
@@ -201,14 +201,15 @@ def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: Seq
         terms: logits terms from :func:`irpe_bench.rpe.attention_logits_terms` with ``expand=False``:
             :class:`BucketTerm` are recomputed in the backward pass, dense terms (bias mode, a mask) are summed
             and kept.
+        ids: (C, L, L) bucket ids, for ``table_v``; or ``index_v`` = ``bucket_index(ids, K)`` (C, L·L) if
+            already built.
     """
     contextual = [t for t in terms if isinstance(t, BucketTerm)]
     dense_terms = [t.to(_stats_dtype(q.dtype)) for t in terms if not isinstance(t, BucketTerm)]
     dense = sum(dense_terms[1:], dense_terms[0]) if dense_terms else None
-    index_v = None
-    if table_v is not None:
+    if table_v is not None and index_v is None:
         if ids is None:
-            raise ValueError("attention_core: table_v needs the bucket ids")
+            raise ValueError("attention_core: table_v needs the bucket ids (ids or index_v)")
         index_v = bucket_index(ids, table_v.shape[-2])
     sources = [0 if t.x is q else 1 if t.x is k else None for t in contextual]
     meta = (scale, [(t.scale, t.index, src) for t, src in zip(contextual, sources)], index_v, not recompute_weights)

@@ -2,13 +2,12 @@
 
 Why it exists: the iRPE-K/Q terms (and bias mode) enter attention as an additive (B|1, H|1, L, L) bias that
 needs a gradient. PyTorch's flash kernel takes no bias at all, so ``scaled_dot_product_attention`` with a float
-mask falls back to the memory-efficient kernel, measured at 2.6× the flash baseline per attention core on an
-H100 (``benchmarks/bench_attention_kernels.py``); FlexAttention's compiled ``score_mod`` gather was slower
-still at 197 tokens. This kernel is FlashAttention-2's algorithm (Dao, 2023) with one extra tile load.
-Measured on the same H100 it is exact but slower than the memory-efficient kernel (2.9× vs 2.6× in training,
-3.9× vs 3.1× in inference at 197 tokens, batch 256), so models use it only when asked
-(``RPEAttention.kernel = "triton"``); it is the starting point for a kernel that gathers the iRPE term inside
-instead of reading a materialised L×L bias:
+mask falls back to the memory-efficient kernel, well behind the flash baseline
+(``benchmarks/bench_attention_kernels.py``; FlexAttention's compiled ``score_mod`` gather was slower still at
+197 tokens). This kernel is FlashAttention-2's algorithm (Dao, 2023) with one extra tile load. It is exact but
+not faster than the memory-efficient kernel on the GPUs measured (docs/performance.md), so models use it only
+when asked (``RPEAttention.kernel = "triton"``); it is the starting point for a kernel that gathers the iRPE
+term inside instead of reading a materialised L×L bias:
 
 * forward, one program per (query block, batch·head): for each key block,
   ``s = scale · q kᵀ + bias``, online softmax (running max ``m`` and sum ``l``), ``acc += p v``; stores

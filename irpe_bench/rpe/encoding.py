@@ -24,7 +24,6 @@ Efficient forms (the cost that matters is per layer, L tokens, K buckets, d = he
 """
 from __future__ import annotations
 
-import functools
 from typing import List, NamedTuple, Optional, Union
 
 import torch
@@ -33,17 +32,14 @@ from torch import nn
 from .config import RPEConfig
 
 
-@functools.lru_cache(maxsize=64)
 def bucket_index(ids: torch.Tensor, num_buckets: int, transpose: bool = False) -> torch.Tensor:
     """(C, L, L) bucket ids → (C, L·L) flat positions into a (…, L, K) per-bucket tensor viewed as (…, L·K);
     the index of :func:`gather_buckets` and :func:`scatter_buckets`.
 
     ``transpose=False``: entry (i, j) reads ``z[i, I(i, j)]``; ``transpose=True``: it reads ``z[j, I(j, i)]``,
-    the query-side term already in (query, key) layout.
-
-    NOTE: cached, because every layer of every forward asks for the same index. The key is the ``ids`` tensor
-    itself (hashed by identity): ``bucket_ids`` hands out one cached tensor per grid, and this cache's strong
-    reference keeps that identity from being reused by another tensor."""
+    the query-side term already in (query, key) layout. :class:`~irpe_bench.models.RPEAttention` keeps both
+    forms for its grid in non-persistent buffers; the functions below build one from ``ids`` when not given it.
+    """
     L = ids.shape[-1]
     rows = torch.arange(L, device=ids.device) * num_buckets
     flat = ids.transpose(-1, -2) + rows.view(1, 1, L) if transpose else ids + rows.view(1, L, 1)
@@ -58,9 +54,9 @@ def _scatter_flat(x2: torch.Tensor, index: torch.Tensor, width: int) -> torch.Te
 class _GatherFlat(torch.autograd.Function):
     """``torch.gather(z, 1, index)`` whose backward keeps only the index.
 
-    NOTE: ``gather`` beats ``index_select`` along dim 1 (``benchmarks/bench_lookup.py``, CPU, DeiT-Tiny at 224:
-    0.60× forward, 0.70× forward + backward), but autograd's own gather saves its input for the backward — z, a
-    quarter of an L×L tensor per layer at K=50, L=197. The gradient needs only z's shape and the index (an
+    NOTE: ``gather`` is faster than ``index_select`` along dim 1 on the CPU (``benchmarks/bench_lookup.py``),
+    but autograd's own gather saves its input for the backward — z (B, H, L, K), a quarter of an L×L tensor
+    per layer at K=50, L=197. The gradient needs only z's shape and the index (an
     expanded view: no memory), so this keeps those: the scatter-add backward is the same as gather's own.
     """
 
@@ -137,7 +133,7 @@ def contextual_products(x: torch.Tensor, table: torch.Tensor, scale: float = 1.0
 
 
 def contextual_logits(x: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, scale: float = 1.0,
-                      transpose: bool = False) -> torch.Tensor:
+                      transpose: bool = False, index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Eq. 15 / 26–28: ``scale · x_i · r[I(i, j)]``; with ``transpose``, its transpose ``scale · x_j · r[I(j, i)]``
     (the query-side term b^Q of the module docstring, computed directly in (query, key) layout).
 
@@ -145,10 +141,13 @@ def contextual_logits(x: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, s
         x: (B, H, L, d) queries (for r^K) or keys (for r^Q).
         table: (H or 1, d, K) lookup table.
         ids: (C, L, L) int64 bucket ids.
+        index: ``bucket_index(ids, K, transpose)`` if already built (C, L·L).
     Returns:
         (B, H, L, L).
     """
-    return gather_buckets(contextual_products(x, table, scale), bucket_index(ids, table.shape[-1], transpose))
+    if index is None:
+        index = bucket_index(ids, table.shape[-1], transpose)
+    return gather_buckets(contextual_products(x, table, scale), index)
 
 
 def _as_matrix(table: torch.Tensor) -> torch.Tensor:
@@ -167,18 +166,20 @@ def bias_logits(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return out.view(1, table.shape[0], -1, L)
 
 
-def contextual_values(attn: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def contextual_values(attn: torch.Tensor, table: torch.Tensor, ids: torch.Tensor,
+                      index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Eq. 17's position term ``Σ_j a_ij r[I(i, j)]``, efficiently: per-bucket sums of ``a``, then ``@ r``.
 
     Args:
         attn: (B, H, L, L) attention weights after softmax and dropout.
         table: (H or 1, K, d) lookup table.
         ids: (C, L, L) int64 bucket ids.
+        index: ``bucket_index(ids, K)`` if already built (C, L·L).
     Returns:
         (B, H, L, d).
     """
     K = table.shape[-2]
-    per_bucket = scatter_buckets(attn, bucket_index(ids, K), K)  # B, H, L, K
+    per_bucket = scatter_buckets(attn, bucket_index(ids, K) if index is None else index, K)  # B, H, L, K
     return torch.matmul(per_bucket, _as_matrix(table).to(per_bucket.dtype))
 
 
@@ -212,23 +213,26 @@ class RelativePositionEncoding(nn.Module):
     def table(self) -> torch.Tensor:
         return self.lookup_table_bias if self.mode == "bias" else self.lookup_table_weight
 
-    def forward(self, x: torch.Tensor, ids: torch.Tensor, scale: float = 1.0, transpose: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, scale: float = 1.0, transpose: bool = False,
+                index: Optional[torch.Tensor] = None) -> torch.Tensor:
         """q/k: ``x`` (B, H, L, d) → logits term (B or 1, H, L, L), ``scale`` applied in contextual mode only
         (the official code adds bias-mode terms unscaled), transposed with ``transpose``; v: ``x`` = attention
-        (B, H, L, L) → (B, H, L, d)."""
+        (B, H, L, L) → (B, H, L, d). ``index``: ``bucket_index(ids, K, transpose)`` if already built."""
         if self.attach == "v":
-            return contextual_values(x, self.lookup_table_weight, ids)
-        term = self.logits_term(x, ids, scale, transpose)
+            return contextual_values(x, self.lookup_table_weight, ids, index)
+        term = self.logits_term(x, ids, scale, transpose, index)
         return term.expand() if isinstance(term, BucketTerm) else term
 
-    def logits_term(self, x: torch.Tensor, ids: torch.Tensor, scale: float = 1.0,
-                    transpose: bool = False) -> LogitsTerm:
+    def logits_term(self, x: torch.Tensor, ids: torch.Tensor, scale: float = 1.0, transpose: bool = False,
+                    index: Optional[torch.Tensor] = None) -> LogitsTerm:
         """q/k only: :meth:`forward`'s logits term, a contextual one left unexpanded (:class:`BucketTerm`)."""
         if self.mode == "bias":
             out = bias_logits(self.lookup_table_bias, ids)
             return out.transpose(-1, -2) if transpose else out
         table = self.lookup_table_weight
-        return BucketTerm(x, table, scale, bucket_index(ids, table.shape[-1], transpose))
+        if index is None:
+            index = bucket_index(ids, table.shape[-1], transpose)
+        return BucketTerm(x, table, scale, index)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -245,14 +249,17 @@ def attention_logits_terms(
     scale: float,
     ids: torch.Tensor,
     expand: bool = True,
+    index: Optional[torch.Tensor] = None,
+    index_t: Optional[torch.Tensor] = None,
 ) -> List[LogitsTerm]:
     """``[b^K, b^Q]`` of the module docstring (those present), each (B|1, H|1, L, L) in (query, key) layout;
-    with ``expand=False`` contextual terms stay :class:`BucketTerm` (z and its index, no L×L tensor)."""
+    with ``expand=False`` contextual terms stay :class:`BucketTerm` (z and its index, no L×L tensor).
+    ``index`` / ``index_t``: ``bucket_index(ids, K)`` and its transposed form, if already built."""
     terms: List[LogitsTerm] = []
     if rpe_k is not None:
-        terms.append(rpe_k.logits_term(q, ids, scale))
-    if rpe_q is not None:
-        terms.append(rpe_q.logits_term(k, ids, scale, transpose=True))  # NOTE: reversed offset I(j, i), as official
+        terms.append(rpe_k.logits_term(q, ids, scale, index=index))
+    if rpe_q is not None:  # NOTE: reversed offset I(j, i), as official
+        terms.append(rpe_q.logits_term(k, ids, scale, transpose=True, index=index_t))
     if expand:
         terms = [t.expand() if isinstance(t, BucketTerm) else t for t in terms]
     return terms

@@ -133,23 +133,6 @@ def num_buckets(method: str, beta: float, num_prefix_tokens: int) -> Tuple[int, 
     return (size,) * mapping.num_components
 
 
-@functools.lru_cache(maxsize=64)
-def _bucket_ids_cached(method, index, alpha, beta, gamma, height, width, num_prefix_tokens, device):
-    mapping, fn = get_mapping(method), get_index(index)
-    g = functools.partial(fn, alpha=alpha, beta=beta, gamma=gamma)
-    sizes = num_buckets(method, beta, num_prefix_tokens)
-    patch_ids = mapping.ids(grid_offsets(height, width, device), g, beta)  # C, hw, hw
-    p, n = num_prefix_tokens, height * width
-    ids = patch_ids.new_empty((len(sizes), p + n, p + n))
-    if p > 0:
-        ids[:, :p, :] = sizes[0] - 1
-        ids[:, :, :p] = sizes[0] - 1
-    ids[:, p:, p:] = patch_ids
-    starts = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)
-    ids += starts.view(-1, 1, 1)
-    return ids.contiguous()
-
-
 def bucket_ids(
     method: str,
     index: str,
@@ -165,10 +148,20 @@ def bucket_ids(
 
     Returns:
         (C, L, L) int64, ``L = num_prefix_tokens + height·width``; component ``c`` indexes the
-        concatenated table at ``[sum(sizes[:c]), sum(sizes[:c+1]))``. The tensor is cached (keyed by every
-        argument) and shared: treat it as read-only.
+        concatenated table at ``[sum(sizes[:c]), sum(sizes[:c+1]))``. Computed afresh on every call (a few
+        element-wise passes over L×L): :class:`~irpe_bench.models.RPEAttention` keeps its grid's ids in a
+        non-persistent buffer, so a forward pass does not call this.
     """
-    return _bucket_ids_cached(
-        method, index, float(alpha), float(beta), float(gamma), int(height), int(width),
-        int(num_prefix_tokens), torch.device(device),
-    )
+    mapping, fn = get_mapping(method), get_index(index)
+    g = functools.partial(fn, alpha=float(alpha), beta=float(beta), gamma=float(gamma))
+    sizes = num_buckets(method, beta, num_prefix_tokens)
+    patch_ids = mapping.ids(grid_offsets(height, width, device), g, beta)  # C, hw, hw
+    p, n = num_prefix_tokens, height * width
+    ids = patch_ids.new_empty((len(sizes), p + n, p + n))
+    if p > 0:
+        ids[:, :p, :] = sizes[0] - 1
+        ids[:, :, :p] = sizes[0] - 1
+    ids[:, p:, p:] = patch_ids
+    starts = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)
+    ids += starts.view(-1, 1, 1)
+    return ids.contiguous()
