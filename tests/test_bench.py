@@ -84,10 +84,11 @@ def test_lookup_candidates_agree_and_report(capsys):
     assert "forward + backward" in capsys.readouterr().out
 
 
-def test_core_ab_compares_a_revision_with_the_working_tree(tmp_path, capsys):
-    """benchmarks/bench_core_ab.py: the attention core as committed at a revision, loaded beside the working
-    tree's, trains the same model to the same logits and gradients; both are timed against the baseline and
-    against each other, and the JSON records the revision."""
+@pytest.mark.parametrize("scope", ["core", "package"])
+def test_core_ab_compares_a_revision_with_the_working_tree(scope, tmp_path, capsys):
+    """benchmarks/bench_core_ab.py: the attention core (or the whole package) as committed at a revision, loaded
+    beside the working tree's, trains the same model to the same logits and gradients; both are timed against
+    the baseline and against each other, and the JSON records the revision."""
     import subprocess
     from pathlib import Path
 
@@ -99,12 +100,13 @@ def test_core_ab_compares_a_revision_with_the_working_tree(tmp_path, capsys):
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode != 0:
         pytest.skip("not a git checkout: the script reads the revision's core from git")
     out = tmp_path / "ab.json"
-    rows = {r["case"]: r for r in core_ab(["--rev", "HEAD", "--preset", "micro", "--batch", "2", "--modes", "k,qkv",
-                                           "--rounds", "2", "--warmup", "0", "--threads", "1", "--out", str(out)])}
+    argv = ["--rev", "HEAD", "--scope", scope, "--preset", "micro", "--batch", "2", "--modes", "k,qkv",
+            "--rounds", "2", "--warmup", "0", "--threads", "1", "--out", str(out)]
+    rows = {r["case"]: r for r in core_ab(argv)}
     assert set(rows) == {"baseline", "k/HEAD", "k/now", "qkv/HEAD", "qkv/now"}
     assert rows["k/now"]["max_abs_diff"] <= 1e-5 and rows["qkv/now"]["max_abs_diff"] <= 1e-5
     assert rows["k/now"]["x_rev"] > 0 and rows["k/HEAD"]["rounds"] == 2
-    assert json.loads(out.read_text())["rev"] == "HEAD"
+    assert json.loads(out.read_text())["rev"] == "HEAD" and json.loads(out.read_text())["scope"] == scope
     assert "k: now / HEAD = " in capsys.readouterr().out
     assert attention_module.attention_core is attention_core  # the swap is undone
 
