@@ -268,3 +268,67 @@ def test_a_trial_created_past_the_budget_is_discarded_untrained(tmp_path):
     board = collect(study)
     assert board.counts["discarded"] == 1 and board.counts["failed"] == 0 and board.counts["total"] == 2
     assert len(board.groups) == 2
+
+
+def _snapshot(trials):
+    """What an extension must leave alone: each trial's number, state, value, params, attributes, times, and
+    its run's summary file (bytes and mtime: not trained again)."""
+    out = []
+    for t in trials:
+        summary = Path(t.user_attrs["run_dir"]) / "summary.json"
+        out.append((t.number, t.state, t.value, t.params, t.user_attrs, t.datetime_start, t.datetime_complete,
+                    summary.read_bytes(), summary.stat().st_mtime_ns))
+    return out
+
+
+def test_more_seeds_join_the_finished_study_and_train_only_the_new_trial(tmp_path):
+    """A finished two-seed grid, its file edited to three seeds: the same study, one new training (seed 2),
+    the old trials untouched, the stored sweep updated; a third run trains nothing."""
+    from irpe_bench.sweep.extend import CHOICES_ATTR
+
+    space = {"model.rpe.method": {"choices": ["product"]}, "seed": {"choices": [0, 1]}}
+    path = _write_sweep(tmp_path, space)
+    assert main(["sweep", str(path), "--no-leaderboard"]) == 0
+    before = _study(tmp_path).get_trials()
+    assert [t.state for t in before] == [TrialState.COMPLETE] * 2
+    old = _snapshot(before)
+    data = yaml.safe_load(path.read_text())
+    data["space"]["seed"]["choices"] = [0, 1, 2]
+    path.write_text(yaml.safe_dump(data))
+    assert main(["sweep", str(path), "--no-leaderboard"]) == 0
+    study = _study(tmp_path)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert _snapshot(trials[:2]) == old
+    assert trials[2].params == {"model.rpe.method": "product", "seed": 2} and trials[2].user_attrs["seed"] == 2
+    assert trials[2].user_attrs["config_key"] == trials[0].user_attrs["config_key"]  # one leaderboard row
+    runs = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
+    assert runs == [f"trial-000{i}-{trials[0].user_attrs['variant']}" for i in range(3)]  # three trainings in all
+    meta = study.user_attrs["sweep"]
+    assert meta["space"]["seed"] == [0, 1, 2] and study.user_attrs[CHOICES_ATTR]["seed"] == [0, 1, 2]
+    assert len(meta["extended"]) == 1 and "+1 grid point(s), new choices {'seed': [2]}" in meta["extended"][0]
+    assert "python run.py sweep" in meta["command"]
+    assert main(["sweep", str(path), "--no-leaderboard"]) == 0
+    assert len(_study(tmp_path).trials) == 3
+
+
+def test_a_new_grid_choice_runs_only_its_cells_and_a_changed_override_is_refused(tmp_path, capsys):
+    """``--set`` a third method (inserted between the old two) on a finished method × seed grid: only its cell
+    trains. The same file with a changed training override is refused before any work, saying what differs."""
+    path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "product"]}, "seed": {"choices": [0]}})
+    assert main(["sweep", str(path), "--no-leaderboard"]) == 0
+    old = _snapshot(_study(tmp_path).get_trials())
+    assert main(["sweep", str(path), "--no-leaderboard", "--set",
+                 "space.model.rpe.method.choices=[none,cross,product]"]) == 0
+    trials = _study(tmp_path).get_trials()
+    assert _snapshot(trials[:2]) == old and len(trials) == 3
+    assert trials[2].state == TrialState.COMPLETE and trials[2].params == {"model.rpe.method": "cross", "seed": 0}
+    assert "_cross_" in trials[2].user_attrs["variant"]
+    assert len(list((tmp_path / "out" / "runs").iterdir())) == 3
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--no-leaderboard", "--set", "space.model.rpe.method.choices=[none,cross,product]",
+                 "overrides.trainer.max_epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert "error: study 's'" in err and "was created from a different sweep" in err, err[-2000:]
+    assert "trainer.max_epochs: 2 -> 1" in err and "--set study.name=NEW" in err
+    assert len(_study(tmp_path).trials) == 3 and len(list((tmp_path / "out" / "runs").iterdir())) == 3
