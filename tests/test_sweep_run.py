@@ -190,9 +190,8 @@ def test_journal_storage_and_fail_running_recover_a_crashed_worker(tmp_path):
     path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "product"]}},
                         study={"storage": f"journal://{journal}"})
     from irpe_bench.sweep import load_sweep
-    from irpe_bench.sweep.storage import open_study
-
     from irpe_bench.sweep.space import suggest
+    from irpe_bench.sweep.storage import open_study
 
     sweep = load_sweep(path)
     study, created = open_study(sweep, {})
