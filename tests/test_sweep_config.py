@@ -292,3 +292,29 @@ def test_a_journal_study_refuses_new_choices_with_a_way_out(tmp_path):
                                          r"which a JournalStorage cannot do; run the extended grid under a new"):
         open_study(load_sweep(path, {"space": {"seed": {"choices": [0, 1, 2]}}}), {})
     assert len(study.trials) == 2
+
+
+def test_a_study_made_before_identities_were_stored_is_joined_and_extended(tmp_path):
+    """Older studies carry only ``sweep.fingerprint`` (base + space + sampler + pruner) and ``sweep.space``:
+    the same file joins and grows; a changed base is still refused."""
+    from irpe_bench.sweep.extend import CHOICES_ATTR, IDENTITY_ATTR
+    from irpe_bench.sweep.storage import open_study
+
+    path = _sweep(tmp_path, {"seed": {"choices": [0, 1]}}, out_dir=str(tmp_path / "o"))
+    sweep = load_sweep(path)
+    (tmp_path / "o").mkdir()
+    old = optuna.create_study(study_name="t", storage=sweep.storage_url, direction="maximize")
+    space = S.describe(sweep.config.space)
+    old.set_user_attr("sweep", {"name": "t", "space": space, "fingerprint": sweep.legacy_fingerprint(space)})
+    for seed in (0, 1):
+        old.enqueue_trial({"seed": seed})
+    old.set_user_attr("grid_enqueued", True)
+    _sample_all(sweep, old)
+    with pytest.raises(ValueError, match="the base config, overrides, space, sampler or pruner differ"):
+        open_study(load_sweep(path, {"overrides": {"trainer": {"max_epochs": 3}}}), {})
+    grown = load_sweep(path, {"space": {"seed": {"choices": [0, 1, 2]}}})
+    study, created = open_study(grown, {})
+    assert not created and study.user_attrs[IDENTITY_ATTR]["sampler"] == ["grid", 0]
+    assert study.user_attrs[CHOICES_ATTR] == {"seed": [0, 1, 2]}
+    _sample_all(grown, study)
+    assert [t.params["seed"] for t in study.trials] == [0, 1, 2]
