@@ -31,6 +31,9 @@ def test_train_writes_summary_and_wandb_offline(tmp_path, monkeypatch):
     assert saved["malloc"] == allocator.in_effect()  # which allocator policy the timings ran under
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert saved["wandb_id"] == "pytest01"
+    assert saved["selection"] == "best_val" and saved["test/epoch"] in (1, 2)
+    assert 0.0 <= saved["test/acc1"] <= saved["test/acc5"] <= 1.0 and saved["test/loss"] > 0
+    assert saved["throughput/device"].startswith("cpu: ")
 
     history = read_offline_history(run_dir)
     assert history, "no offline W&B run found"
@@ -47,6 +50,9 @@ def test_train_writes_summary_and_wandb_offline(tmp_path, monkeypatch):
     assert {"method:product", "mode:contextual", "on:k", "layers:all", "index:piecewise"} <= set(run["tags"])
     assert run["config"]["model.rpe.method"] == "product" and run["config"]["model.embed_dim"] == 32
     assert run["summary"]["status"] == "finished"
+    assert run["summary"]["test/acc1"] == pytest.approx(saved["test/acc1"]) and \
+        run["summary"]["selection"] == "best_val"
+    assert any(r.get("test/acc1") == pytest.approx(saved["test/acc1"]) for r in history)
     import wandb
     assert wandb.run is None  # finished
 
@@ -76,6 +82,72 @@ def test_logged_training_metrics_every_n_steps_and_per_epoch(tmp_path):
     (epoch_mean,) = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
     assert len(losses) == 4 and all(r.get("train/lr") for r in rows if r.get("train/loss"))
     assert epoch_mean == pytest.approx(sum(losses) / 4, rel=1e-5)
+
+
+def _evaluate(net, loader):
+    """Top-1, top-5 and mean cross-entropy of ``net`` on ``loader``, computed here without Lightning."""
+    net.eval()
+    correct1 = correct5 = n = 0
+    loss = 0.0
+    with torch.no_grad():
+        for x, y in loader:
+            logits = net(x)
+            top5 = logits.topk(5, dim=1).indices
+            correct1 += int((top5[:, 0] == y).sum())
+            correct5 += int((top5 == y[:, None]).any(1).sum())
+            loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            n += len(y)
+    return correct1 / n, correct5 / n, loss / n
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_test_metrics_are_the_checkpoint_chosen_on_validation(tmp_path, ema):
+    """test/* is the test split evaluated on the epoch with the best val/acc1 (the first of equals), not the last
+    epoch's weights, and with EMA on the averaged weights that validation saw: recomputed here from the chosen
+    checkpoint's weights on the real test loader (all 450 test images)."""
+    import csv
+
+    from irpe_bench.train.data import build_datamodule
+
+    config = tiny_config(tmp_path, optim={"ema_decay": ema, "lr": 3e-3},
+                         trainer={"max_epochs": 4, "limit_train_batches": 6, "limit_val_batches": None,
+                                  "benchmark_batches": 0})
+    summary = train(config, run_dir=tmp_path / "run")
+    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
+    val = [float(r[MONITOR]) for r in rows if r.get(MONITOR)]
+    assert len(val) == 4 and summary[f"{MONITOR}_best"] == pytest.approx(max(val))
+    assert summary["test/epoch"] == val.index(max(val)) + 1 and summary["selection"] == "best_val"
+    assert summary[MONITOR] == pytest.approx(val[-1])
+    ckpt = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] + 1 == summary["test/epoch"] < 4  # NOTE: not the final epoch, so the test can tell
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert not torch.equal(last["state_dict"]["net.head.weight"], ckpt["state_dict"]["net.head.weight"])
+    net = build_model(config, 10)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()})
+    dm = build_datamodule(config.data, 16, config.seed)
+    dm.setup()
+    acc1, acc5, loss = _evaluate(net, dm.test_dataloader())
+    assert len(dm.test_set) == 450
+    assert summary["test/acc1"] == pytest.approx(acc1, abs=1e-6) and summary["test/acc5"] == pytest.approx(acc5, abs=1e-6)
+    assert summary["test/loss"] == pytest.approx(loss, rel=1e-4)
+    if ema is not None:  # the raw weights (current_model_state) score differently: the test used the average
+        raw = build_model(config, 10)
+        raw.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["current_model_state"].items()})
+        assert _evaluate(raw, dm.test_dataloader())[2] != pytest.approx(loss, rel=1e-4)
+
+
+def test_device_description_names_the_machine():
+    import os
+
+    from irpe_bench.train.throughput import device_description
+
+    text = device_description(torch.device("cpu"))
+    cpu_model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+                     None)
+    assert text == f"cpu: {' '.join(cpu_model.split())} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    if torch.cuda.is_available():
+        gpu = device_description(torch.device("cuda", 0))
+        assert gpu.startswith(f"cuda: {torch.cuda.get_device_name(0)} (") and f"CUDA {torch.version.cuda}" in gpu
 
 
 def test_same_seed_same_metrics(tmp_path):
@@ -169,5 +241,6 @@ def test_gpu_run_reports_the_gpu_it_trained_and_benchmarked_on(tmp_path):
     config = tiny_config(tmp_path, trainer={"accelerator": "gpu", "precision": "bf16-mixed"})
     summary = train(config, run_dir=tmp_path / "run")
     assert summary["status"] == "finished" and summary["throughput/precision"] == "bf16-mixed"
-    assert summary["throughput/device"] == torch.cuda.get_device_name(0)
+    assert summary["throughput/device"].startswith(f"cuda: {torch.cuda.get_device_name(0)} (")
+    assert summary["selection"] == "best_val" and 0 <= summary["test/acc1"] <= 1
     assert summary["throughput/infer_img_s"] > 0

@@ -19,6 +19,8 @@ from ..rpe import RPEConfig
 #: The one monitored metric: ``self.log``, checkpointing, the summary and (later) the sweep objective read it.
 MONITOR = "val/acc1"
 MONITOR_MODE = "max"
+#: what a run reports on its held-out test split, at the epoch chosen on validation (``train.run.test_selected``)
+TEST_KEYS = ("test/acc1", "test/acc5", "test/loss", "test/epoch", "selection")
 
 
 class _Frozen(BaseModel):
@@ -99,6 +101,11 @@ class ModelConfig(_Frozen):
         return {**kw, "num_classes": self.num_classes or num_classes, "drop_path_rate": self.drop_path_rate}
 
 
+#: datasets that come with their own test set (CIFAR's official test set, an image folder's ``val/``)
+OWN_TEST_SET = ("cifar10", "cifar100", "imagefolder")
+DEFAULT_TEST_FRACTION = 0.25
+
+
 class DataConfig(_Frozen):
     """Dataset and input pipeline; augmentation values are timm's (``create_transform`` / ``Mixup``)."""
 
@@ -108,7 +115,14 @@ class DataConfig(_Frozen):
     batch_size: int = Field(128, ge=1, description="per device")
     eval_batch_size: Optional[int] = Field(None, ge=1, description="None: 1.5 × batch_size, as in DeiT")
     num_workers: int = Field(0, ge=0)
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="digits: stratified validation share")
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of the training images held out "
+                                "(stratified, by split_seed) to choose the epoch; 0: no validation split, the "
+                                "final epoch is reported")
+    test_fraction: Optional[float] = Field(None, gt=0.0, lt=1.0, description="digits/synthetic: share of all "
+                                           "images held out as the test split (None: 0.25); cifar10/cifar100/"
+                                           "imagefolder use their own test set and refuse a value")
+    split_seed: int = Field(0, ge=0, description="seed of the train/val/test split, independent of the model "
+                            "seed: every variant and seed sees the same validation and test images")
     # synthetic data (throughput runs)
     num_samples: int = Field(1024, ge=2)
     num_classes: int = Field(1000, ge=2, description="synthetic only")
@@ -134,11 +148,33 @@ class DataConfig(_Frozen):
         DATAMODULES.lookup(v)
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_test_fraction(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("test_fraction") is None and \
+                data.get("name", "digits") not in OWN_TEST_SET:
+            return {**data, "test_fraction": DEFAULT_TEST_FRACTION}
+        return data
+
     @model_validator(mode="after")
     def _root_needed(self) -> "DataConfig":
-        if self.name in ("cifar10", "cifar100", "imagefolder") and not self.root:
+        if self.name in OWN_TEST_SET and not self.root:
             raise ValueError(f"data.root is required for data.name={self.name!r} (the directory holding the files)")
+        if self.name in OWN_TEST_SET and self.test_fraction is not None:
+            test = "its val/ folder" if self.name == "imagefolder" else "the official test set"
+            raise ValueError(f"data.test_fraction={self.test_fraction!r}: data.name={self.name!r} tests on {test}; "
+                             "leave test_fraction unset (validation is carved from the training images by "
+                             "val_fraction)")
+        if self.test_fraction is not None and (1 - self.test_fraction) * (1 - self.val_fraction) <= 0.05:
+            raise ValueError(f"data.test_fraction={self.test_fraction:g} with data.val_fraction="
+                             f"{self.val_fraction:g} leaves {(1 - self.test_fraction) * (1 - self.val_fraction):.0%}"
+                             " of the images for training; allowed: more than 5%")
         return self
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether a validation split exists to choose the epoch on (else the final epoch is reported)."""
+        return self.val_fraction > 0
 
     @property
     def mixing(self) -> bool:
@@ -178,6 +214,7 @@ class TrainerConfig(_Frozen):
     accumulate_grad_batches: int = Field(1, ge=1)
     limit_train_batches: Optional[Union[int, float]] = None
     limit_val_batches: Optional[Union[int, float]] = None
+    limit_test_batches: Optional[Union[int, float]] = None
     deterministic: Union[bool, Literal["auto"]] = "auto"
     log_every_n_steps: int = Field(20, ge=1)
     enable_progress_bar: bool = True

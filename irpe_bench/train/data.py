@@ -1,6 +1,12 @@
 """LightningDataModules behind one registry: ``digits`` (default, offline), ``cifar10``/``cifar100``, ``imagefolder``,
 ``synthetic``.
 
+Each provides three splits: train, validation (chooses the epoch; None when ``data.val_fraction`` is 0) and test
+(reported, never used to choose anything). The splits are fixed by ``data.split_seed``, never by the model seed:
+every variant and every seed sees the same validation and test images. digits and synthetic hold out
+``test_fraction`` of all images as test; CIFAR tests on its official test set and an image folder on its ``val/``
+folder; validation is ``val_fraction`` of the remaining training images, stratified by class.
+
 Every image dataset goes through the same timm ``create_transform`` pipeline (RandAugment, random erasing, …) so
 that small datasets exercise the ImageNet recipe's code path. The training sampler is always a seeded
 ``DistributedSampler`` (world size 1 on one device) and Lightning calls its ``set_epoch``: the data order is a pure
@@ -9,13 +15,14 @@ global RNGs when an epoch's data stream starts (see :class:`EpochSeededSampler`)
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..rpe.registry import Registry
 from .config import DataConfig
@@ -92,7 +99,8 @@ class ImageDataModule(pl.LightningDataModule):
         super().__init__()
         self.config, self.img_size, self.seed = config, img_size, seed
         self.train_set: Optional[Dataset] = None
-        self.val_set: Optional[Dataset] = None
+        self.val_set: Optional[Dataset] = None  # None: no validation split (val_fraction 0)
+        self.test_set: Optional[Dataset] = None
 
     # ---- what subclasses provide
     @property
@@ -102,7 +110,8 @@ class ImageDataModule(pl.LightningDataModule):
     def check(self) -> None:
         """Fail with a clear message before any training when the data is not where it should be."""
 
-    def datasets(self) -> Tuple[Dataset, Dataset]:
+    def datasets(self) -> Tuple[Dataset, Optional[Dataset], Dataset]:
+        """(train, validation or None, test), split by ``config.split_seed``."""
         raise NotImplementedError
 
     # ---- shared
@@ -120,7 +129,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is None:
-            self.train_set, self.val_set = self.datasets()
+            self.train_set, self.val_set, self.test_set = self.datasets()
 
     def _world(self) -> Tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -136,19 +145,43 @@ class ImageDataModule(pl.LightningDataModule):
                           num_workers=self.config.num_workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=False)
 
-    def val_dataloader(self) -> DataLoader:
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
         world, rank = self._world()
         bs = self.config.eval_batch_size or int(1.5 * self.config.batch_size)
-        sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False)
-        return DataLoader(self.val_set, batch_size=bs, sampler=sampler, num_workers=self.config.num_workers,
+        # NOTE: DistributedSampler pads to a multiple of the world size (a few images counted twice under DDP)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+        return DataLoader(dataset, batch_size=bs, sampler=sampler, num_workers=self.config.num_workers,
                           pin_memory=torch.cuda.is_available())
+
+    def val_dataloader(self):
+        return self._eval_loader(self.val_set) if self.val_set is not None else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int, what: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out) with ``fraction`` of ``labels`` held out, stratified by class and fixed by
+    ``seed``; a clear error when a class is too small to be split."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    try:
+        kept, held = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels,
+                                      random_state=seed)
+    except ValueError as e:
+        raise ValueError(f"cannot hold out {fraction:g} of {len(labels)} images as the {what} split, stratified "
+                         f"by class ({e}); change data.{'test' if what == 'test' else 'val'}_fraction") from None
+    return np.sort(kept), np.sort(held)
 
 
 class _ArrayImages(Dataset):
-    """uint8 HxW grey images in memory, served as PIL RGB so timm's transforms apply unchanged."""
+    """uint8 HxW grey images in memory, served as PIL RGB so timm's transforms apply unchanged. ``indices``: their
+    positions in the source dataset (which split holds which image)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform, indices: np.ndarray) -> None:
+        self.images, self.labels, self.transform = images[indices], labels[indices], transform
+        self.indices = indices
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -164,8 +197,9 @@ class _ArrayImages(Dataset):
 class DigitsDataModule(ImageDataModule):
     """scikit-learn's 1,797 real 8×8 handwritten digits (shipped with the library: never downloads).
 
-    The 8×8 images are upsampled by the transforms' resize to ``img_size``; the stratified train/val split is
-    fixed by the seed.
+    The 8×8 images are upsampled by the transforms' resize to ``img_size``. ``test_fraction`` of all images is
+    the test split, then ``val_fraction`` of the rest the validation split, both stratified and fixed by
+    ``split_seed``.
     """
 
     mean = (0.5, 0.5, 0.5)
@@ -175,16 +209,36 @@ class DigitsDataModule(ImageDataModule):
     def num_classes(self) -> int:
         return 10
 
-    def datasets(self) -> Tuple[Dataset, Dataset]:
+    def datasets(self) -> Tuple[Dataset, Optional[Dataset], Dataset]:
         from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
 
+        c = self.config
         digits = load_digits()
         images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # N, 8, 8 in [0, 16] → uint8
-        tr, va = train_test_split(np.arange(len(images)), test_size=self.config.val_fraction,
-                                  stratify=digits.target, random_state=self.seed)
-        return (_ArrayImages(images[tr], digits.target[tr], self.transform(True)),
-                _ArrayImages(images[va], digits.target[va], self.transform(False)))
+        labels = digits.target
+        pool, te = stratified_split(labels, c.test_fraction, c.split_seed, "test")
+        va = None
+        if c.has_validation:
+            kept, held = stratified_split(labels[pool], c.val_fraction, c.split_seed, "validation")
+            pool, va = pool[kept], pool[held]
+        train, test = self.transform(True), self.transform(False)
+        return (_ArrayImages(images, labels, train, pool),
+                _ArrayImages(images, labels, test, va) if va is not None else None,
+                _ArrayImages(images, labels, test, te))
+
+
+def _carve_validation(module: ImageDataModule, train: Dataset, labels: Sequence[int]
+                      ) -> Tuple[Dataset, Optional[Dataset]]:
+    """Training images (a dataset with a ``transform`` attribute, set to the training transform) → (train,
+    validation or None): validation is ``val_fraction`` of them, stratified, by ``split_seed``, and served with
+    the evaluation transform (a shallow copy shares the file list or arrays)."""
+    c = module.config
+    if not c.has_validation:
+        return train, None
+    kept, held = stratified_split(labels, c.val_fraction, c.split_seed, "validation")
+    evaluated = copy.copy(train)
+    evaluated.transform = module.transform(False)
+    return Subset(train, kept.tolist()), Subset(evaluated, held.tolist())
 
 
 class _CIFAR(ImageDataModule):
@@ -213,10 +267,13 @@ class _CIFAR(ImageDataModule):
         cls = datasets.CIFAR10 if self.classes == 10 else datasets.CIFAR100
         return cls(self.config.root, train=train, download=download)
 
-    def datasets(self) -> Tuple[Dataset, Dataset]:
-        train, val = self._tv(True), self._tv(False)
-        train.transform, val.transform = self.transform(True), self.transform(False)
-        return train, val
+    def datasets(self) -> Tuple[Dataset, Optional[Dataset], Dataset]:
+        """Official test set as test; validation carved from the 50,000 training images."""
+        test = self._tv(False)
+        test.transform = self.transform(False)
+        train = self._tv(True)
+        train, val = _carve_validation(self, train, train.targets)
+        return train, val, test
 
 
 @register_datamodule("cifar10")
@@ -233,7 +290,11 @@ class CIFAR100DataModule(_CIFAR):
 
 @register_datamodule("imagefolder")
 class ImageFolderDataModule(ImageDataModule):
-    """ImageNet-style ``root/train/<class>/*`` and ``root/val/<class>/*`` read by timm's dataset factory."""
+    """ImageNet-style ``root/train/<class>/*`` and ``root/val/<class>/*`` read by timm's dataset factory.
+
+    ``val/`` is the test split (the paper reports ImageNet val); validation, when ``val_fraction > 0``, is carved
+    from ``train/``; with ``val_fraction: 0`` the final epoch is reported.
+    """
 
     def _split_dir(self, split: str) -> Path:
         return Path(self.config.root or ".") / split
@@ -251,15 +312,15 @@ class ImageFolderDataModule(ImageDataModule):
         if self.num_classes < 2:
             raise ValueError(f"imagefolder: {str(self._split_dir('train'))!r} holds fewer than 2 class folders")
 
-    def datasets(self) -> Tuple[Dataset, Dataset]:
+    def datasets(self) -> Tuple[Dataset, Optional[Dataset], Dataset]:
         from timm.data import create_dataset
 
         train = create_dataset("", root=str(self._split_dir("train")), transform=self.transform(True))
-        val = create_dataset("", root=str(self._split_dir("val")), transform=self.transform(False),
-                             class_map=None)
-        if train.reader.class_to_idx != val.reader.class_to_idx:
+        test = create_dataset("", root=str(self._split_dir("val")), transform=self.transform(False))
+        if train.reader.class_to_idx != test.reader.class_to_idx:
             raise ValueError(f"imagefolder: class folders differ between train/ and val/ under {self.config.root!r}")
-        return train, val
+        train, val = _carve_validation(self, train, [t for _, t in train.reader.samples])
+        return train, val, test
 
 
 class _RandomImages(Dataset):
@@ -286,10 +347,13 @@ class SyntheticDataModule(ImageDataModule):
     def num_classes(self) -> int:
         return self.config.num_classes
 
-    def datasets(self) -> Tuple[Dataset, Dataset]:
-        c = self.config
-        return (_RandomImages(c.num_samples, self.img_size, c.num_classes, self.seed),
-                _RandomImages(max(2, c.num_samples // 4), self.img_size, c.num_classes, self.seed + 1))
+    def datasets(self) -> Tuple[Dataset, Optional[Dataset], Dataset]:
+        """``num_samples`` training images; validation and test sized by their fractions of it (at least 2)."""
+        c, s = self.config, self.config.split_seed
+        size = lambda f: max(2, round(c.num_samples * f))  # noqa: E731
+        val = _RandomImages(size(c.val_fraction), self.img_size, c.num_classes, s + 1) if c.has_validation else None
+        return (_RandomImages(c.num_samples, self.img_size, c.num_classes, s), val,
+                _RandomImages(size(c.test_fraction), self.img_size, c.num_classes, s + 2))
 
 
 def build_datamodule(config: DataConfig, img_size: int, seed: int) -> ImageDataModule:

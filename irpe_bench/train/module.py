@@ -51,9 +51,11 @@ class ClassificationModule(pl.LightningModule):
         else:
             self.train_criterion = nn.CrossEntropyLoss()
         self.val_criterion = nn.CrossEntropyLoss()
-        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
         self.best_acc1 = 0.0  # kept in the checkpoint (on_save_checkpoint) so resume keeps the best so far
 
     @property
@@ -103,12 +105,23 @@ class ClassificationModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.val_loss(self.val_criterion(logits.float(), y))
+        self.val_loss(self.val_criterion(logits.float(), y), len(y))  # NOTE: weighted: the mean over images
         self.val_acc1(logits, y)
         self.val_acc5(logits, y)
         self.log("val/loss", self.val_loss, on_epoch=True, sync_dist=True)
         self.log(MONITOR, self.val_acc1, on_epoch=True, prog_bar=True)
         self.log("val/acc5", self.val_acc5, on_epoch=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        """The held-out test split, evaluated once on the checkpoint chosen on validation (``train()``)."""
+        x, y = batch
+        logits = self(x)
+        self.test_loss(self.val_criterion(logits.float(), y), len(y))
+        self.test_acc1(logits, y)
+        self.test_acc5(logits, y)
+        self.log("test/loss", self.test_loss, on_epoch=True, sync_dist=True)
+        self.log("test/acc1", self.test_acc1, on_epoch=True)
+        self.log("test/acc5", self.test_acc5, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

@@ -3,7 +3,13 @@
 Everything that identifies a run — its directory, its W&B id and the checkpoint to resume from — is an argument,
 so a caller (a sweep trial, a retry) can decide them; defaults are invented only when none are given.
 Order of work: validate data and model (cheap, fails early) → run directory and resolved config → fit →
-inference benchmark → ``summary.json``.
+test → inference benchmark → ``summary.json``.
+
+Selection and report are kept apart: the epoch is chosen on validation (the checkpoint ``ModelCheckpoint`` keeps
+for the best ``val/acc1``; ``selection: "best_val"``), and the held-out test split is evaluated once, on that
+checkpoint (``test/acc1``, ``test/acc5``, ``test/loss``, ``test/epoch``). Without a validation split
+(``data.val_fraction: 0``) the final epoch is tested (``selection: "final"``). Nothing that chooses — the
+checkpoint, the sweep's objective, the pruner — ever reads a test metric.
 """
 from __future__ import annotations
 
@@ -22,10 +28,10 @@ import torch
 
 from .. import allocator
 from ..models import count_params_and_macs, create_model, set_attention_options
-from .config import MONITOR, MONITOR_MODE, TrainConfig, dump_config
+from .config import MONITOR, MONITOR_MODE, TEST_KEYS, TrainConfig, dump_config
 from .data import build_datamodule
 from .module import ClassificationModule, NonFiniteLossError
-from .throughput import TrainThroughput, benchmark_inference
+from .throughput import TrainThroughput, benchmark_inference, device_description
 
 RUN_META = "run.json"
 CKPT_DIR = "checkpoints"
@@ -154,9 +160,13 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
 
     module = ClassificationModule(net, dm.num_classes, config.optim, config.data, no_decay_names(net, config))
     throughput = TrainThroughput(config.trainer.throughput_skip_steps)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / CKPT_DIR, monitor=MONITOR, mode=MONITOR_MODE, save_last=True,
-                                 save_top_k=config.log.save_top_k, auto_insert_metric_name=False,
-                                 filename="epoch{epoch:03d}-acc1{val/acc1:.4f}")
+    validated = config.data.has_validation
+    # NOTE: at least the best checkpoint is kept when there is validation: the test split is evaluated on it
+    checkpoint = ModelCheckpoint(dirpath=run_dir / CKPT_DIR, monitor=MONITOR if validated else None,
+                                 mode=MONITOR_MODE, save_last=True,
+                                 save_top_k=max(1, config.log.save_top_k) if validated else 0,
+                                 auto_insert_metric_name=False,
+                                 filename="epoch{epoch:03d}-acc1{val/acc1:.4f}" if validated else "epoch{epoch:03d}")
     all_callbacks = [checkpoint, throughput, *callbacks]
     if config.optim.ema_decay is not None:
         all_callbacks.append(EMAWeightAveraging(decay=config.optim.ema_decay))
@@ -170,31 +180,39 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
     trainer = pl.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         num_nodes=t.num_nodes, precision=precision, accumulate_grad_batches=t.accumulate_grad_batches,
-        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches if validated else 0,
+        limit_test_batches=t.limit_test_batches,
         gradient_clip_val=config.optim.clip_grad, deterministic=deterministic, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0, use_distributed_sampler=False,
         callbacks=all_callbacks, logger=loggers, default_root_dir=str(run_dir), enable_model_summary=False,
     )
     started, status, error, stopped_by = time.time(), "finished", None, None
+    metrics: Dict[str, float] = {}
+    tested: Dict[str, Any] = {}
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
+        wall = time.time() - started
+        metrics = _metrics(trainer)
+        tested = test_selected(trainer, module, dm, checkpoint, validated)
     except NonFiniteLossError as e:
         status, error = "diverged", str(e)
     except Exception as e:  # noqa: BLE001 - recorded, the W&B run closed, then raised again below
         status, error, stopped_by = "stopped", f"{type(e).__name__}: {e}", e
-    wall = time.time() - started
+    if status != "finished":
+        wall, metrics = time.time() - started, _metrics(trainer)
     device = trainer.strategy.root_device  # NOTE: not module.device: Lightning's teardown moved it to the CPU
 
     # ---- 4. benchmark and summary (rank zero)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
     summary: Dict[str, Any] = {
         "status": status, "error": error, "variant": slug, "run_dir": str(run_dir), "wandb_id": wandb_id,
         "seed": config.seed, "monitor": MONITOR, MONITOR: metrics.get(MONITOR),
-        f"{MONITOR}_best": module.best_acc1 if status == "finished" else None,
+        f"{MONITOR}_best": module.best_acc1 if status == "finished" and validated else None,
+        **{k: tested.get(k) for k in TEST_KEYS},
         "metrics": metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step,
         "best_checkpoint": checkpoint.best_model_path or None, "wall_s": wall, **cost,
-        "throughput/train_img_s": throughput.median, "throughput/batch_size": config.data.batch_size,
-        "throughput/precision": precision, "throughput/device": _device_name(device),
+        "throughput/train_img_s": throughput.median, "throughput/train_img_s_epochs": list(throughput.epochs),
+        "throughput/batch_size": config.data.batch_size,
+        "throughput/precision": precision, "throughput/device": device_description(device),
         "world_size": trainer.world_size, "versions": _versions(), "git_commit": _git_commit(),
         "malloc": allocator.in_effect(),
         "resumed_from": str(resume_from) if resume_from else None,
@@ -223,7 +241,35 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
     return summary
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+def _metrics(trainer: pl.Trainer) -> Dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+
+
+def test_selected(trainer: pl.Trainer, module: pl.LightningModule, dm: pl.LightningDataModule,
+                  checkpoint: pl.Callback, validated: bool) -> Dict[str, Any]:
+    """Evaluate the test split on the checkpoint chosen on validation (``best_val``), or on the final epoch's
+    (``final``) when there is no validation split, with the trainer that fitted (DDP ranks all take part).
+
+    Returns ``test/acc1``, ``test/acc5`` (fractions in [0, 1]), ``test/loss`` (mean cross-entropy), ``test/epoch``
+    (1-based: the number of epochs trained when the checkpoint was taken) and ``selection``.
+    NOTE: weight-averaging callbacks leave the trainer first: their ``on_load_checkpoint`` would put the raw
+    weights back, while the checkpoint's ``state_dict`` holds the averaged ones that validation saw.
+    """
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    best = checkpoint.best_model_path if validated else ""
+    path = Path(best) if best else Path(checkpoint.dirpath) / LAST_CKPT
+    if not path.is_file():
+        raise RuntimeError(f"no checkpoint to test: {str(path)!r} is missing")
+    # NOTE: a checkpoint taken at validation end stores the 0-based epoch it ran in; the final epoch is the
+    # number of epochs trained (``last.ckpt`` saved at a training epoch's end already holds the next index)
+    epoch = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1 if best \
+        else trainer.current_epoch
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, WeightAveraging)]
+    (result,) = trainer.test(module, datamodule=dm, ckpt_path=str(path), verbose=False)
+    out: Dict[str, Any] = {k: float(result[k]) for k in ("test/acc1", "test/acc5", "test/loss")}
+    out.update({"test/epoch": epoch, "selection": "best_val" if best else "final"})
+    for lg in trainer.loggers:
+        lg.log_metrics({"test/epoch": epoch}, step=trainer.global_step)
+    return out
+

@@ -7,9 +7,12 @@ warm-up batches, then timed batches with a synchronisation before reading the cl
 """
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import lightning.pytorch as pl
@@ -67,6 +70,46 @@ class TrainThroughput(pl.Callback):
     def median(self) -> Optional[float]:
         """Median images/s over the epochs timed (None before the first)."""
         return statistics.median(self.epochs) if self.epochs else None
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` "model name"; elsewhere ``platform.processor()``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Hardware", "Processor") and value.strip():
+                return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _nvidia_driver() -> str | None:
+    """The NVIDIA kernel driver's version from ``/proc/driver/nvidia/version`` (no nvidia-smi), or None."""
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    for word in text.split():
+        parts = word.split(".")
+        if len(parts) >= 2 and all(p.isdigit() for p in parts):
+            return word
+    return None
+
+
+def device_description(device: torch.device) -> str:
+    """The machine a speed was measured on, specific enough that speeds from different hardware never mix:
+    ``cpu: AMD EPYC 7B13 (2 cores, 2 threads)`` (cores: ``os.cpu_count()``, threads: ``torch.get_num_threads()``)
+    or ``cuda: NVIDIA H200 (driver 550.54.15, CUDA 12.4)`` (the driver is omitted where it cannot be read)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        driver, cuda = _nvidia_driver(), torch.version.cuda
+        extra = ([f"driver {driver}"] if driver else []) + ([f"CUDA {cuda}"] if cuda else [])
+        name = torch.cuda.get_device_name(index)
+        return f"cuda: {name} ({', '.join(extra)})" if extra else f"cuda: {name}"
+    if device.type == "cpu":
+        return f"cpu: {_cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return str(device)
 
 
 def autocast_for(precision: str, device: torch.device):
