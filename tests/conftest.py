@@ -1,5 +1,8 @@
-"""Shared test setup: offline W&B, deterministic CPU threads, CUDA-only tests skipped without CUDA."""
+"""Shared test setup: offline W&B, deterministic CPU threads; CUDA tests skipped without CUDA, PostgreSQL tests
+skipped where no server runs (required where ``IRPE_BENCH_REQUIRE_POSTGRESQL`` is set, as ``.ci/run`` does)."""
+import functools
 import os
+import socket
 
 import pytest
 import torch
@@ -15,9 +18,43 @@ os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(1)  # two xdist workers on two cores
 
 
+#: The server the PostgreSQL tests use (trust auth, database ``test``), as ``.ci/run`` starts it.
+POSTGRESQL_URL = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRESQL_ADDRESS = ("127.0.0.1", 5432)
+
+
+@functools.lru_cache(maxsize=None)
+def postgresql_missing() -> str | None:
+    """Why the PostgreSQL tests cannot run here (no server accepting connections), None where they can."""
+    try:
+        socket.create_connection(POSTGRESQL_ADDRESS, timeout=2).close()
+        return None
+    except OSError as e:
+        return (f"no PostgreSQL server on {POSTGRESQL_ADDRESS[0]}:{POSTGRESQL_ADDRESS[1]} ({e.strerror or e}); "
+                "start one (pg_ctlcluster <version> main start) or see .ci/run")
+
+
+def _postgresql_required() -> bool:
+    return os.environ.get("IRPE_BENCH_REQUIRE_POSTGRESQL", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def postgresql_url() -> str:
+    """The test server's URL; skips the test where no server runs (fails where one is required)."""
+    why = postgresql_missing()
+    if why is not None:
+        (pytest.fail if _postgresql_required() else pytest.skip)(why)
+    return POSTGRESQL_URL
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs CUDA")
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+    needs_server = [item for item in items if item.get_closest_marker("postgresql")]
+    if needs_server and not _postgresql_required() and postgresql_missing():
+        skip = pytest.mark.skip(reason=postgresql_missing())
+        for item in needs_server:
+            item.add_marker(skip)

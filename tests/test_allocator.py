@@ -55,6 +55,14 @@ def test_bad_policy_names_the_variable_the_value_and_the_choices(monkeypatch, ca
 
 
 def test_system_policy_changes_nothing(monkeypatch):
+    """From a process's initial state (nothing applied), ``system`` applies nothing — ``configure`` records no
+    setting and reports ``system`` — while ``keep`` from the same state does apply (the contrast makes the
+    first half able to fail)."""
+    monkeypatch.setattr(allocator, "_applied", None)  # NOTE: the module's state before any configure()
     monkeypatch.setenv("IRPE_BENCH_MALLOC", "system")
-    monkeypatch.setattr(allocator, "_applied", "system")
     assert allocator.configure() == "system" and allocator.in_effect() == "system"
+    assert allocator._applied is None  # glibc was not touched: nothing to report but its defaults
+    monkeypatch.setenv("IRPE_BENCH_MALLOC", "keep")
+    effect = allocator.configure()
+    assert allocator._applied == effect and effect != "system"
+    assert effect.startswith("keep") if GLIBC else effect == "system (not glibc)"

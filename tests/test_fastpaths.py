@@ -435,9 +435,8 @@ def test_attention_core_under_bf16_autocast_close_to_autograd_eager(device):
 
     def run(recompute=None):
         if recompute is None:  # autograd through the eager form, as with attention dropout
-            ours.attend = lambda q, k, v, m=None: ours._eager(
-                q, k, v, attention_logits_terms(ours.rpe_q, ours.rpe_k, q, k, ours.scale, ours.bucket_ids),
-                ours.bucket_ids)
+            ours.attend = lambda q, k, v, b, m=None: ours._eager(
+                q, k, v, attention_logits_terms(ours.rpe_q, ours.rpe_k, q, k, ours.scale, b.ids), b)
         else:
             ours.__dict__.pop("attend", None)
             ours.recompute_weights = recompute

@@ -31,7 +31,7 @@ falling back (:func:`select_kernel`).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,14 @@ def _expanded(term: LogitsTerm) -> torch.Tensor:
 def _sources(term: LogitsTerm) -> Tuple[torch.Tensor, ...]:
     """The tensors a term is computed from (for ``requires_grad``), without computing it."""
     return (term.x, term.table) if isinstance(term, BucketTerm) else (term,)
+
+
+class Buckets(NamedTuple):
+    """One grid's bucket tensors, as :class:`RPEAttention` keeps them in its buffers."""
+
+    ids: torch.Tensor  # C, L, L: bucket_ids
+    index: Optional[torch.Tensor]  # C, L·L: bucket_index(ids, K), key- and value-side lookups
+    index_t: Optional[torch.Tensor]  # C, L·L: bucket_index(ids, K, transpose=True), query-side lookups
 
 
 def _triton_problem(q: torch.Tensor, terms: Sequence[LogitsTerm]) -> Optional[str]:
@@ -219,8 +227,8 @@ class RPEAttention(nn.Module):
                              persistent=False)
         self._buckets_grid = None if device.type == "meta" else tuple(self.grid_size)
 
-    def check_buckets(self, seq_len: int, device: torch.device) -> None:
-        """Makes the buffers match the current grid on ``device`` (rebuilt if the grid changed, or after a
+    def buckets(self, seq_len: int, device: torch.device) -> Buckets:
+        """The bucket buffers for the current grid on ``device`` (rebuilt if the grid changed, or after a
         meta-device build); fails clearly if the sequence does not match the grid."""
         h, w = self.grid_size
         if seq_len != self.num_prefix_tokens + h * w:
@@ -228,8 +236,10 @@ class RPEAttention(nn.Module):
                 f"sequence length {seq_len} does not match the patch grid {h}x{w} plus "
                 f"{self.num_prefix_tokens} prefix token(s) = {self.num_prefix_tokens + h * w}"
             )
-        if self._buckets_grid != tuple(self.grid_size) or self.bucket_ids.device != device:
+        b = self._buffers  # NOTE: read once: each module attribute lookup of a buffer costs about a microsecond
+        if self._buckets_grid != tuple(self.grid_size) or b["bucket_ids"].device != device:
             self._build_buckets(device)
+        return Buckets(b["bucket_ids"], b["bucket_index"], b["bucket_index_t"])
 
     def forward(
         self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False
@@ -240,29 +250,28 @@ class RPEAttention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # B, H, L, d
         q, k = self.q_norm(q), self.k_norm(k)
-        self.check_buckets(N, x.device)
-        out = self.attend(q, k, v, attn_mask)
+        out = self.attend(q, k, v, self.buckets(N, x.device), attn_mask)
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
         return self.proj_drop(self.proj(self.norm(out)))
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: Buckets,
                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attention with iRPE on (B, H, L, d) q, k, v → (B, H, L, d), on the kernel :meth:`kernel_for` picks,
-        over the bucket buffers (:meth:`check_buckets` first)."""
-        ids = self.bucket_ids
+        over the grid's :meth:`buckets`."""
+        ids = buckets.ids
         terms = attention_logits_terms(self.rpe_q, self.rpe_k, q, k, self.scale, ids, expand=False,
-                                       index=self.bucket_index, index_t=self.bucket_index_t)
+                                       index=buckets.index, index_t=buckets.index_t)
         if attn_mask is not None:
             terms.append(attn_mask)
         kernel = self.kernel_for(q, terms)
         if kernel in ("core", "recompute"):
             table_v = self.rpe_v.lookup_table_weight if self.rpe_v is not None else None
             return attention_core(q, k, v, terms, self.scale, table_v, ids, recompute_weights=kernel == "recompute",
-                                  index_v=self.bucket_index if table_v is not None else None)
+                                  index_v=buckets.index if table_v is not None else None)
         if kernel == "checkpoint":  # NOTE: replays the forward, and with it the same dropout mask
-            return checkpoint(self._eager, q, k, v, terms, ids, use_reentrant=False)
+            return checkpoint(self._eager, q, k, v, terms, buckets, use_reentrant=False)
         if kernel == "eager":
-            return self._eager(q, k, v, terms, ids)
+            return self._eager(q, k, v, terms, buckets)
         dense = [_expanded(t).to(q.dtype) for t in terms]
         bias = dense[0] if len(dense) == 1 else sum(dense[1:], dense[0])  # never empty: no table → v table
         if kernel == "triton":
@@ -274,12 +283,12 @@ class RPEAttention(nn.Module):
         )
 
     def _eager(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: Sequence[LogitsTerm],
-               ids: torch.Tensor) -> torch.Tensor:
+               buckets: Buckets) -> torch.Tensor:
         terms = [_expanded(t).to(q.dtype) for t in terms]
         attn = self.attn_drop(attention_scores(q, k, terms, self.scale).softmax(dim=-1))
         out = attn @ v
         if self.rpe_v is not None:
-            out = out + self.rpe_v(attn, ids, index=self.bucket_index)  # NOTE: after dropout, as the official code
+            out = out + self.rpe_v(attn, buckets.ids, index=buckets.index)  # NOTE: after dropout, as the official code
         return out
 
     def kernel_for(self, q: torch.Tensor, terms: Sequence[LogitsTerm]) -> str:
