@@ -36,6 +36,7 @@ def _faults(policy: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="the policy changes glibc's malloc only")
 def test_keep_reuses_freed_memory_instead_of_faulting_in_fresh_pages():
     kept, system = _faults("keep"), _faults("system")
