@@ -1,9 +1,11 @@
 """One trial: draw a point, train it with :func:`irpe_bench.train.train`, record everything in the storage.
 
 The trial's value is the best ``val/acc1`` (the monitored metric, ``MONITOR``); each epoch's ``val/acc1`` is
-reported to the pruner. What the leaderboard reads is written as user attributes (``report/`` documents the
-keys): the variant slug, a key shared by the seeds of one configuration, the flattened config, metrics, status
-and — for anything but a finished run — the reason. A trial that fails is recorded with its reason and the
+reported to the pruner. Neither ever reads a test metric: the test split is evaluated once per run, on the
+checkpoint chosen on validation, and only recorded. What the leaderboard reads is written as user attributes
+(:data:`RECORDED`; ``report/`` documents the keys): the variant slug, a key shared by the seeds of one
+configuration, the flattened config, metrics (accuracies as fractions in [0, 1]), status and — for anything but
+a finished run — the reason. A trial that fails is recorded with its reason and the
 sweep goes on (``catch``); a trial whose process was killed is retried by the storage's heartbeat with the
 same user attributes, so it resumes its own run directory from the last checkpoint.
 """
@@ -18,7 +20,7 @@ from typing import Any, Dict
 
 import optuna
 
-from ..train.config import MONITOR, flatten
+from ..train.config import MONITOR, TEST_KEYS, flatten
 from . import space as S
 from .budget import DISCARDED, over_budget
 from .config import Sweep, digest, without_logging
@@ -27,9 +29,13 @@ log = logging.getLogger(__name__)
 #: set around a trial's ``train()``: Lightning's DDP launcher starts ranks 1.. by re-running this process's
 #: command with the environment of that moment, and :func:`ddp_rank_main` uses these to join the trial
 ENV_TRIAL_ID, ENV_RESUME = "IRPE_BENCH_TRIAL_ID", "IRPE_BENCH_RESUME"
-_METRICS = ("val/acc1", f"{MONITOR}_best", "val/acc5", "val/loss", "params", "macs", "throughput/train_img_s",
-            "throughput/infer_img_s", "throughput/device", "throughput/precision", "throughput/batch_size",
-            "epochs", "wall_s")
+#: summary keys copied into the trial's user attributes (when the run produced them):
+#: ``val/acc1`` final epoch, ``val/acc1_best`` best over epochs (optimistic: it chose the epoch), ``test/acc1``,
+#: ``test/acc5``, ``test/loss`` on the held-out test split at the chosen epoch, ``test/epoch`` (1-based) and
+#: ``selection`` ("best_val" | "final"); speeds in images/s, ``throughput/train_img_s_epochs`` one per epoch
+RECORDED = ("val/acc1", f"{MONITOR}_best", "val/acc5", "val/loss", *TEST_KEYS, "params", "macs",
+            "throughput/train_img_s", "throughput/train_img_s_epochs", "throughput/infer_img_s",
+            "throughput/device", "throughput/precision", "throughput/batch_size", "epochs", "wall_s")
 
 
 def config_key(flat: Dict[str, Any]) -> str:
@@ -90,6 +96,9 @@ class Objective:
                                                                             f"trial:{trial.number}"]},
                                         trainer={} if self.devices is None else {"devices": self.devices})
             slug = variant_of(config)
+            if not config.data.has_validation:
+                raise ValueError(f"data.val_fraction={config.data.val_fraction:g}: a sweep chooses on validation "
+                                 "and never on test; give the base config a validation split (val_fraction > 0)")
         except ValueError as e:  # a combination the rules did not foresee: recorded, no training
             trial.set_user_attr("status", "invalid")
             trial.set_user_attr("error", str(e))
@@ -140,7 +149,7 @@ class Objective:
         if summary is None and (run_dir / "summary.json").is_file():
             summary = json.loads((run_dir / "summary.json").read_text())
         summary = summary or {}
-        for k in _METRICS:
+        for k in RECORDED:
             if summary.get(k) is not None:
                 trial.set_user_attr(k, summary[k])
         if summary.get("wandb_id"):

@@ -26,7 +26,7 @@ NO_RPE = "none"
 #: pseudo-field: an α:β:γ triple as one categorical choice ("2.5:5:20"), split into alpha/beta/gamma
 ABG = "model.rpe.alpha_beta_gamma"
 _DRIVERS = ("model.rpe.method", "model.rpe.mode")
-Scalar = Union[str, int, float, bool]
+Scalar = Union[str, int, float, bool, None]
 
 
 class ParamSpec(BaseModel):
@@ -76,12 +76,12 @@ class ParamSpec(BaseModel):
         return (int(self.low), int(self.high)) if self.int else (self.low, self.high)
 
 
-def _encode(v: Any) -> Scalar:
-    """A YAML choice as an Optuna-storable scalar: lists (layer indices) become ``"0,1,2"``."""
+def _encode(v: Any) -> Optional[Scalar]:
+    """A YAML choice as an Optuna-storable scalar: lists (layer indices) become ``"0,1,2"``; ``null`` stays None
+    (Optuna stores None choices: ``optim.clip_grad: {choices: [null, 1.0]}`` draws a real None). Only the string
+    ``none`` of ``model.rpe.method`` means the no-RPE baseline."""
     if isinstance(v, (list, tuple)):
         return ",".join(str(int(i)) for i in v)
-    if v is None:
-        return NO_RPE
     return v
 
 
@@ -183,6 +183,8 @@ def to_overrides(point: Mapping[str, Any], base_rpe: Optional[Mapping[str, Any]]
     if rpe.get("method") == NO_RPE:
         out.setdefault("model", {})["rpe"] = None
         return out
+    if "method" in rpe and rpe["method"] is None:
+        raise ValueError("model.rpe.method=None: not a mapping method; the no-RPE baseline is the choice 'none'")
     if rpe:
         if base_rpe is None:
             raise ValueError("the sweep searches model.rpe.* but the base config has model.rpe: null; give the "
