@@ -60,4 +60,8 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert resumed["global_step"] == reference["global_step"]
     assert resumed["metrics"] == reference["metrics"]
     assert resumed["val/acc1_best"] == reference["val/acc1_best"]
+    # the test split is evaluated on the same validation-chosen checkpoint, whether or not the run was killed
+    assert resumed["selection"] == reference["selection"] == "best_val"
+    assert resumed["test/epoch"] == reference["test/epoch"]
+    assert resumed["test/acc1"] == reference["test/acc1"] and resumed["test/loss"] == reference["test/loss"]
     assert resumed["wandb_id"] == json.loads((run_dir / "run.json").read_text())["wandb_id"]
