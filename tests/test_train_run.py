@@ -8,7 +8,7 @@ import torch
 
 from irpe_bench import allocator
 from irpe_bench.train import MONITOR, TrainingDiverged, train
-from irpe_bench.train.run import no_decay_names, build_model
+from irpe_bench.train.run import build_model, no_decay_names
 from irpe_bench.train.wandb_setup import read_offline_history, read_offline_summary
 
 from ._train_helpers import tiny_config
@@ -128,7 +128,8 @@ def test_test_metrics_are_the_checkpoint_chosen_on_validation(tmp_path, ema):
     dm.setup()
     acc1, acc5, loss = _evaluate(net, dm.test_dataloader())
     assert len(dm.test_set) == 450
-    assert summary["test/acc1"] == pytest.approx(acc1, abs=1e-6) and summary["test/acc5"] == pytest.approx(acc5, abs=1e-6)
+    assert summary["test/acc1"] == pytest.approx(acc1, abs=1e-6)
+    assert summary["test/acc5"] == pytest.approx(acc5, abs=1e-6)
     assert summary["test/loss"] == pytest.approx(loss, rel=1e-4)
     if ema is not None:  # the raw weights (current_model_state) score differently: the test used the average
         raw = build_model(config, 10)
