@@ -161,13 +161,16 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
     module = ClassificationModule(net, dm.num_classes, config.optim, config.data, no_decay_names(net, config))
     throughput = TrainThroughput(config.trainer.throughput_skip_steps)
     validated = config.data.has_validation
-    # NOTE: at least the best checkpoint is kept when there is validation: the test split is evaluated on it
-    checkpoint = ModelCheckpoint(dirpath=run_dir / CKPT_DIR, monitor=MONITOR if validated else None,
-                                 mode=MONITOR_MODE, save_last=True,
-                                 save_top_k=max(1, config.log.save_top_k) if validated else 0,
-                                 auto_insert_metric_name=False,
-                                 filename="epoch{epoch:03d}-acc1{val/acc1:.4f}" if validated else "epoch{epoch:03d}")
-    all_callbacks = [checkpoint, throughput, *callbacks]
+    # NOTE: at least the best checkpoint is kept when there is validation: the test split is evaluated on it.
+    # last.ckpt comes from a callback of its own that writes every epoch: Lightning's ``save_last`` rewrites it
+    # only when a top-k checkpoint is written, so a resume (and the final-epoch test) would start from the last
+    # improvement instead of the last epoch. It runs after the best one, so its file holds the best's state.
+    checkpoint = ModelCheckpoint(dirpath=run_dir / CKPT_DIR, monitor=MONITOR, mode=MONITOR_MODE,
+                                 save_top_k=max(1, config.log.save_top_k), auto_insert_metric_name=False,
+                                 filename="epoch{epoch:03d}-acc1{val/acc1:.4f}") if validated else None
+    last = ModelCheckpoint(dirpath=run_dir / CKPT_DIR, filename=Path(LAST_CKPT).stem, monitor=None, save_top_k=1,
+                           enable_version_counter=False)
+    all_callbacks = [*([checkpoint] if checkpoint else []), last, throughput, *callbacks]
     if config.optim.ema_decay is not None:
         all_callbacks.append(EMAWeightAveraging(decay=config.optim.ema_decay))
     loggers = [CSVLogger(str(run_dir), name="", version="csv")]
@@ -193,7 +196,8 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
         wall = time.time() - started
         metrics = _metrics(trainer)
-        tested = test_selected(trainer, module, dm, checkpoint, validated)
+        tested = test_selected(trainer, module, dm, checkpoint.best_model_path if checkpoint else None,
+                               Path(last.dirpath) / LAST_CKPT)
     except NonFiniteLossError as e:
         status, error = "diverged", str(e)
     except Exception as e:  # noqa: BLE001 - recorded, the W&B run closed, then raised again below
@@ -209,7 +213,7 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
         f"{MONITOR}_best": module.best_acc1 if status == "finished" and validated else None,
         **{k: tested.get(k) for k in TEST_KEYS},
         "metrics": metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step,
-        "best_checkpoint": checkpoint.best_model_path or None, "wall_s": wall, **cost,
+        "best_checkpoint": (checkpoint.best_model_path or None) if checkpoint else None, "wall_s": wall, **cost,
         "throughput/train_img_s": throughput.median, "throughput/train_img_s_epochs": list(throughput.epochs),
         "throughput/batch_size": config.data.batch_size,
         "throughput/precision": precision, "throughput/device": device_description(device),
@@ -246,9 +250,9 @@ def _metrics(trainer: pl.Trainer) -> Dict[str, float]:
 
 
 def test_selected(trainer: pl.Trainer, module: pl.LightningModule, dm: pl.LightningDataModule,
-                  checkpoint: pl.Callback, validated: bool) -> Dict[str, Any]:
-    """Evaluate the test split on the checkpoint chosen on validation (``best_val``), or on the final epoch's
-    (``final``) when there is no validation split, with the trainer that fitted (DDP ranks all take part).
+                  best: Optional[str], final: Path) -> Dict[str, Any]:
+    """Evaluate the test split on the checkpoint chosen on validation (``best``: ``best_val``), or on the final
+    epoch's (``final``) when there is no validation split, with the trainer that fitted (DDP ranks all take part).
 
     Returns ``test/acc1``, ``test/acc5`` (fractions in [0, 1]), ``test/loss`` (mean cross-entropy), ``test/epoch``
     (1-based: the number of epochs trained when the checkpoint was taken) and ``selection``.
@@ -257,8 +261,7 @@ def test_selected(trainer: pl.Trainer, module: pl.LightningModule, dm: pl.Lightn
     """
     from lightning.pytorch.callbacks import WeightAveraging
 
-    best = checkpoint.best_model_path if validated else ""
-    path = Path(best) if best else Path(checkpoint.dirpath) / LAST_CKPT
+    path = Path(best) if best else final
     if not path.is_file():
         raise RuntimeError(f"no checkpoint to test: {str(path)!r} is missing")
     # NOTE: a checkpoint taken at validation end stores the 0-based epoch it ran in; the final epoch is the
