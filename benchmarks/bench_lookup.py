@@ -3,9 +3,9 @@
 ``z`` (B·H, L·K) holds ``x·r`` for every bucket; the term is ``z[n, flat[p]]`` for the L² flat positions ``p``.
 Candidates on the same z, index and upstream gradient (interleaved rounds, medians, ratio to ``index_select``):
 
-* ``index_select`` — ``z.index_select(1, flat)``; backward ``index_add`` (the path before ``_GatherFlat``);
+* ``index_select`` — ``z.index_select(1, flat)``; backward ``index_add`` (the path before ``GatherFlat``);
 * ``gather``       — ``torch.gather`` with the index broadcast over B·H; autograd's backward saves z itself;
-* ``gather_flat``  — ``irpe_bench.rpe.encoding._GatherFlat``: gather forward, scatter-add backward keeping
+* ``gather_flat``  — ``irpe_bench.rpe.encoding.GatherFlat``: gather forward, scatter-add backward keeping
   only the index (what the models use).
 
     python benchmarks/bench_lookup.py [--grid 14] [--batch 32] [--heads 3] [--threads 2]
@@ -19,12 +19,12 @@ import torch
 from irpe_bench import allocator
 from irpe_bench.bench.harness import Case, environment, format_table, run_interleaved, summarize
 from irpe_bench.rpe import RPEConfig, bucket_ids
-from irpe_bench.rpe.encoding import _GatherFlat, bucket_index
+from irpe_bench.rpe.encoding import GatherFlat, bucket_index
 
 LOOKUPS = {
     "index_select": lambda z, flat: z.index_select(1, flat),
     "gather": lambda z, flat: torch.gather(z, 1, flat.expand(z.shape[0], -1)),
-    "gather_flat": lambda z, flat: _GatherFlat.apply(z, flat.expand(z.shape[0], -1)),
+    "gather_flat": lambda z, flat: GatherFlat.apply(z, flat.expand(z.shape[0], -1)),
 }
 
 

@@ -1,7 +1,8 @@
 """``irpe-bench`` / ``python run.py``: a thin command line over the package.
 
 Each subcommand is a module with ``add_arguments`` and ``run`` named in ``COMMANDS``; the modules that own the
-work define them, so this file stays a dispatcher.
+work define them, so this file stays a dispatcher. Nothing imports this module: the ``--set`` option the
+subcommands share lives in :mod:`irpe_bench.overrides`.
 """
 from __future__ import annotations
 
@@ -12,33 +13,6 @@ from typing import Dict, List, Optional
 
 from . import allocator
 
-
-def parse_overrides(items: List[str]) -> Dict[str, object]:
-    """``["rpe.mode=bias", "rpe.layers=[0,1]"]`` (or the ``--set`` option's list of lists) → nested dict; values
-    are parsed as YAML scalars/lists."""
-    import yaml
-
-    out: Dict[str, object] = {}
-    for item in (i for group in items for i in ([group] if isinstance(group, str) else group)):
-        if "=" not in item:
-            raise SystemExit(f"--set {item!r}: expected key=value, e.g. rpe.mode=bias")
-        key, raw = item.split("=", 1)
-        node = out
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})  # type: ignore[assignment]
-            if not isinstance(node, dict):
-                raise SystemExit(f"--set {item!r}: {p!r} is both a value and a section")
-        node[leaf] = yaml.safe_load(raw)
-    return out
-
-
-def add_set_argument(p: argparse.ArgumentParser, help_text: str) -> None:
-    """The ``--set KEY=VALUE ...`` option every command shares (repeatable, several pairs each)."""
-    p.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-                   help=help_text)
-
-
 #: subcommand -> module (or ``module:attribute``) defining ``add_arguments(parser)`` and ``run(args) -> exit code``
 #: (its docstring is the help)
 COMMANDS: Dict[str, str] = {
@@ -46,7 +20,7 @@ COMMANDS: Dict[str, str] = {
     "train": "irpe_bench.train.cli",
     "bench": "irpe_bench.bench",
     "sweep": "irpe_bench.sweep.cli",
-    "leaderboard": "irpe_bench.sweep.cli:Leaderboard",
+    "leaderboard": "irpe_bench.report.cli",
 }
 
 

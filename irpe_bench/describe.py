@@ -6,7 +6,7 @@ import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import add_set_argument
+    from .overrides import add_set_argument
 
     p.add_argument("model", nargs="?", default="deit_tiny_patch16_224_ctx_product_50_shared_k",
                    help="timm DeiT/ViT name or official iRPE name")
@@ -15,8 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build a model and print its variant name, buckets, parameters and MACs (no training)."""
-    from .cli import parse_overrides
     from .models import count_params_and_macs, create_model, rpe_layers
+    from .overrides import parse_overrides
 
     kwargs = parse_overrides(args.overrides)
     rpe = kwargs.pop("rpe", None)  # with an official name: fields that refine its config

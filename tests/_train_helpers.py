@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 import yaml
 
-from irpe_bench.train.config import TrainConfig, _merge, build_config
+from irpe_bench.train.config import TrainConfig, build_config, merge
 
 TINY: Dict[str, Any] = {
     "seed": 0,
@@ -24,8 +24,8 @@ TINY: Dict[str, Any] = {
 
 
 def tiny_dict(tmp_path: Path, **sections: Dict[str, Any]) -> Dict[str, Any]:
-    d = _merge(TINY, {"log": {"runs_dir": str(tmp_path / "runs")}})
-    return _merge(d, sections)
+    d = merge(TINY, {"log": {"runs_dir": str(tmp_path / "runs")}})
+    return merge(d, sections)
 
 
 def tiny_config(tmp_path: Path, **sections: Dict[str, Any]) -> TrainConfig:

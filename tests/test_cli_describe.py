@@ -3,7 +3,8 @@ import json
 import subprocess
 import sys
 
-from irpe_bench.cli import main, parse_overrides
+from irpe_bench.cli import main
+from irpe_bench.overrides import parse_overrides
 
 
 def test_parse_overrides_nests_and_parses_yaml_values():

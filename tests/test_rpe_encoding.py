@@ -104,15 +104,15 @@ def test_bias_mode_on_values_is_refused_by_the_module_too():
 
 
 def test_gather_lookup_matches_torch_gather_and_keeps_only_the_index():
-    """The custom lookup (``_GatherFlat``) is torch.gather in value and gradient, and saves no copy of z."""
-    from irpe_bench.rpe.encoding import _GatherFlat
+    """The custom lookup (``GatherFlat``) is torch.gather in value and gradient, and saves no copy of z."""
+    from irpe_bench.rpe.encoding import GatherFlat
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(6, 40, generator=g, dtype=torch.float64, requires_grad=True)
     index = torch.randint(0, 40, (25,), generator=g).expand(6, -1)
-    assert torch.autograd.gradcheck(lambda t: _GatherFlat.apply(t, index), (z,))
-    assert torch.equal(_GatherFlat.apply(z, index), torch.gather(z, 1, index))
+    assert torch.autograd.gradcheck(lambda t: GatherFlat.apply(t, index), (z,))
+    assert torch.equal(GatherFlat.apply(z, index), torch.gather(z, 1, index))
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        _GatherFlat.apply(z * 1.0, index).sum().backward()
+        GatherFlat.apply(z * 1.0, index).sum().backward()
     assert [tuple(t.shape) for t in saved] == [(6, 25)] and saved[0].stride(0) == 0  # the expanded index only

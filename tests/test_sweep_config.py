@@ -176,7 +176,7 @@ def test_a_tpe_study_refuses_new_choices(tmp_path):
 
 
 def test_set_reaches_dotted_space_keys():
-    from irpe_bench.cli import parse_overrides
+    from irpe_bench.overrides import parse_overrides
 
     sweep = load_sweep("sweeps/digits_quick.yaml",
                        parse_overrides(["space.model.rpe.method.choices=[none,cross]", "study.name=other"]))

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from irpe_bench.cli import main
+from irpe_bench.keys import MONITOR
 from irpe_bench.rpe import RPEConfig
-from irpe_bench.train.config import MONITOR, build_config, flatten, load_config
+from irpe_bench.train.config import build_config, flatten, load_config
 
 from ._train_helpers import TINY, tiny_dict, write_yaml
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from .. import allocator
-from ..train.throughput import _sync
+from ..train.throughput import synchronize
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -70,15 +70,15 @@ def run_interleaved(cases: Sequence[Case], warmup: int, rounds: int, device: tor
     for case in cases:
         for _ in range(warmup):
             case.step()
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for r in range(rounds):
         order = list(cases[r % len(cases):]) + list(cases[:r % len(cases)])
         for case in order:
-            _sync(device)
+            synchronize(device)
             t0 = timer()
             case.step()
-            _sync(device)
+            synchronize(device)
             case.times.append(timer() - t0)
         if budget_s is not None and r >= 2 and time.perf_counter() - start > budget_s:
             break  # NOTE: never fewer than 3 rounds; the budget only trims long runs

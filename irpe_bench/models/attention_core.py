@@ -39,7 +39,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ..rpe import BucketTerm, LogitsTerm, bucket_index, contextual_products, gather_buckets, scatter_buckets
-from ..rpe.encoding import _as_matrix
+from ..rpe.encoding import as_matrix
 
 
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -131,7 +131,7 @@ class _AttentionCore(torch.autograd.Function):
                 out = p.to(v.dtype) @ v
                 if table_v is not None:
                     per_bucket = scatter_buckets(p, index_v, table_v.shape[-2])
-                    out = out + (per_bucket.to(v.dtype) @ _as_matrix(table_v).to(v.dtype))
+                    out = out + (per_bucket.to(v.dtype) @ as_matrix(table_v).to(v.dtype))
             # NOTE: stored as (B, L, H, d): the caller's transpose + reshape for the projection is then a view,
             # so the projection's saved input and this saved output are one tensor, not two.
             out = out.transpose(1, 2).contiguous().transpose(1, 2)
@@ -153,7 +153,7 @@ class _AttentionCore(torch.autograd.Function):
             dp = (go @ v.transpose(-2, -1)).to(p.dtype)
             grad_table_v = None
             if table_v is not None:
-                t = _as_matrix(table_v).to(v.dtype)  # (H,) K, d
+                t = as_matrix(table_v).to(v.dtype)  # (H,) K, d
                 dp.add_(gather_buckets((go @ t.transpose(-2, -1)).to(p.dtype), index_v))
                 per_bucket = scatter_buckets(p, index_v, table_v.shape[-2]).to(v.dtype)  # B, H, L, K
                 grad_table_v = _table_grad(per_bucket, go, table_v)
@@ -168,7 +168,7 @@ class _AttentionCore(torch.autograd.Function):
             grads_qk = [(ds @ k).mul_(scale), (ds.transpose(-2, -1) @ q).mul_(scale)]
             grad_contextual = []
             for (x, table), (term_scale, _, src), dz_c in zip(_pairs(contextual), terms, dz):
-                t = (_as_matrix(table) * term_scale).to(x.dtype)
+                t = (as_matrix(table) * term_scale).to(x.dtype)
                 grad_x = dz_c @ t.transpose(-2, -1)
                 if src is not None:  # NOTE: x is q or k: accumulated there, no separate gradient to sum
                     grads_qk[src].add_(grad_x)

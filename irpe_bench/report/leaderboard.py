@@ -27,14 +27,17 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..sweep.budget import DISCARDED
+from .. import keys as K
+from ..keys import DISCARDED
 from .stats import GroupStats, study_stats
 
 IGNORED_FOR_BASELINE = ("model.rpe", "seed")  # keys (and their dotted children) a baseline may differ in
 
 # Per-trial metrics the objective stores in ``user_attrs`` under these names.
-M_ACC1, M_ACC1_BEST, M_PARAMS, M_MACS = "val/acc1", "val/acc1_best", "params", "macs"
-M_TEST_ACC1, M_TEST_ACC5, M_TEST_LOSS, M_TEST_EPOCH = "test/acc1", "test/acc5", "test/loss", "test/epoch"
+M_ACC1, M_ACC1_BEST, M_PARAMS, M_MACS = K.MONITOR, K.MONITOR_BEST, K.PARAMS, K.MACS
+M_TEST_ACC1, M_TEST_ACC5, M_TEST_LOSS, M_TEST_EPOCH = K.TEST_ACC1, K.TEST_ACC5, K.TEST_LOSS, K.TEST_EPOCH
+M_TRAIN, M_INFER = K.TRAIN_IMG_S, K.INFER_IMG_S
+M_DEVICE, M_PRECISION, M_BATCH = K.DEVICE, K.PRECISION, K.BATCH_SIZE
 
 # The ranking metric, as the ``trials.csv`` column it is read from: the held-out test accuracy at the epoch chosen
 # on validation; studies made before there was a test split fall back to the trial value (best-over-epochs
@@ -47,8 +50,6 @@ def _pct(x: Any) -> Optional[float]:
     """Accuracy as stored (torchmetrics' fraction, also the trial value and the pruner's intermediate values)
     → percent, the unit of every table and plot. Rounded at 1e-9 so that 0.745 shows as 74.5, not 74.499…"""
     return None if x is None else round(100.0 * float(x), 9)
-M_TRAIN, M_INFER = "throughput/train_img_s", "throughput/infer_img_s"
-M_DEVICE, M_PRECISION, M_BATCH = "throughput/device", "throughput/precision", "throughput/batch_size"
 
 
 @dataclass

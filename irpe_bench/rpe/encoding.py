@@ -51,7 +51,7 @@ def _scatter_flat(x2: torch.Tensor, index: torch.Tensor, width: int) -> torch.Te
     return x2.new_zeros((x2.shape[0], width)).scatter_add_(1, index, x2)
 
 
-class _GatherFlat(torch.autograd.Function):
+class GatherFlat(torch.autograd.Function):
     """``torch.gather(z, 1, index)`` whose backward keeps only the index.
 
     NOTE: ``gather`` is faster than ``index_select`` along dim 1 on the CPU (``benchmarks/bench_lookup.py``),
@@ -78,13 +78,13 @@ def gather_buckets(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
     NOTE: one gather per component on z viewed as (B·H, L·K) with the flat index broadcast over B·H (a
     stride-0 view): no materialised (B, H, L, L) index, the query-side term is produced in place of a
-    transposed copy, and the backward is a scatter-add that keeps only the index (:class:`_GatherFlat`).
+    transposed copy, and the backward is a scatter-add that keeps only the index (:class:`GatherFlat`).
     """
     B, H, L, K = z.shape
     z2 = z.reshape(B * H, L * K)
-    out = _GatherFlat.apply(z2, index[0].expand(B * H, -1))
+    out = GatherFlat.apply(z2, index[0].expand(B * H, -1))
     for c in range(1, index.shape[0]):
-        out.add_(_GatherFlat.apply(z2, index[c].expand(B * H, -1)))  # fresh output; its backward keeps no copy
+        out.add_(GatherFlat.apply(z2, index[c].expand(B * H, -1)))  # fresh output; its backward keeps no copy
     return out.view(B, H, L, L)
 
 
@@ -129,7 +129,7 @@ def contextual_products(x: torch.Tensor, table: torch.Tensor, scale: float = 1.0
     ``rpe_k(q * s)`` up to float rounding, at no cost proportional to the batch."""
     if scale != 1.0:
         table = table * scale
-    return torch.matmul(x, _as_matrix(table).to(x.dtype))  # NOTE: x's dtype, as autocast's matmul would
+    return torch.matmul(x, as_matrix(table).to(x.dtype))  # NOTE: x's dtype, as autocast's matmul would
 
 
 def contextual_logits(x: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, scale: float = 1.0,
@@ -150,11 +150,16 @@ def contextual_logits(x: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, s
     return gather_buckets(contextual_products(x, table, scale), index)
 
 
-def _as_matrix(table: torch.Tensor) -> torch.Tensor:
+def as_matrix(table: torch.Tensor) -> torch.Tensor:
     """A shared (1, m, n) table as (m, n). NOTE: ``matmul`` folds (B, H, L, m) @ (m, n) into one matrix
     product (and its table gradient into another), where a (1, m, n) operand makes it expand the table to
     B·H small batched products."""
     return table[0] if table.shape[0] == 1 else table
+
+
+#: NOTE: the name earlier revisions' ``models/attention_core.py`` imports: ``benchmarks/bench_core_ab.py`` loads
+#: such a core beside the current package (``--scope core``)
+_as_matrix = as_matrix
 
 
 def bias_logits(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -180,7 +185,7 @@ def contextual_values(attn: torch.Tensor, table: torch.Tensor, ids: torch.Tensor
     """
     K = table.shape[-2]
     per_bucket = scatter_buckets(attn, bucket_index(ids, K) if index is None else index, K)  # B, H, L, K
-    return torch.matmul(per_bucket, _as_matrix(table).to(per_bucket.dtype))
+    return torch.matmul(per_bucket, as_matrix(table).to(per_bucket.dtype))
 
 
 class RelativePositionEncoding(nn.Module):

@@ -1,7 +1,7 @@
 """Optuna sweeps over iRPE variants: search space, objective, storage, workers (see each module)."""
-from .config import STORAGE_ENV, SweepConfig, Sweep, build_sweep, load_sweep, redact
-from .objective import Objective, config_key
 from .budget import budget
+from .config import STORAGE_ENV, Sweep, SweepConfig, build_sweep, load_sweep, redact
+from .objective import Objective, config_key
 from .runner import launch, work
 from .storage import open_storage, open_study
 

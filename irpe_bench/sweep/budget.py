@@ -15,10 +15,8 @@ from typing import Dict, List, Optional, Tuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ..keys import DISCARDED
 from .config import Sweep
-
-DISCARDED = "discarded"
-
 
 #: Kinds of trial (:func:`_kind`) that count towards the budget.
 COUNTED = ("complete", "pruned", "failed", "running", "waiting")
@@ -84,4 +82,4 @@ def target_trials(sweep: Sweep, study: Optional[optuna.Study] = None) -> int:
     return len(grid) + sum(1 for p in counted_points(study) if p not in grid)
 
 
-__all__ = ["budget", "over_budget", "target_trials", "counted_points", "point_of", "DISCARDED"]
+__all__ = ["budget", "over_budget", "target_trials", "counted_points", "point_of"]

@@ -21,7 +21,7 @@ from typing import Any, Dict, Literal, Mapping, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..redact import redact
-from ..train.config import TrainConfig, _merge, build_config, flatten, format_errors, read_yaml, submodel
+from ..train.config import TrainConfig, build_config, flatten, format_errors, merge, read_yaml, submodel
 from . import space as S
 
 #: environment variable that overrides ``study.storage`` (keeps a password out of the sweep file)
@@ -151,7 +151,7 @@ class Sweep:
         """The training config of one point of the space, plus nested ``sections`` changes (``log={...}``,
         ``trainer={...}``), validated as a whole (``ValueError`` names the problem)."""
         over = S.to_overrides(point, self.base_config.model.rpe and self.base_config.model.rpe.model_dump())
-        return build_config(_merge(_merge(self.base, over), sections), source="trial config")
+        return build_config(merge(merge(self.base, over), sections), source="trial config")
 
 
 def without_logging(flat: Mapping[str, Any]) -> Dict[str, Any]:
@@ -228,7 +228,7 @@ def build_sweep(data: Mapping[str, Any], path: Optional[Path] = None,
     """Validate a sweep (nested dict plus nested ``overrides`` of the sweep file itself) → :class:`Sweep`."""
     from ..train.config import load_config
 
-    merged = _merge(dict(data), _dotted_space(overrides or {}))
+    merged = merge(dict(data), _dotted_space(overrides or {}))
     try:
         cfg = SweepConfig(**merged)
     except ValidationError as e:

@@ -20,22 +20,21 @@ from typing import Any, Dict
 
 import optuna
 
-from ..train.config import MONITOR, TEST_KEYS, flatten
+from .. import keys as K
+from ..keys import DISCARDED, MONITOR, TEST_KEYS
+from ..train import ddp_env
+from ..train.config import flatten
 from . import space as S
-from .budget import DISCARDED, over_budget
+from .budget import over_budget
 from .config import Sweep, digest, without_logging
 
 log = logging.getLogger(__name__)
-#: set around a trial's ``train()``: Lightning's DDP launcher starts ranks 1.. by re-running this process's
-#: command with the environment of that moment, and :func:`ddp_rank_main` uses these to join the trial
-ENV_TRIAL_ID, ENV_RESUME = "IRPE_BENCH_TRIAL_ID", "IRPE_BENCH_RESUME"
 #: summary keys copied into the trial's user attributes (when the run produced them):
 #: ``val/acc1`` final epoch, ``val/acc1_best`` best over epochs (optimistic: it chose the epoch), ``test/acc1``,
 #: ``test/acc5``, ``test/loss`` on the held-out test split at the chosen epoch, ``test/epoch`` (1-based) and
 #: ``selection`` ("best_val" | "final"); speeds in images/s, ``throughput/train_img_s_epochs`` one per epoch
-RECORDED = ("val/acc1", f"{MONITOR}_best", "val/acc5", "val/loss", *TEST_KEYS, "params", "macs",
-            "throughput/train_img_s", "throughput/train_img_s_epochs", "throughput/infer_img_s",
-            "throughput/device", "throughput/precision", "throughput/batch_size", "epochs", "wall_s")
+RECORDED = (MONITOR, K.MONITOR_BEST, K.VAL_ACC5, K.VAL_LOSS, *TEST_KEYS, K.PARAMS, K.MACS,
+            K.TRAIN_IMG_S, K.TRAIN_IMG_S_EPOCHS, K.INFER_IMG_S, K.DEVICE, K.PRECISION, K.BATCH_SIZE, "epochs", "wall_s")
 
 
 def config_key(flat: Dict[str, Any]) -> str:
@@ -100,13 +99,13 @@ class Objective:
                 raise ValueError(f"data.val_fraction={config.data.val_fraction:g}: a sweep chooses on validation "
                                  "and never on test; give the base config a validation split (val_fraction > 0)")
         except ValueError as e:  # a combination the rules did not foresee: recorded, no training
-            trial.set_user_attr("status", "invalid")
+            trial.set_user_attr("status", K.INVALID)
             trial.set_user_attr("error", str(e))
             raise
         flat = flatten(config.model_dump(mode="json"))
         attrs = {"variant": slug, "config_key": config_key(flat), "seed": config.seed, "baseline": config.model.rpe
                  is None, "config": without_logging(flat),
-                 "retry_of": retry_of, "status": "running", "error": None,
+                 "retry_of": retry_of, "status": K.RUNNING, "error": None,
                  "worker": f"{socket.gethostname()}:{os.getpid()}"}
         # a retry keeps the killed trial's run directory (copied user attribute) and resumes its checkpoint
         run_dir = Path(trial.user_attrs["run_dir"]) if retry_of is not None and "run_dir" in trial.user_attrs \
@@ -118,27 +117,23 @@ class Objective:
             trial.set_user_attr(k, v)
         log.info("trial %d: %s %s%s", trial.number, slug, point, f" (resuming {ckpt})" if resume else "")
         pruning = PyTorchLightningPruningCallback(trial, monitor=MONITOR)
-        os.environ[ENV_TRIAL_ID] = str(trial._trial_id)  # for DDP ranks that Lightning starts (ddp_rank_main)
-        os.environ[ENV_RESUME] = str(resume or "")
-        try:
-            summary = train(config, run_dir=run_dir, wandb_id=trial.user_attrs.get("wandb_id"),
-                            resume_from=resume, callbacks=[pruning])
-            pruning.check_pruned()  # DDP: the pruning decision travels through the storage
-        except optuna.TrialPruned:
-            self._record(trial, run_dir, "pruned", "pruned by the pruner at epoch "
-                         f"{max(trial.storage.get_trial(trial._trial_id).intermediate_values, default=0)}")
-            raise
-        except TrainingDiverged as e:
-            self._record(trial, run_dir, "diverged", str(e), e.summary)
-            raise
-        except Exception as e:
-            self._record(trial, run_dir, "failed", f"{type(e).__name__}: {e}")
-            raise
-        finally:
-            os.environ.pop(ENV_TRIAL_ID, None)
-            os.environ.pop(ENV_RESUME, None)
-        self._record(trial, run_dir, "finished", None, summary)
-        value = summary.get(f"{MONITOR}_best")
+        with ddp_env.published_trial(trial._trial_id, resume):  # for DDP ranks that Lightning starts
+            try:
+                summary = train(config, run_dir=run_dir, wandb_id=trial.user_attrs.get("wandb_id"),
+                                resume_from=resume, callbacks=[pruning])
+                pruning.check_pruned()  # DDP: the pruning decision travels through the storage
+            except optuna.TrialPruned:
+                self._record(trial, run_dir, K.PRUNED, "pruned by the pruner at epoch "
+                             f"{max(trial.storage.get_trial(trial._trial_id).intermediate_values, default=0)}")
+                raise
+            except TrainingDiverged as e:
+                self._record(trial, run_dir, K.DIVERGED, str(e), e.summary)
+                raise
+            except Exception as e:
+                self._record(trial, run_dir, K.FAILED, f"{type(e).__name__}: {e}")
+                raise
+        self._record(trial, run_dir, K.FINISHED, None, summary)
+        value = summary.get(K.MONITOR_BEST)
         if value is None:
             raise RuntimeError(f"the run finished without {MONITOR} (no validation epoch?)")
         return float(value)
@@ -165,15 +160,13 @@ def ddp_rank_main(sweep: Sweep) -> int:
     from optuna_integration import PyTorchLightningPruningCallback
 
     from ..train.config import load_config
-    from ..train.run import _ENV_RUN_DIR, train
+    from ..train.run import train
     from .storage import open_storage
 
-    trial_id, run_dir = os.environ.get(ENV_TRIAL_ID), os.environ.get(_ENV_RUN_DIR)
-    if not trial_id or not run_dir:
-        raise RuntimeError(f"a DDP rank of a sweep needs {ENV_TRIAL_ID} and {_ENV_RUN_DIR} from rank 0")
+    trial_id, run_dir, resume = ddp_env.joined_trial()
     study = optuna.load_study(study_name=sweep.config.study.name, storage=open_storage(sweep))
-    trial = optuna.Trial(study, int(trial_id))
+    trial = optuna.Trial(study, trial_id)
     config = load_config(Path(run_dir) / "config.yaml")
-    train(config, run_dir=run_dir, resume_from=os.environ.get(ENV_RESUME) or None,
+    train(config, run_dir=run_dir, resume_from=resume,
           callbacks=[PyTorchLightningPruningCallback(trial, monitor=MONITOR)])
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML file (see configs/); omit with --resume")
-    from ..cli import add_set_argument
+    from ..overrides import add_set_argument
 
     add_set_argument(p, "dotted overrides, e.g. --set model.abs_pos=false optim.lr=1e-3")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from RUN_DIR/checkpoints/last.ckpt")
@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train one variant (config in, summary.json out); --resume RUN_DIR continues a killed run."""
-    from ..cli import parse_overrides
+    from ..overrides import parse_overrides
     from .config import load_config
     from .run import TrainingDiverged, find_checkpoint, train
 

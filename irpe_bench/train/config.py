@@ -16,12 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..rpe import RPEConfig
 
-#: The one monitored metric: ``self.log``, checkpointing, the summary and (later) the sweep objective read it.
-MONITOR = "val/acc1"
-MONITOR_MODE = "max"
-#: what a run reports on its held-out test split, at the epoch chosen on validation (``train.run.test_selected``)
-TEST_KEYS = ("test/acc1", "test/acc5", "test/loss", "test/epoch", "selection")
-
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -250,10 +244,11 @@ class TrainConfig(_Frozen):
         return self
 
 
-def _merge(base: Dict[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
+def merge(base: Dict[str, Any], over: Mapping[str, Any]) -> Dict[str, Any]:
+    """``over`` laid on ``base``, section by section (nested mappings merge; anything else replaces); a new dict."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
     return out
 
 
@@ -284,7 +279,7 @@ def format_errors(err: ValidationError, source: str = "config", root: type = Non
 def build_config(data: Optional[Mapping[str, Any]] = None, overrides: Optional[Mapping[str, Any]] = None,
                  source: str = "config") -> TrainConfig:
     """Validate a nested dict (plus nested overrides); raise ``ValueError`` with readable field errors."""
-    merged = _merge(dict(data or {}), overrides or {})
+    merged = merge(dict(data or {}), overrides or {})
     try:
         return TrainConfig(**merged)
     except ValidationError as e:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import lightning.pytorch as pl
 import numpy as np
@@ -25,7 +25,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..rpe.registry import Registry
-from .config import DataConfig
+
+if TYPE_CHECKING:  # NOTE: annotations only: ``config`` validates dataset names against this module's registry
+    from .config import DataConfig
 
 #: name -> DataModule class; ``data.name`` in configs, CLI choices and tests read its keys.
 DATAMODULES = Registry("dataset")

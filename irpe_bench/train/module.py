@@ -13,7 +13,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .config import MONITOR, DataConfig, OptimConfig
+from ..keys import MONITOR
+from .config import DataConfig, OptimConfig
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -14,29 +14,30 @@ checkpoint, the sweep's objective, the pruner — ever reads a test metric.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import re
 import secrets
-import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import lightning.pytorch as pl
 import torch
 
 from .. import allocator
+from .. import keys as K
+from ..keys import MONITOR, MONITOR_MODE, TEST_KEYS
 from ..models import count_params_and_macs, create_model, set_attention_options
-from .config import MONITOR, MONITOR_MODE, TEST_KEYS, TrainConfig, dump_config
-from .data import build_datamodule
+from . import ddp_env
+from .config import TrainConfig, dump_config
+from .data import ImageDataModule, build_datamodule
 from .module import ClassificationModule, NonFiniteLossError
+from .provenance import git_commit, versions
 from .throughput import TrainThroughput, benchmark_inference, device_description
 
 RUN_META = "run.json"
 CKPT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
-_ENV_RUN_DIR, _ENV_WANDB_ID = "IRPE_BENCH_RUN_DIR", "IRPE_BENCH_WANDB_ID"
 _RPE_TABLE = re.compile(r"\.rpe_[qkv]\.lookup_table_(weight|bias)$")
 
 
@@ -46,32 +47,6 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, message: str, summary: Dict[str, Any]) -> None:
         super().__init__(message)
         self.summary = summary
-
-
-def _is_child_rank() -> bool:
-    """A DDP process started by Lightning's launcher (it re-runs the command with LOCAL_RANK set)."""
-    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
-
-
-def _git_commit() -> Optional[str]:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (sha + ("-dirty" if dirty else "")) or None
-
-
-def _versions() -> Dict[str, str]:
-    import lightning
-    import timm
-    import torchmetrics
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "lightning": lightning.__version__, "torchmetrics": torchmetrics.__version__}
 
 
 def resolve_precision(config: TrainConfig) -> str:
@@ -110,6 +85,35 @@ def find_checkpoint(run_dir: Union[str, Path]) -> Path:
     return ckpt
 
 
+@dataclass
+class Run:
+    """What ``build`` made before any training: the data, the network and the run's identity."""
+
+    dm: ImageDataModule
+    net: torch.nn.Module
+    slug: str
+    run_dir: Path
+    wandb_id: str
+    cost: Dict[str, int]  # params, macs
+
+
+@dataclass
+class Fitted:
+    """What ``fit`` left: the trainer and module, the callbacks the summary reads, and how it ended."""
+
+    trainer: pl.Trainer
+    module: ClassificationModule
+    checkpoint: Optional[pl.Callback]  # ModelCheckpoint on val/acc1; None without validation
+    throughput: TrainThroughput
+    precision: str
+    status: str = K.FINISHED  # finished | diverged | stopped
+    error: Optional[str] = None
+    stopped_by: Optional[BaseException] = None  # re-raised after the summary is written
+    wall: float = 0.0
+    metrics: Dict[str, float] = field(default_factory=dict)
+    tested: Dict[str, Any] = field(default_factory=dict)
+
+
 def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb_id: Optional[str] = None,
           resume_from: Optional[Union[str, Path]] = None,
           callbacks: Sequence[pl.Callback] = ()) -> Dict[str, Any]:
@@ -127,19 +131,32 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
         Exception: whatever stopped ``fit`` (a pruning decision, an error) after ``summary.json`` records it
             as ``"status": "stopped"`` with the reason and the W&B run is closed.
     """
-    # ---- 1. cheap checks that must fail before anything is written
+    run = build(config, run_dir, wandb_id, resume_from)
+    fitted = fit(config, run, resume_from, callbacks)
+    summary = summarise(config, run, fitted, resume_from)
+    return finish(config, run, fitted, summary)
+
+
+def build(config: TrainConfig, run_dir: Optional[Union[str, Path]], wandb_id: Optional[str],
+          resume_from: Optional[Union[str, Path]]) -> Run:
+    """Cheap checks that must fail before anything is written, then the network and the run directory."""
     dm = build_datamodule(config.data, config.model.resolved_img_size, config.seed)
     dm.check()
     if resume_from is not None and not Path(resume_from).is_file():
         raise ValueError(f"resume_from={str(resume_from)!r}: no such checkpoint file")
     pl.seed_everything(config.seed, workers=True, verbose=False)
     net = build_model(config, dm.num_classes)
-    slug = net.variant
-    child = _is_child_rank()
-    if child:
-        run_dir, wandb_id = os.environ.get(_ENV_RUN_DIR, run_dir), os.environ.get(_ENV_WANDB_ID, wandb_id)
+    run_dir, wandb_id = open_run_dir(config, net.variant, run_dir, wandb_id)
+    return Run(dm, net, net.variant, run_dir, wandb_id, count_params_and_macs(net))
 
-    # ---- 2. the run directory: resolved config, identity
+
+def open_run_dir(config: TrainConfig, slug: str, run_dir: Optional[Union[str, Path]],
+                 wandb_id: Optional[str]) -> Tuple[Path, str]:
+    """The run's directory and W&B id: rank 0 decides them (given, stored in ``run.json``, or new) and writes
+    the resolved config there; a DDP child rank takes rank 0's (:mod:`.ddp_env`) and writes nothing."""
+    child = ddp_env.is_child_rank()
+    if child:
+        run_dir, wandb_id = ddp_env.inherited_run(run_dir, wandb_id)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config, slug)
     meta_path = run_dir / RUN_META
     if wandb_id is None and meta_path.is_file():
@@ -149,99 +166,139 @@ def train(config: TrainConfig, run_dir: Optional[Union[str, Path]] = None, wandb
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_config(config))
         meta_path.write_text(json.dumps({"slug": slug, "wandb_id": wandb_id}, indent=2))
-        os.environ[_ENV_RUN_DIR], os.environ[_ENV_WANDB_ID] = str(run_dir), wandb_id
-    cost = count_params_and_macs(net)
+        ddp_env.publish_run(run_dir, wandb_id)
+    return run_dir, wandb_id
 
-    # ---- 3. fit
-    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
-    from .wandb_setup import finish_wandb, make_wandb_logger
-
-    module = ClassificationModule(net, dm.num_classes, config.optim, config.data, no_decay_names(net, config))
+def fit(config: TrainConfig, run: Run, resume_from: Optional[Union[str, Path]],
+        callbacks: Sequence[pl.Callback]) -> Fitted:
+    """Fit, then test the checkpoint chosen on validation. A divergence or any other exception is recorded in
+    the result (``status``), not raised, so that the summary is written first."""
+    module = ClassificationModule(run.net, run.dm.num_classes, config.optim, config.data,
+                                  no_decay_names(run.net, config))
     throughput = TrainThroughput(config.trainer.throughput_skip_steps)
-    validated = config.data.has_validation
-    # NOTE: at least the best checkpoint is kept when there is validation: the test split is evaluated on it.
-    # last.ckpt comes from a callback of its own that writes every epoch: Lightning's ``save_last`` rewrites it
-    # only when a top-k checkpoint is written, so a resume (and the final-epoch test) would start from the last
-    # improvement instead of the last epoch. It runs after the best one, so its file holds the best's state.
+    checkpoint, last = checkpoint_callbacks(config, run.run_dir)
+    all_callbacks: List[pl.Callback] = [*([checkpoint] if checkpoint else []), last, throughput, *callbacks]
+    if config.optim.ema_decay is not None:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        all_callbacks.append(EMAWeightAveraging(decay=config.optim.ema_decay))
+    precision = resolve_precision(config)
+    trainer = build_trainer(config, run, precision, all_callbacks)
+    out = Fitted(trainer, module, checkpoint, throughput, precision)
+    started = time.time()
+    try:
+        trainer.fit(module, datamodule=run.dm, ckpt_path=str(resume_from) if resume_from else None)
+        out.wall = time.time() - started
+        out.metrics = _metrics(trainer)
+        out.tested = test_selected(trainer, module, run.dm, checkpoint.best_model_path if checkpoint else None,
+                                   Path(last.dirpath) / LAST_CKPT)
+    except NonFiniteLossError as e:
+        out.status, out.error = K.DIVERGED, str(e)
+    except Exception as e:  # noqa: BLE001 - recorded, the W&B run closed, then raised again by ``finish``
+        out.status, out.error, out.stopped_by = K.STOPPED, f"{type(e).__name__}: {e}", e
+    if out.status != K.FINISHED:
+        out.wall, out.metrics = time.time() - started, _metrics(trainer)
+    return out
+
+
+def checkpoint_callbacks(config: TrainConfig, run_dir: Path) -> Tuple[Optional[pl.Callback], pl.Callback]:
+    """(the best checkpoint on ``val/acc1`` or None without validation, ``last.ckpt`` written every epoch).
+
+    NOTE: at least the best checkpoint is kept when there is validation: the test split is evaluated on it.
+    last.ckpt comes from a callback of its own that writes every epoch: Lightning's ``save_last`` rewrites it
+    only when a top-k checkpoint is written, so a resume (and the final-epoch test) would start from the last
+    improvement instead of the last epoch. It runs after the best one, so its file holds the best's state.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     checkpoint = ModelCheckpoint(dirpath=run_dir / CKPT_DIR, monitor=MONITOR, mode=MONITOR_MODE,
                                  save_top_k=max(1, config.log.save_top_k), auto_insert_metric_name=False,
-                                 filename="epoch{epoch:03d}-acc1{val/acc1:.4f}") if validated else None
+                                 filename="epoch{epoch:03d}-acc1{val/acc1:.4f}") \
+        if config.data.has_validation else None
     last = ModelCheckpoint(dirpath=run_dir / CKPT_DIR, filename=Path(LAST_CKPT).stem, monitor=None, save_top_k=1,
                            enable_version_counter=False)
-    all_callbacks = [*([checkpoint] if checkpoint else []), last, throughput, *callbacks]
-    if config.optim.ema_decay is not None:
-        all_callbacks.append(EMAWeightAveraging(decay=config.optim.ema_decay))
-    loggers = [CSVLogger(str(run_dir), name="", version="csv")]
+    return checkpoint, last
+
+
+def build_trainer(config: TrainConfig, run: Run, precision: str, callbacks: List[pl.Callback]) -> pl.Trainer:
+    """The Lightning ``Trainer`` of ``config.trainer``, logging to CSV (and W&B when ``log.wandb``).
+
+    NOTE: ``strategy`` is passed as configured (a string): with DDP, Lightning's default broadcasts buffers
+    every step, the bucket-id buffers included, although they never change.
+    """
+    from lightning.pytorch.loggers import CSVLogger
+
+    from .wandb_setup import make_wandb_logger
+
+    loggers = [CSVLogger(str(run.run_dir), name="", version="csv")]
     if config.log.wandb:
-        loggers.append(make_wandb_logger(config, slug, run_dir, wandb_id))
+        loggers.append(make_wandb_logger(config, run.slug, run.run_dir, run.wandb_id))
     t = config.trainer
-    precision = resolve_precision(config)
+    validated = config.data.has_validation
     deterministic = (not torch.cuda.is_available() or t.accelerator == "cpu") if t.deterministic == "auto" \
         else t.deterministic
-    trainer = pl.Trainer(
+    return pl.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         num_nodes=t.num_nodes, precision=precision, accumulate_grad_batches=t.accumulate_grad_batches,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches if validated else 0,
         limit_test_batches=t.limit_test_batches,
         gradient_clip_val=config.optim.clip_grad, deterministic=deterministic, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0, use_distributed_sampler=False,
-        callbacks=all_callbacks, logger=loggers, default_root_dir=str(run_dir), enable_model_summary=False,
+        callbacks=callbacks, logger=loggers, default_root_dir=str(run.run_dir), enable_model_summary=False,
     )
-    started, status, error, stopped_by = time.time(), "finished", None, None
-    metrics: Dict[str, float] = {}
-    tested: Dict[str, Any] = {}
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
-        wall = time.time() - started
-        metrics = _metrics(trainer)
-        tested = test_selected(trainer, module, dm, checkpoint.best_model_path if checkpoint else None,
-                               Path(last.dirpath) / LAST_CKPT)
-    except NonFiniteLossError as e:
-        status, error = "diverged", str(e)
-    except Exception as e:  # noqa: BLE001 - recorded, the W&B run closed, then raised again below
-        status, error, stopped_by = "stopped", f"{type(e).__name__}: {e}", e
-    if status != "finished":
-        wall, metrics = time.time() - started, _metrics(trainer)
-    device = trainer.strategy.root_device  # NOTE: not module.device: Lightning's teardown moved it to the CPU
 
-    # ---- 4. benchmark and summary (rank zero)
+
+def summarise(config: TrainConfig, run: Run, fitted: Fitted, resume_from: Optional[Union[str, Path]]) -> Dict[str, Any]:
+    """The run's summary: identity, outcome, metrics, cost, speeds, provenance, and (rank zero, finished runs)
+    the inference benchmark, also sent to the loggers."""
+    trainer, checkpoint = fitted.trainer, fitted.checkpoint
+    device = trainer.strategy.root_device  # NOTE: not module.device: Lightning's teardown moved it to the CPU
+    finished = fitted.status == K.FINISHED
     summary: Dict[str, Any] = {
-        "status": status, "error": error, "variant": slug, "run_dir": str(run_dir), "wandb_id": wandb_id,
-        "seed": config.seed, "monitor": MONITOR, MONITOR: metrics.get(MONITOR),
-        f"{MONITOR}_best": module.best_acc1 if status == "finished" and validated else None,
-        **{k: tested.get(k) for k in TEST_KEYS},
-        "metrics": metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step,
-        "best_checkpoint": (checkpoint.best_model_path or None) if checkpoint else None, "wall_s": wall, **cost,
-        "throughput/train_img_s": throughput.median, "throughput/train_img_s_epochs": list(throughput.epochs),
-        "throughput/batch_size": config.data.batch_size,
-        "throughput/precision": precision, "throughput/device": device_description(device),
-        "world_size": trainer.world_size, "versions": _versions(), "git_commit": _git_commit(),
+        "status": fitted.status, "error": fitted.error, "variant": run.slug, "run_dir": str(run.run_dir),
+        "wandb_id": run.wandb_id, "seed": config.seed, "monitor": MONITOR, MONITOR: fitted.metrics.get(MONITOR),
+        K.MONITOR_BEST: fitted.module.best_acc1 if finished and config.data.has_validation else None,
+        **{k: fitted.tested.get(k) for k in TEST_KEYS},
+        "metrics": fitted.metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step,
+        "best_checkpoint": (checkpoint.best_model_path or None) if checkpoint else None, "wall_s": fitted.wall,
+        **run.cost,
+        K.TRAIN_IMG_S: fitted.throughput.median, K.TRAIN_IMG_S_EPOCHS: list(fitted.throughput.epochs),
+        K.BATCH_SIZE: config.data.batch_size,
+        K.PRECISION: fitted.precision, K.DEVICE: device_description(device),
+        "world_size": trainer.world_size, "versions": versions(), "git_commit": git_commit(),
         "malloc": allocator.in_effect(),
         "resumed_from": str(resume_from) if resume_from else None,
     }
-    if trainer.is_global_zero and status == "finished" and t.benchmark_batches > 0:
-        bench = benchmark_inference(module.net, config.data.eval_batch_size or config.data.batch_size,
-                                    config.model.resolved_img_size, precision, device,
-                                    batches=t.benchmark_batches)
+    if trainer.is_global_zero and finished and config.trainer.benchmark_batches > 0:
+        bench = benchmark_inference(fitted.module.net, config.data.eval_batch_size or config.data.batch_size,
+                                    config.model.resolved_img_size, fitted.precision, device,
+                                    batches=config.trainer.benchmark_batches)
         summary.update(bench)
         for lg in trainer.loggers:
             lg.log_metrics(bench, step=trainer.global_step)
             lg.save()
+    return summary
+
+
+def finish(config: TrainConfig, run: Run, fitted: Fitted, summary: Dict[str, Any]) -> Dict[str, Any]:
+    """Write ``summary.json`` (rank zero), close the W&B run, then return the summary or raise what stopped it."""
+    from .wandb_setup import finish_wandb
+
+    trainer = fitted.trainer
     if trainer.is_global_zero:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if config.log.wandb:
         if trainer.is_global_zero:
             import wandb
 
             if wandb.run is not None:
                 wandb.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
-        finish_wandb(exit_code=0 if status == "finished" else 1)
-    if stopped_by is not None:
-        raise stopped_by
-    if status == "diverged":
-        raise TrainingDiverged(f"{error} (recorded in {run_dir / 'summary.json'})", summary)
+        finish_wandb(exit_code=0 if fitted.status == K.FINISHED else 1)
+    if fitted.stopped_by is not None:
+        raise fitted.stopped_by
+    if fitted.status == K.DIVERGED:
+        raise TrainingDiverged(f"{fitted.error} (recorded in {run.run_dir / 'summary.json'})", summary)
     return summary
 
 

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued kernels (CUDA) before reading a clock; nothing to wait for on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -50,7 +51,7 @@ class TrainThroughput(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if batch_idx == self.skip_steps:
-            _sync(pl_module.device)
+            synchronize(pl_module.device)
             self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -58,7 +59,7 @@ class TrainThroughput(pl.Callback):
             return
         self._images += len(batch[0])
         if batch_idx + 1 >= trainer.num_training_batches:
-            _sync(pl_module.device)
+            synchronize(pl_module.device)
         self._t1 = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -142,11 +143,11 @@ def benchmark_inference(model: nn.Module, batch_size: int, img_size: int, precis
                 model(x)
             rates = []
             for _ in range(repeats):  # NOTE: the median of a few timed loops, as for training (TrainThroughput)
-                _sync(device)
+                synchronize(device)
                 t0 = time.perf_counter()
                 for _ in range(batches):
                     model(x)
-                _sync(device)
+                synchronize(device)
                 rates.append(batch_size * batches / (time.perf_counter() - t0))
     finally:
         model.train(was_training).to(home)

@@ -1,0 +1,32 @@
+"""The words the training, sweep and report layers share: metric keys, the monitored metric, trial statuses.
+
+One neutral module (it imports nothing of the package), so that ``train`` writes, ``sweep`` records and
+``report`` reads the same names without importing one another (``DESIGN.md``: dependencies point one way).
+
+Metric keys follow ``split/metric``; accuracies are fractions in [0, 1] (torchmetrics'), speeds images/s.
+"""
+from __future__ import annotations
+
+#: the metric that chooses: ``self.log``, checkpointing, pruning and the objective's value all read it
+MONITOR = "val/acc1"
+MONITOR_MODE = "max"
+#: the best ``MONITOR`` over epochs (optimistic: the same images chose the epoch)
+MONITOR_BEST = f"{MONITOR}_best"
+VAL_ACC5, VAL_LOSS = "val/acc5", "val/loss"
+
+#: the held-out test split at the epoch chosen on validation (never read by anything that chooses)
+TEST_ACC1, TEST_ACC5, TEST_LOSS, TEST_EPOCH = "test/acc1", "test/acc5", "test/loss", "test/epoch"
+#: how the tested checkpoint was chosen: ``"best_val"`` | ``"final"``
+SELECTION = "selection"
+TEST_KEYS = (TEST_ACC1, TEST_ACC5, TEST_LOSS, TEST_EPOCH, SELECTION)
+
+PARAMS, MACS = "params", "macs"
+TRAIN_IMG_S, TRAIN_IMG_S_EPOCHS = "throughput/train_img_s", "throughput/train_img_s_epochs"
+INFER_IMG_S = "throughput/infer_img_s"
+DEVICE, PRECISION, BATCH_SIZE = "throughput/device", "throughput/precision", "throughput/batch_size"
+
+# A run's ``status`` (``summary.json``) and a trial's (its ``status`` user attribute).
+FINISHED, DIVERGED, STOPPED = "finished", "diverged", "stopped"  # a run (``train``)
+RUNNING, PRUNED, FAILED, INVALID = "running", "pruned", "failed", "invalid"  # a trial (the objective) adds these
+#: a trial created over the budget by a worker race: never trained, not counted, left out of the leaderboard
+DISCARDED = "discarded"
