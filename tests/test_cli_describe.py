@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from irpe_bench.cli import main
 from irpe_bench.overrides import parse_overrides
 
@@ -21,6 +23,7 @@ def test_describe_prints_the_variant(capsys):
     assert info["params"] == 5_717_416 - (196 - 64) * 192 - 192 * 3 * (256 - 16) + 2 * 12 * 64 * 50
 
 
+@pytest.mark.slow
 def test_describe_bad_input_is_one_clear_line():
     proc = subprocess.run([sys.executable, "run.py", "describe", "--set", "rpe.method=polar"], capture_output=True,
                           text=True, cwd=__file__.rsplit("/tests/", 1)[0])

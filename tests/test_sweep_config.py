@@ -204,9 +204,6 @@ def test_worker_gpus_come_from_the_visible_list_and_groups_can_be_shared():
     assert gpus_needed(4, 1, 2) == 2 and gpus_needed(3, 2, 2) == 4 and gpus_needed(1, 1, 4) == 1
 
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
-
-
 def _sample_all(sweep, study):
     """Run every queued trial with the sweep's real sampling (``space.suggest`` with the study's pinned choice
     lists, as the objective does) and no training: the trial's value is its number of parameters."""
@@ -222,8 +219,8 @@ def _frozen(trials):
     return [(t.number, t.state, t.value, t.params, t.user_attrs, t.datetime_complete) for t in trials]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_grid_study_grows_by_new_choices_and_keeps_removed_ones(tmp_path, backend):
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def test_a_grid_study_grows_by_new_choices_and_keeps_removed_ones(tmp_path, backend, request):
     """New choices (here one inserted first, which also grows the bias-only ``model.rpe.on@bias``) join the
     study: only the new points are queued, the old trials keep their values, and Optuna accepts the extended
     choice lists; a removed choice queues nothing and deletes nothing, and the budget counts its trial."""
@@ -232,16 +229,11 @@ def test_a_grid_study_grows_by_new_choices_and_keeps_removed_ones(tmp_path, back
     from irpe_bench.sweep.storage import open_study
 
     name = f"pytest-{uuid.uuid4().hex[:8]}" if backend == "postgresql" else "t"
-    storage = PG if backend == "postgresql" else None
+    storage = request.getfixturevalue("postgresql_url") if backend == "postgresql" else None
     space = {"model.rpe.mode": {"choices": ["bias", "contextual"]}, "model.rpe.on": {"choices": ["k", "qkv"]}}
     path = _sweep(tmp_path, space, study={"name": name, "storage": storage}, out_dir=str(tmp_path / "o"))
     sweep = load_sweep(path)
-    try:
-        study, _ = open_study(sweep, {"sweep_file": "old.yaml"})
-    except ValueError as e:
-        if backend == "postgresql":
-            pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required (see .ci/run): {e}")
-        raise
+    study, _ = open_study(sweep, {"sweep_file": "old.yaml"})
     try:
         _sample_all(sweep, study)
         old = _frozen(study.get_trials())
@@ -276,7 +268,7 @@ def test_a_grid_study_grows_by_new_choices_and_keeps_removed_ones(tmp_path, back
         assert study.user_attrs[CHOICES_ATTR]["model.rpe.on"] == ["k", "qkv", "q"]
     finally:
         if backend == "postgresql":
-            optuna.delete_study(study_name=name, storage=PG.replace("postgresql://", "postgresql+psycopg://"))
+            optuna.delete_study(study_name=name, storage=storage.replace("postgresql://", "postgresql+psycopg://"))
 
 
 def test_a_journal_study_refuses_new_choices_with_a_way_out(tmp_path):

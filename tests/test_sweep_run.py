@@ -24,7 +24,6 @@ from irpe_bench.cli import main
 from ._train_helpers import tiny_dict, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def _write_sweep(tmp_path: Path, space, study=None, base_sections=None, **top) -> Path:
@@ -132,22 +131,18 @@ def test_killed_sweep_resumes_the_killed_trial_from_its_checkpoint(tmp_path):
     assert time.time() - t0 < 200
 
 
-def _pg_available() -> bool:
-    try:
-        optuna.storages.RDBStorage(PG.replace("postgresql://", "postgresql+psycopg://"))
-        return True
-    except Exception:  # noqa: BLE001
-        return False
+def _psycopg(url: str) -> str:
+    """The SQLAlchemy URL of a ``postgresql://`` storage, with the driver the package uses."""
+    return url.replace("postgresql://", "postgresql+psycopg://")
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_postgresql_study(tmp_path):
-    if not _pg_available():
-        pytest.fail("PostgreSQL on 127.0.0.1:5432 is required (see .ci/run); start it with pg_ctlcluster")
+@pytest.mark.postgresql
+def test_two_workers_share_one_postgresql_study(tmp_path, postgresql_url):
     name = f"pytest-{uuid.uuid4().hex[:8]}"
     path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "euclidean", "quant", "product"]}},
-                        study={"name": name, "storage": PG}, workers=2)
-    storage = PG.replace("postgresql://", "postgresql+psycopg://")
+                        study={"name": name, "storage": postgresql_url}, workers=2)
+    storage = _psycopg(postgresql_url)
     try:
         proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path)], env=_env(), cwd=ROOT,
                               capture_output=True, text=True, timeout=400)
@@ -208,13 +203,13 @@ def test_journal_storage_and_fail_running_recover_a_crashed_worker(tmp_path):
 
 
 @pytest.mark.slow
-def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path):
+@pytest.mark.postgresql
+def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path, postgresql_url):
     """PostgreSQL with trust auth accepts any password, so a real sweep can run with one in its URL; afterwards
     no file it wrote (leaderboard, run dirs, W&B offline runs) and nothing it printed contains it."""
-    if not _pg_available():
-        pytest.fail("PostgreSQL on 127.0.0.1:5432 is required (see .ci/run)")
     name, secret = f"pytest-{uuid.uuid4().hex[:8]}", f"pw{uuid.uuid4().hex[:10]}"
-    url = f"postgresql://postgres:{secret}@127.0.0.1:5432/test"
+    url = postgresql_url.replace("postgres@", f"postgres:{secret}@", 1)
+    assert secret in url
     path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["product"]}}, study={"name": name},
                         base_sections={"log": {"wandb": True}})
     try:
@@ -226,9 +221,10 @@ def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path):
         assert not leaks and secret not in proc.stdout + proc.stderr
         assert (tmp_path / "out" / "leaderboard.md").is_file() and list((tmp_path / "out" / "runs").iterdir())
     finally:
-        optuna.delete_study(study_name=name, storage=PG.replace("postgresql://", "postgresql+psycopg://"))
+        optuna.delete_study(study_name=name, storage=_psycopg(postgresql_url))
 
 
+@pytest.mark.slow
 def test_timeout_starts_no_new_trial_and_a_rerun_finishes_the_budget(tmp_path):
     path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "euclidean", "product"]}},
                         study={"timeout_s": 0.5})
@@ -239,6 +235,7 @@ def test_timeout_starts_no_new_trial_and_a_rerun_finishes_the_budget(tmp_path):
     assert [t.state for t in _study(tmp_path).trials] == [TrialState.COMPLETE] * 3
 
 
+@pytest.mark.slow
 def test_a_trial_created_past_the_budget_is_discarded_untrained(tmp_path):
     """The worker race of ``irpe_bench/sweep/budget.py``, made deterministic: after the grid's two queued
     points have run, a third ``optimize`` step gets a fresh trial, as a worker that passed the budget check at
@@ -280,6 +277,7 @@ def _snapshot(trials):
     return out
 
 
+@pytest.mark.slow
 def test_more_seeds_join_the_finished_study_and_train_only_the_new_trial(tmp_path):
     """A finished two-seed grid, its file edited to three seeds: the same study, one new training (seed 2),
     the old trials untouched, the stored sweep updated; a third run trains nothing."""
@@ -311,6 +309,7 @@ def test_more_seeds_join_the_finished_study_and_train_only_the_new_trial(tmp_pat
     assert len(_study(tmp_path).trials) == 3
 
 
+@pytest.mark.slow
 def test_a_new_grid_choice_runs_only_its_cells_and_a_changed_override_is_refused(tmp_path, capsys):
     """``--set`` a third method (inserted between the old two) on a finished method × seed grid: only its cell
     trains. The same file with a changed training override is refused before any work, saying what differs."""

@@ -14,6 +14,7 @@ from irpe_bench.train.wandb_setup import read_offline_history, read_offline_summ
 from ._train_helpers import tiny_config
 
 
+@pytest.mark.slow
 def test_train_writes_summary_and_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     config = tiny_config(tmp_path, log={"wandb": True, "group": "pytest"})
@@ -101,6 +102,7 @@ def _evaluate(net, loader):
 
 
 @pytest.mark.parametrize("ema", [None, 0.9])
+@pytest.mark.slow
 def test_test_metrics_are_the_checkpoint_chosen_on_validation(tmp_path, ema):
     """test/* is the test split evaluated on the epoch with the best val/acc1 (the first of equals), not the last
     epoch's weights, and with EMA on the averaged weights that validation saw: recomputed here from the chosen
@@ -177,6 +179,7 @@ def test_rpe_tables_excluded_from_weight_decay_by_default(tmp_path):
     assert no_decay_names(build_model(decayed, 10), decayed) == []
 
 
+@pytest.mark.slow
 def test_recompute_weights_trains_the_same_model(tmp_path):
     """``model.recompute_weights`` reaches every iRPE layer and changes memory, not maths: two seeded runs with
     it off and on end with the same validation loss (up to float rounding over the steps)."""
