@@ -2,8 +2,9 @@
 
 Everything that identifies a run — its directory, its W&B id and the checkpoint to resume from — is an argument,
 so a caller (a sweep trial, a retry) can decide them; defaults are invented only when none are given.
-Order of work: validate data and model (cheap, fails early) → run directory and resolved config → fit →
-test → inference benchmark → ``summary.json``.
+Order of work, one function each: :func:`build` (validate data and model, cheap, fails early; run directory and
+resolved config) → :func:`fit` (fit, then test) → :func:`summarise` (summary, inference benchmark) →
+:func:`finish` (``summary.json``, W&B closed, the outcome returned or raised).
 
 Selection and report are kept apart: the epoch is chosen on validation (the checkpoint ``ModelCheckpoint`` keeps
 for the best ``val/acc1``; ``selection: "best_val"``), and the held-out test split is evaluated once, on that
