@@ -28,9 +28,14 @@ def _sweep(tmp_path, space, **top):  # noqa: D103
 def test_shipped_sweeps_load():
     quick = load_sweep("sweeps/digits_quick.yaml")
     assert quick.config.study.sampler == "grid"
-    assert [p["model.rpe.method"] for p in S.points(quick.config.space, quick.base_flat)] == \
-        ["none", "euclidean", "quant", "cross", "product"]
-    assert quick.base_config.trainer.max_epochs == 15  # overrides applied to configs/digits.yaml
+    assert [(p["model.rpe.method"], p["seed"]) for p in S.points(quick.config.space, quick.base_flat)] == \
+        [(m, s) for m in ("none", "product") for s in (0, 1, 2, 3)]
+    assert quick.base_config.trainer.max_epochs == 16  # overrides applied to configs/digits.yaml
+    assert quick.base_config.model.abs_pos is False and quick.config.workers == 2
+    methods = load_sweep("sweeps/digits_methods.yaml")
+    assert sorted({p["model.rpe.method"] for p in S.points(methods.config.space, methods.base_flat)}) == \
+        ["cross", "euclidean", "none", "product", "quant"]
+    assert len({p["seed"] for p in S.points(methods.config.space, methods.base_flat)}) >= 5
     tpe = load_sweep("sweeps/digits_tpe.yaml")
     assert tpe.config.study.n_trials == 30
 
