@@ -71,7 +71,7 @@ def forest(board: Leaderboard, path: Path) -> PlotResult:
     if not rows:
         return _skip("forest", "no variant has a config-matched baseline")
     rows = list(reversed(rows))  # best at the top
-    fig = _figure(7.5, 1.4 + 0.36 * len(rows))
+    fig = _figure(9.0, 1.6 + 0.36 * len(rows))
     ax = fig.add_subplot()
     ys = list(range(len(rows)))
     for y, g in zip(ys, rows):
@@ -85,7 +85,7 @@ def forest(board: Leaderboard, path: Path) -> PlotResult:
     labels = [f"{g.variant} (n={g.n_pairs or g.n}{', ' + g.test if g.test else ', no test'})" for g in rows]
     ax.set_yticks(ys, labels, fontsize=7)
     ax.set_xlabel(f"Δ {board.metric_label} vs baseline (points), 95 % CI")
-    ax.set_title(f"{board.study_name}: difference to the baseline (blue: significant after Holm)", fontsize=10)
+    fig.suptitle(f"{board.study_name}: difference to the baseline (blue: significant after Holm)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
