@@ -1,7 +1,7 @@
 """The words the training, sweep and report layers share: metric keys, the monitored metric, trial statuses.
 
 One neutral module (it imports nothing of the package), so that ``train`` writes, ``sweep`` records and
-``report`` reads the same names without importing one another (``DESIGN.md``: dependencies point one way).
+``report`` reads the same names without importing one another (``docs/architecture.md``: dependencies point one way).
 
 Metric keys follow ``split/metric``; accuracies are fractions in [0, 1] (torchmetrics'), speeds images/s.
 """

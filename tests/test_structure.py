@@ -4,7 +4,7 @@ Every ``import`` counts, at module level and inside functions alike: a lazy impo
 only runs later. Imports under ``if TYPE_CHECKING:`` never run and are left out. ``from pkg import name`` depends
 on ``pkg.name`` when that is a module, else on ``pkg``.
 
-What is checked (see ``DESIGN.md``, "Data flow, one direction"):
+What is checked (see ``docs/architecture.md``, the layers and the data flow):
 
 * no import cycle between modules, and none between subpackages;
 * the layers: ``rpe`` imports no other part of the package (third party: torch and pydantic only); ``models``

@@ -40,6 +40,24 @@ def test_shipped_sweeps_load():
     assert tpe.config.study.n_trials == 30
 
 
+@pytest.mark.parametrize("path", sorted(str(p) for p in __import__("pathlib").Path("sweeps").rglob("*.yaml")))
+def test_every_shipped_sweep_loads_and_its_paper_studies_pair_five_seeds(path):
+    """Every sweep file passes all checks; the paper's ablations (sweeps/paper/) are grids with >= 5 seeds per
+    cell and a no-RPE baseline, on the digits study recipe, and write under results/studies/."""
+    sweep = load_sweep(path)
+    if "/paper/" not in path:
+        return
+    pts = list(S.points(sweep.config.space, sweep.base_flat))
+    cells = {}
+    for p in pts:
+        cells.setdefault(config_key(flatten(sweep.trial_config(p).model_dump(mode="json"))), set()).add(p["seed"])
+    assert sweep.config.study.sampler == "grid" and min(len(s) for s in cells.values()) >= 5
+    assert len({frozenset(s) for s in cells.values()}) == 1  # the same seeds in every cell: they pair
+    assert any(p["model.rpe.method"] == "none" for p in pts)
+    assert str(sweep.out_dir).startswith("results/studies/")
+    assert sweep.base_config.trainer.max_epochs == 30
+
+
 @pytest.mark.parametrize("space, study, message", [
     ({"model.rpe.methd": {"choices": ["product"]}}, {}, "space.model.rpe.methd: unknown field 'methd'"),
     ({"model.rpe.method": {"choices": ["product", "polar"]}}, {},
@@ -315,3 +333,45 @@ def test_a_study_made_before_identities_were_stored_is_joined_and_extended(tmp_p
     assert study.user_attrs[CHOICES_ATTR] == {"seed": [0, 1, 2]}
     _sample_all(grown, study)
     assert [t.params["seed"] for t in study.trials] == [0, 1, 2]
+
+
+def test_a_given_field_follows_its_driver_and_is_never_sampled(tmp_path):
+    """``model.rpe.ratio: {given: model.rpe.method, values: {...}}`` sets a per-mapping ratio (the paper's
+    Table 1 bucket choices) without multiplying the grid or becoming an Optuna parameter."""
+    ratios = {"euclidean": 10.8, "cross": 3.5, "product": 1.02}
+    space = {"model.rpe.method": {"choices": ["none", "euclidean", "cross", "product"]},
+             "model.rpe.ratio": {"given": "model.rpe.method", "values": ratios},
+             "seed": {"choices": [0, 1]}}
+    sweep = load_sweep(_sweep(tmp_path, space))
+    pts = list(S.points(sweep.config.space, sweep.base_flat))
+    assert len(pts) == 4 * 2
+    for p in pts:
+        assert p.get("model.rpe.ratio") == ratios.get(p["model.rpe.method"])
+        params = S.optuna_params(sweep.config.space, p, sweep.base_flat)
+        assert "model.rpe.ratio" not in params
+        config = sweep.trial_config(p)
+        assert (config.model.rpe is None) if p["model.rpe.method"] == "none" else \
+            (config.model.rpe.ratio == ratios[p["model.rpe.method"]])
+    # real sampling from a real storage: the enqueued grid point, the ratio derived, no parameter stored for it
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="given")
+    study.enqueue_trial(S.optuna_params(sweep.config.space, pts[3], sweep.base_flat))
+    trial = study.ask()
+    drawn = S.suggest(trial, sweep.config.space, sweep.base_flat)
+    assert drawn == pts[3] and set(study.trials[0].params) == {"model.rpe.method", "seed"}
+    assert sweep.identity()["fields"]["model.rpe.ratio"] == {"given": "model.rpe.method", "values": ratios}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"given": "model.rpe.mode", "values": {"bias": 1.0}}, "must name a searched field with choices"),
+    ({"given": "model.rpe.method", "values": {"cross": 3.5}}, "missing: ['product']"),
+    ({"given": "model.rpe.method", "values": {"cross": 3.5, "product": 1.9, "polar": 2}}, "unknown: ['polar']"),
+    ({"given": "model.rpe.method"}, "needs given: <searched field> and values"),
+    ({"given": "model.rpe.method", "values": {"cross": 3.5, "product": 1.9}, "choices": [1.9]},
+     "neither choices nor low/high"),
+])
+def test_a_bad_given_field_is_refused_before_any_work(tmp_path, spec, message):
+    space = {"model.rpe.method": {"choices": ["none", "cross", "product"]}, "model.rpe.ratio": spec}
+    with pytest.raises(ValueError) as e:
+        load_sweep(_sweep(tmp_path, space))
+    assert message in str(e.value) and "model.rpe.ratio" in str(e.value)
+    assert not (tmp_path / "results").exists()

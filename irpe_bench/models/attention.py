@@ -103,8 +103,8 @@ RECOMPUTE_WEIGHTS = False
 #: Train eager attention through :mod:`.attention_core`'s hand-written backward: None = where measured faster
 #: than autograd's (the CPU); True / False force it (``attn.core_backward``, for benchmarks and tests).
 CORE_BACKWARD: Optional[bool] = None
-#: Kernels :meth:`RPEAttention.kernel_for` accepts; ``auto`` picks by device and by whether the iRPE term needs a
-#: gradient.
+#: Kernels :func:`select_kernel` accepts (``RPEAttention.kernel``); ``auto`` picks by device and by whether the
+#: iRPE term needs a gradient.
 KERNELS = ("auto", "triton", "sdpa", "eager")
 
 

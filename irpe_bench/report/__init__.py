@@ -1,6 +1,6 @@
 """Reporting: the leaderboard of a sweep, read from its Optuna storage and nothing else.
 
-The storage is the source of truth (see ``DESIGN.md``): any worker, at any time, during or after a sweep, can
+The storage is the source of truth (see ``docs/architecture.md``): any worker, at any time, during or after a sweep, can
 regenerate the same report from it. ``write_report`` is therefore a pure function of the storage (plus the
 caller's ``meta``): no clock, no host names, no storage URL; writing twice gives byte-identical
 md/csv/json/tex. The statistics (``stats``) are pure functions of the trial values; ``stats.recompute`` redoes

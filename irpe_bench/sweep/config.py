@@ -83,8 +83,9 @@ class SweepConfig(_Frozen):
     def _space(self) -> "SweepConfig":
         if not self.space:
             raise ValueError("space: must search at least one field")
+        S.check_derived(self.space)
         if self.study.sampler == "grid":
-            ranged = [k for k, s in self.space.items() if not s.categorical]
+            ranged = [k for k, s in self.space.items() if not s.categorical and not s.derived]
             if ranged:
                 raise ValueError(f"study.sampler='grid' needs choices for every field; space.{ranged[0]} is a "
                                  "range (give choices: [...], or use sampler tpe/random)")

@@ -30,8 +30,13 @@ Scalar = Union[str, int, float, bool, None]
 
 
 class ParamSpec(BaseModel):
-    """One searched field: ``choices`` (categorical, any scalars; ``layers`` may list lists) or a numeric
-    range ``low``..``high`` (``log`` scale, ``step``; ``int: true`` for integers)."""
+    """One searched field: ``choices`` (categorical, any scalars; ``layers`` may list lists), a numeric
+    range ``low``..``high`` (``log`` scale, ``step``; ``int: true`` for integers), or a value that follows
+    from another searched field: ``given: model.rpe.method, values: {euclidean: 10.8, product: 1.02}``.
+
+    A ``given`` field is not an Optuna parameter (nothing is sampled for it, so no sampler chases it and a
+    grid does not multiply by it): it sets a field per choice of its driver, e.g. the paper's per-mapping
+    bucket choices of Table 1 in one grid over the mappings."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     choices: Optional[Tuple[Any, ...]] = None
@@ -40,12 +45,19 @@ class ParamSpec(BaseModel):
     log: bool = False
     step: Optional[float] = None
     int: bool = False
+    given: Optional[str] = None
+    values: Optional[Dict[str, Any]] = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> "ParamSpec":
         ranged = self.low is not None or self.high is not None
+        if self.given is not None or self.values is not None:
+            if self.given is None or not self.values or self.choices is not None or ranged:
+                raise ValueError("a derived field needs given: <searched field> and values: {choice: value, ...}, "
+                                 "and neither choices nor low/high")
+            return self
         if (self.choices is None) == (not ranged):
-            raise ValueError("give either choices: [...] or low/high, not both and not neither")
+            raise ValueError("give either choices: [...] or low/high (or given/values), not both and not neither")
         if self.choices is not None:
             if not self.choices:
                 raise ValueError("choices: must not be empty")
@@ -66,6 +78,15 @@ class ParamSpec(BaseModel):
     def categorical(self) -> bool:
         return self.choices is not None
 
+    @property
+    def derived(self) -> bool:
+        """Set from another field's value (``given``), never sampled."""
+        return self.given is not None
+
+    def value_for(self, driver: Any) -> Any:
+        """The value under the driver's (encoded) value; keys are compared as text (YAML keys are strings)."""
+        return _encode(self.values[str(driver)])
+
     def encoded_choices(self) -> Tuple[Scalar, ...]:
         return tuple(_encode(c) for c in self.choices or ())
 
@@ -73,6 +94,8 @@ class ParamSpec(BaseModel):
         """Values that stand for the whole spec in validation: every choice, or a range's two ends."""
         if self.categorical:
             return self.encoded_choices()
+        if self.derived:
+            return tuple(dict.fromkeys(_encode(v) for v in self.values.values()))
         return (int(self.low), int(self.high)) if self.int else (self.low, self.high)
 
 
@@ -86,8 +109,31 @@ def _encode(v: Any) -> Optional[Scalar]:
 
 
 def ordered(space: Mapping[str, ParamSpec]) -> List[str]:
-    """Sampling order: the rule drivers first, then the file's order."""
-    return [k for k in _DRIVERS if k in space] + [k for k in space if k not in _DRIVERS]
+    """Sampling order: the rule drivers first, then the file's order, derived (``given``) fields last."""
+    first = [k for k in _DRIVERS if k in space]
+    rest = [k for k in space if k not in _DRIVERS]
+    return first + [k for k in rest if not space[k].derived] + [k for k in rest if space[k].derived]
+
+
+def check_derived(space: Mapping[str, ParamSpec]) -> None:
+    """Each ``given`` names a searched categorical field and has a value for every choice of it (the no-RPE
+    ``none`` of ``model.rpe.method`` excepted for ``model.rpe.*`` fields, which it switches off)."""
+    for name, spec in space.items():
+        if not spec.derived:
+            continue
+        driver = space.get(spec.given)
+        if driver is None or not driver.categorical:
+            allowed = sorted(k for k, s in space.items() if s.categorical and k != name)
+            raise ValueError(f"space.{name}.given={spec.given!r}: must name a searched field with choices; "
+                             f"allowed here: {allowed}")
+        needed = [c for c in driver.encoded_choices()
+                  if not (spec.given == "model.rpe.method" and c == NO_RPE and name.startswith("model.rpe."))]
+        missing = [c for c in needed if str(c) not in spec.values]
+        extra = sorted(set(spec.values) - {str(c) for c in driver.encoded_choices()})
+        if missing or extra:
+            raise ValueError(f"space.{name}.values: keys {sorted(spec.values)} must be the choices of "
+                             f"{spec.given} {[str(c) for c in needed]} (missing: {[str(c) for c in missing]}, "
+                             f"unknown: {extra})")
 
 
 def _effective(name: str, sampled: Mapping[str, Any], base: Mapping[str, Any]) -> Any:
@@ -101,6 +147,8 @@ def rule(name: str, spec: ParamSpec, sampled: Mapping[str, Any], base: Mapping[s
     method = _effective("model.rpe.method", sampled, base)
     if name.startswith("model.rpe.") and name != "model.rpe.method" and (method == NO_RPE or method is None):
         return None  # no RPE: its fields mean nothing
+    if spec.derived and spec.given not in sampled:
+        return None  # its driver did not apply (e.g. no RPE): nothing to set
     if name == "model.rpe.on" and spec.categorical and _effective("model.rpe.mode", sampled, base) == "bias":
         allowed = tuple(c for c in spec.encoded_choices() if "v" not in str(c))
         if not allowed:
@@ -117,7 +165,9 @@ def suggest(trial, space: Mapping[str, ParamSpec], base: Mapping[str, Any]) -> D
         if r is None:
             continue
         pname, spec = r
-        if spec.categorical:
+        if spec.derived:
+            sampled[name] = spec.value_for(sampled[spec.given])
+        elif spec.categorical:
             sampled[name] = trial.suggest_categorical(pname, list(spec.encoded_choices()))
         elif spec.int:
             sampled[name] = trial.suggest_int(pname, int(spec.low), int(spec.high), log=spec.log,
@@ -145,7 +195,8 @@ def points(space: Mapping[str, ParamSpec], base: Mapping[str, Any], limit: Optio
         if r is None:
             yield from walk(i + 1, sampled)
             return
-        for v in r[1].endpoints():
+        values = (r[1].value_for(sampled[r[1].given]),) if r[1].derived else r[1].endpoints()
+        for v in values:
             yield from walk(i + 1, {**sampled, names[i]: v})
 
     yield from itertools.islice(walk(0, {}), limit)
@@ -160,7 +211,8 @@ def optuna_params(space: Mapping[str, ParamSpec], point: Mapping[str, Any], base
         if r is None or name not in point:
             continue
         sampled[name] = point[name]
-        out[r[0]] = point[name]
+        if not r[1].derived:  # derived fields are no Optuna parameter
+            out[r[0]] = point[name]
     return out
 
 
@@ -220,9 +272,10 @@ def grid_size(space: Mapping[str, ParamSpec], base: Mapping[str, Any]) -> int:
 def describe(space: Mapping[str, ParamSpec]) -> Dict[str, Any]:
     """The space as plain data (stored in the study, shown in the leaderboard header)."""
     return {k: (list(s.encoded_choices()) if s.categorical else
+                {"given": s.given, "values": dict(s.values)} if s.derived else
                 {"low": s.low, "high": s.high, "log": s.log, "step": s.step, "int": s.int})
             for k, s in space.items()}
 
 
 def is_range(specs: Sequence[ParamSpec]) -> bool:
-    return any(not s.categorical for s in specs)
+    return any(not s.categorical and not s.derived for s in specs)
