@@ -18,6 +18,8 @@ import optuna
 import pytest
 from scipy import stats
 
+from ._independent import holm
+
 ROOT = Path(__file__).resolve().parents[1]
 BOARDS = sorted(p for p in (ROOT / "results").rglob("leaderboard.json")
                 if "metric" in json.loads(p.read_text(encoding="utf-8")))
@@ -40,15 +42,6 @@ def _values(trials_csv: Path, metric: str):
             if row["state"] == "COMPLETE" and row.get(metric, "") != "":
                 groups.setdefault(row["config_key"], {})[int(row["seed"])] = float(row[metric])
     return groups
-
-
-def _holm(ps):
-    order = sorted(range(len(ps)), key=lambda i: ps[i])
-    out, running = [0.0] * len(ps), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
-        out[i] = running
-    return out
 
 
 @pytest.mark.parametrize("board_path", BOARDS, ids=_ids(BOARDS))
@@ -81,7 +74,7 @@ def test_committed_statistics_follow_from_trials_csv(board_path: Path):
         p = stats.ttest_rel([seeds[s] for s in common], [base[s] for s in common]).pvalue
         assert g["p_value"] == pytest.approx(p, rel=1e-6, abs=1e-12)
         tested.append(g)
-    for g, adjusted in zip(tested, _holm([g["p_value"] for g in tested])):
+    for g, adjusted in zip(tested, holm([g["p_value"] for g in tested])):
         assert g["p_holm"] == pytest.approx(adjusted, rel=1e-6, abs=1e-12)
 
 

@@ -28,6 +28,8 @@ from scipy import stats
 from irpe_bench.report import collect, recompute, to_latex, write_report
 from irpe_bench.report.stats import compare, holm, min_detectable_difference
 
+from ._independent import holm as independent_holm
+
 DEVICE = "Intel(R) Xeon(R) Platinum 8488C (2 cores, 2 threads)"
 BASE = [95.00, 95.83, 94.72, 96.11, 95.28]
 
@@ -122,16 +124,6 @@ def _g(board, variant):
     return next(g for g in board.groups if g.variant == variant)
 
 
-def _my_holm(ps):
-    """Holm's step-down adjustment written out: sorted p_(j) × (m - j + 1), running max, capped at 1."""
-    order = sorted(range(len(ps)), key=lambda i: ps[i])
-    adj, running = [0.0] * len(ps), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
-        adj[i] = running
-    return adj
-
-
 def _my_test(a: dict, b: dict):
     """(test, delta, ci, p) of a - b with scipy directly: paired on common seeds (≥ 2), else Welch."""
     common = sorted(set(a) & set(b))
@@ -163,7 +155,7 @@ def test_paired_welch_failed_seed_and_holm_against_scipy(board):
     base = VALUES[BASELINE]
     expected = {v: _my_test(s, base) for v, s in VALUES.items() if v != BASELINE}
     names = sorted(expected)
-    adj = dict(zip(names, _my_holm([expected[v][3] for v in names])))
+    adj = dict(zip(names, independent_holm([expected[v][3] for v in names])))
     for v, (test, delta, ci, p) in expected.items():
         g = _g(board, v)
         assert (g.test, g.delta, g.delta_ci95, g.p_value) == (test, pytest.approx(delta), pytest.approx(ci),
@@ -177,7 +169,7 @@ def test_paired_welch_failed_seed_and_holm_against_scipy(board):
     assert _g(board, "deit_tiny_ctx_product_50_shared_k").significant is True
     assert _g(board, "deit_tiny_ctx_product_50_shared_k").verdict == "higher"
     assert _g(board, "deit_tiny_ctx_cross_16_shared_k").verdict == "not resolved"
-    assert holm([0.01, 0.04, 0.03]) == pytest.approx(_my_holm([0.01, 0.04, 0.03]))
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx(independent_holm([0.01, 0.04, 0.03]))
 
 
 def test_tie_shares_a_band_and_is_not_significant(board):
@@ -192,7 +184,7 @@ def test_rank_bands_from_holm_adjusted_pairwise_tests(board):
     variants = list(VALUES)
     pairs = [(a, b) for i, a in enumerate(variants) for b in variants[i + 1:]]
     res = {ab: _my_test(VALUES[ab[0]], VALUES[ab[1]]) for ab in pairs}
-    adj = dict(zip(pairs, _my_holm([res[ab][3] for ab in pairs])))
+    adj = dict(zip(pairs, independent_holm([res[ab][3] for ab in pairs])))
     better = {v: 0 for v in variants}
     worse = {v: 0 for v in variants}
     for (a, b), p in adj.items():
