@@ -77,13 +77,12 @@ def test_trials_record_test_metrics_at_the_epoch_chosen_on_validation(tmp_path):
         assert len(reported) == 2 and max(reported) == pytest.approx(a["val/acc1_best"])
 
 
-def test_a_sweep_without_a_validation_split_is_refused(tmp_path):
+def test_a_sweep_without_a_validation_split_is_refused_before_any_work(tmp_path, capsys):
     from irpe_bench.cli import main
 
     path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["product"]}},
                         base_sections={"data": {"val_fraction": 0}})
-    main(["sweep", str(path), "--no-leaderboard"])
-    (t,) = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/out/optuna.db").trials
-    assert t.state == TrialState.FAIL and t.user_attrs["status"] == "invalid"
-    assert "a sweep chooses on validation and never on test" in t.user_attrs["error"]
-    assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").iterdir())
+    assert main(["sweep", str(path), "--no-leaderboard"]) == 2
+    err = capsys.readouterr().err
+    assert "data.val_fraction=0: a sweep chooses on validation and never on test" in err
+    assert not (tmp_path / "out").exists()  # no storage, no run directory: nothing started

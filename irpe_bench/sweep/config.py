@@ -152,7 +152,11 @@ class Sweep:
         """The training config of one point of the space, plus nested ``sections`` changes (``log={...}``,
         ``trainer={...}``), validated as a whole (``ValueError`` names the problem)."""
         over = S.to_overrides(point, self.base_config.model.rpe and self.base_config.model.rpe.model_dump())
-        return build_config(merge(merge(self.base, over), sections), source="trial config")
+        config = build_config(merge(merge(self.base, over), sections), source="trial config")
+        if not config.data.has_validation:  # NOTE: the objective and the pruner read validation, never test
+            raise ValueError(f"data.val_fraction={config.data.val_fraction:g}: a sweep chooses on validation and "
+                             "never on test; give the base config a validation split (val_fraction > 0)")
+        return config
 
 
 def without_logging(flat: Mapping[str, Any]) -> Dict[str, Any]:
@@ -205,7 +209,9 @@ def _check_choices(sweep: Sweep) -> int:
                 raise ValueError(f"space.{name}={v!r} gives no valid training config in this sweep: "
                                  f"{reasons[(name, v)]} (valid here: {allowed})")
     if n_valid == 0:
-        raise ValueError("the search space has no valid combination with this base config")
+        why = next(iter(reasons.values()), None)
+        raise ValueError("the search space has no valid combination with this base config"
+                         + (f": {why}" if why else ""))
     return n_valid
 
 
