@@ -21,6 +21,9 @@ COMMANDS: Dict[str, str] = {
     "bench": "irpe_bench.bench",
     "sweep": "irpe_bench.sweep.cli",
     "leaderboard": "irpe_bench.report.cli",
+    "status": "irpe_bench.sweep.cli:Status",
+    "studies": "irpe_bench.sweep.cli:Studies",
+    "delete": "irpe_bench.sweep.cli:Delete",
 }
 
 

@@ -82,3 +82,101 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_leaderboard:
         write_leaderboard(sweep, meta, study)
     return 1 if failed_workers else 0
+
+
+def _existing_storage(url: str):
+    """A storage that must already exist (a command that reads or deletes never creates an empty one)."""
+    from pathlib import Path
+
+    from .storage import storage_from_url
+
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise ValueError(f"storage {redact(url)!r}: no such SQLite file; run the sweep first (or give --storage)")
+    return storage_from_url(url)
+
+
+def _load_study(sweep: Sweep):
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=sweep.config.study.name, storage=_existing_storage(sweep.storage_url))
+    except KeyError:
+        raise ValueError(f"study.name={sweep.config.study.name!r}: no such study in {redact(sweep.storage_url)}; "
+                         "run the sweep first (or give --storage)") from None
+
+
+class Status:
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("sweep", help="the sweep YAML whose study to show")
+        add_set_argument(p, "dotted overrides of the sweep file (e.g. study.name=...)")
+        add_storage_argument(p)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        """How far a study has got: trials done of the budget, what runs where, an ETA, the best so far."""
+        from .budget import target_trials
+        from .status import study_status, to_text
+
+        take_storage(args)
+        sweep = load_sweep(args.sweep, parse_overrides(args.overrides))
+        study = _load_study(sweep)
+        print(to_text(study_status(study, target_trials(sweep, study))), end="")
+        return 0
+
+
+class Studies:
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--storage", required=True, help="storage URL (sqlite:///..., postgresql://..., "
+                                                        "journal:///...); shown with its password as ***")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        """List the studies of a storage: name, trials, when it started, its best value."""
+        import optuna
+
+        from .config import check_storage_url
+
+        url = check_storage_url(args.storage)
+        sys.argv[:] = [redact(a) for a in sys.argv]
+        summaries = optuna.get_all_study_summaries(_existing_storage(url), include_best_trial=True)
+        print(f"{len(summaries)} studies in {redact(url)}")
+        for s in sorted(summaries, key=lambda s: s.study_name):
+            best = "" if s.best_trial is None or s.best_trial.value is None else \
+                f", best val acc1 {100 * s.best_trial.value:.2f}"
+            started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "—"
+            print(f"  {s.study_name}: {s.n_trials} trials, started {started}{best}")
+        return 0
+
+
+class Delete:
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("sweep", help="the sweep YAML whose study to delete")
+        add_set_argument(p, "dotted overrides of the sweep file (e.g. study.name=...)")
+        add_storage_argument(p)
+        p.add_argument("--yes", action="store_true", help="do not ask; delete (for scripts)")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        """Delete a study from its storage after confirmation (its run directories and reports stay)."""
+        import optuna
+
+        take_storage(args)
+        sweep = load_sweep(args.sweep, parse_overrides(args.overrides))
+        study = _load_study(sweep)
+        name, n = study.study_name, len(study.get_trials(deepcopy=False))
+        if not args.yes:
+            print(f"delete study {name!r} ({n} trials) from {redact(sweep.storage_url)}? type its name to confirm: ",
+                  end="", file=sys.stderr, flush=True)
+            try:
+                answer = input()
+            except EOFError:
+                answer = ""
+            if answer.strip() != name:
+                raise ValueError(f"delete {name!r}: not confirmed (type the study name, or pass --yes)")
+        optuna.delete_study(study_name=name, storage=_existing_storage(sweep.storage_url))
+        print(f"deleted study {name!r} ({n} trials); run directories and reports under {sweep.out_dir} are kept",
+              file=sys.stderr)
+        return 0

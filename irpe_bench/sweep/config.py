@@ -62,10 +62,15 @@ class StudyConfig(_Frozen):
     @field_validator("storage")
     @classmethod
     def _storage(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not re.match(r"^(sqlite|postgresql|mysql|journal)(\+\w+)?://", v):
-            raise ValueError(f"study.storage={redact(v)!r}: expected sqlite:///path.db, postgresql://user@host/db, "
-                             "mysql://… or journal:///path/file.log")
-        return v
+        return None if v is None else check_storage_url(v, "study.storage")
+
+
+def check_storage_url(url: str, field: str = "--storage") -> str:
+    """A storage URL of a scheme Optuna opens, else a clear error (the password shown as ``***``)."""
+    if not re.match(r"^(sqlite|postgresql|mysql|journal)(\+\w+)?://", url):
+        raise ValueError(f"{field}={redact(url)!r}: expected sqlite:///path.db, postgresql://user@host/db, "
+                         "mysql://… or journal:///path/file.log")
+    return url
 
 
 class SweepConfig(_Frozen):

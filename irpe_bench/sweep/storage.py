@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from .config import Sweep, redact
+from .config import StudyConfig, Sweep, redact
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,14 @@ def driver_url(url: str) -> str:
 
 
 def open_storage(sweep: Sweep) -> optuna.storages.BaseStorage:
-    url = driver_url(sweep.storage_url)
-    st = sweep.config.study
+    """The sweep's storage, with its heartbeat and retry settings (``study.heartbeat_s``, ``grace_s``, …)."""
+    return storage_from_url(sweep.storage_url, sweep.config.study)
+
+
+def storage_from_url(url: str, st: Optional[StudyConfig] = None) -> optuna.storages.BaseStorage:
+    """A storage from its URL; ``st`` adds the heartbeat and the retry of stale trials (workers need them,
+    a command that only reads or lists does not)."""
+    url = driver_url(url)
     if url.startswith("journal://"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -47,6 +53,8 @@ def open_storage(sweep: Sweep) -> optuna.storages.BaseStorage:
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
+        if st is None:
+            return RDBStorage(url, engine_kwargs=engine)
         return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=st.heartbeat_s, grace_period=st.grace_s,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                               max_retry=st.max_retry, inherit_intermediate_values=True))
