@@ -204,22 +204,34 @@ def test_journal_storage_and_fail_running_recover_a_crashed_worker(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.postgresql
-def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path, postgresql_url):
-    """PostgreSQL with trust auth accepts any password, so a real sweep can run with one in its URL; afterwards
-    no file it wrote (leaderboard, run dirs, W&B offline runs) and nothing it printed contains it."""
+@pytest.mark.parametrize("route", ["--storage", "--set", "environment", "sweep file"])
+def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path, postgresql_url, route):
+    """PostgreSQL with trust auth accepts any password, so a real sweep (two workers: their command lines are
+    built from the sweep's own) can run with one in its URL, given by each route a user has; afterwards no file
+    it wrote (leaderboard, run dirs, W&B offline runs), nothing it printed and nothing stored in the study
+    (its metadata, every trial's attributes) contains it."""
     name, secret = f"pytest-{uuid.uuid4().hex[:8]}", f"pw{uuid.uuid4().hex[:10]}"
     url = postgresql_url.replace("postgres@", f"postgres:{secret}@", 1)
     assert secret in url
-    path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["product"]}}, study={"name": name},
-                        base_sections={"log": {"wandb": True}})
+    study = {"name": name, **({"storage": url} if route == "sweep file" else {})}
+    path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "product"]}}, study=study,
+                        base_sections={"log": {"wandb": True}}, workers=2)
+    extra = {"--storage": ["--storage", url], "--set": ["--set", f"study.storage={url}"]}.get(route, [])
+    env = _env(**({"IRPE_BENCH_STORAGE": url} if route == "environment" else {}))
     try:
-        proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--storage", url],
-                              env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=400)
+        proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path), *extra],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "postgres:***@127.0.0.1" in proc.stderr  # the storage is named, redacted
-        leaks = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        written = [p for p in tmp_path.rglob("*") if p.is_file() and p != path]  # the user's own file aside
+        leaks = [p for p in written if secret.encode() in p.read_bytes()]
         assert not leaks and secret not in proc.stdout + proc.stderr
-        assert (tmp_path / "out" / "leaderboard.md").is_file() and list((tmp_path / "out" / "runs").iterdir())
+        stored = optuna.load_study(study_name=name, storage=_psycopg(postgresql_url))
+        assert len(stored.trials) == 2 and all(t.state == TrialState.COMPLETE for t in stored.trials)
+        kept = json.dumps([stored.user_attrs, *[t.user_attrs for t in stored.trials]],
+                          default=str)
+        assert secret not in kept and "python run.py sweep" in kept
+        assert (tmp_path / "out" / "leaderboard.md").is_file() and len(list((tmp_path / "out" / "runs").iterdir())) == 2
     finally:
         optuna.delete_study(study_name=name, storage=_psycopg(postgresql_url))
 
