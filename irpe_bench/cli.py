@@ -24,6 +24,7 @@ COMMANDS: Dict[str, str] = {
     "status": "irpe_bench.sweep.cli:Status",
     "studies": "irpe_bench.sweep.cli:Studies",
     "delete": "irpe_bench.sweep.cli:Delete",
+    "dashboard": "irpe_bench.sweep.cli:Dashboard",
 }
 
 

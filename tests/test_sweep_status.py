@@ -145,3 +145,47 @@ def test_status_of_a_real_worker_mid_trial(tmp_path):
         worker.kill()
         worker.wait(timeout=30)
     assert any(t.state == TrialState.RUNNING for t in optuna.load_study(study_name="watch", storage=storage).trials)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_serves_the_study_over_http_on_loopback(watched, tmp_path):
+    import json
+    import urllib.request
+
+    sweep, _, _ = watched
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "dashboard", str(sweep.path), "--port", str(port)],
+                            cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, studies = time.time() + 60, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    studies = json.loads(r.read())["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, proc.stderr.read() if proc.poll() is not None else "no answer"
+        (s,) = studies
+        assert s["study_name"] == "watch"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{s['study_id']}", timeout=10) as r:
+            detail = json.loads(r.read())
+        assert len(detail["trials"]) == 5 and [t["state"] for t in detail["trials"]].count("Complete") == 2
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/dashboard/" in err
+
+
+def test_dashboard_rejects_a_bad_port_before_serving(watched, capsys):
+    sweep, _, _ = watched
+    assert main(["dashboard", str(sweep.path), "--port", "70000"]) == 2
+    assert "--port=70000: expected 1..65535" in capsys.readouterr().err

@@ -180,3 +180,30 @@ class Delete:
         print(f"deleted study {name!r} ({n} trials); run directories and reports under {sweep.out_dir} are kept",
               file=sys.stderr)
         return 0
+
+
+class Dashboard:
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("sweep", help="the sweep YAML whose storage to show")
+        add_set_argument(p, "dotted overrides of the sweep file (e.g. study.name=...)")
+        add_storage_argument(p)
+        p.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the storage's "
+                            "studies to the network)")
+        p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        """A live view of a running study: optuna-dashboard on the study's storage (Ctrl-C stops it)."""
+        from optuna_dashboard import run_server
+
+        take_storage(args)
+        if not 0 < args.port < 65536:
+            raise ValueError(f"--port={args.port}: expected 1..65535")
+        sweep = load_sweep(args.sweep, parse_overrides(args.overrides))
+        _load_study(sweep)  # a clear error when the study does not exist yet
+        print(f"optuna-dashboard for study {sweep.config.study.name!r} ({redact(sweep.storage_url)}) at "
+              f"http://{args.host}:{args.port}/dashboard/", file=sys.stderr, flush=True)
+        run_server(_existing_storage(sweep.storage_url), host=args.host, port=args.port)
+        return 0
