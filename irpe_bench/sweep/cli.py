@@ -105,12 +105,24 @@ def _load_study(sweep: Sweep):
                          "run the sweep first (or give --storage)") from None
 
 
+def add_study_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """The arguments of a command about one existing study: its sweep file, ``--set`` and ``--storage``."""
+    p.add_argument("sweep", help=f"the sweep YAML whose study to {what}")
+    add_set_argument(p, "dotted overrides of the sweep file (e.g. study.name=...)")
+    add_storage_argument(p)
+
+
+def open_existing(args: argparse.Namespace):
+    """(sweep, study) of a command about one existing study; the storage secret handled first."""
+    take_storage(args)
+    sweep = load_sweep(args.sweep, parse_overrides(args.overrides))
+    return sweep, _load_study(sweep)
+
+
 class Status:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("sweep", help="the sweep YAML whose study to show")
-        add_set_argument(p, "dotted overrides of the sweep file (e.g. study.name=...)")
-        add_storage_argument(p)
+        add_study_arguments(p, "show")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -118,9 +130,7 @@ class Status:
         from .budget import target_trials
         from .status import study_status, to_text
 
-        take_storage(args)
-        sweep = load_sweep(args.sweep, parse_overrides(args.overrides))
-        study = _load_study(sweep)
+        sweep, study = open_existing(args)
         print(to_text(study_status(study, target_trials(sweep, study))), end="")
         return 0
 
@@ -153,9 +163,7 @@ class Studies:
 class Delete:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("sweep", help="the sweep YAML whose study to delete")
-        add_set_argument(p, "dotted overrides of the sweep file (e.g. study.name=...)")
-        add_storage_argument(p)
+        add_study_arguments(p, "delete")
         p.add_argument("--yes", action="store_true", help="do not ask; delete (for scripts)")
 
     @staticmethod
@@ -163,9 +171,7 @@ class Delete:
         """Delete a study from its storage after confirmation (its run directories and reports stay)."""
         import optuna
 
-        take_storage(args)
-        sweep = load_sweep(args.sweep, parse_overrides(args.overrides))
-        study = _load_study(sweep)
+        sweep, study = open_existing(args)
         name, n = study.study_name, len(study.get_trials(deepcopy=False))
         if not args.yes:
             print(f"delete study {name!r} ({n} trials) from {redact(sweep.storage_url)}? type its name to confirm: ",
@@ -185,9 +191,7 @@ class Delete:
 class Dashboard:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("sweep", help="the sweep YAML whose storage to show")
-        add_set_argument(p, "dotted overrides of the sweep file (e.g. study.name=...)")
-        add_storage_argument(p)
+        add_study_arguments(p, "show live (with every other study of its storage)")
         p.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the storage's "
                             "studies to the network)")
@@ -198,11 +202,9 @@ class Dashboard:
         """A live view of a running study: optuna-dashboard on the study's storage (Ctrl-C stops it)."""
         from optuna_dashboard import run_server
 
-        take_storage(args)
         if not 0 < args.port < 65536:
             raise ValueError(f"--port={args.port}: expected 1..65535")
-        sweep = load_sweep(args.sweep, parse_overrides(args.overrides))
-        _load_study(sweep)  # a clear error when the study does not exist yet
+        sweep, _ = open_existing(args)  # a clear error when the study does not exist yet
         print(f"optuna-dashboard for study {sweep.config.study.name!r} ({redact(sweep.storage_url)}) at "
               f"http://{args.host}:{args.port}/dashboard/", file=sys.stderr, flush=True)
         run_server(_existing_storage(sweep.storage_url), host=args.host, port=args.port)
