@@ -15,7 +15,7 @@ Verdicts, for the claim's direction:
 The claims file (YAML, read with ``yaml.safe_load``) lists ``claims:`` with ``claim`` (text), ``study`` (a folder
 holding ``trials.csv``, relative to the file), ``a`` and ``b`` (variant slugs), ``direction``, optional
 ``margin`` and ``paper`` (the paper's number, as text). ``metric`` (a ``trials.csv`` column) defaults to
-``test_acc1``.
+``test_acc1``; ``min_seeds`` (default 5) is what a cell needs before a ``--partial`` run reports on it.
 """
 from __future__ import annotations
 
@@ -75,10 +75,18 @@ def _verdict(direction: str, c: Comparison, p_holm: Optional[float], margin: Opt
     return f"not resolved (±{margin:g} margin; {detect})"
 
 
-def check_claims(spec: Mapping[str, Any], root: Path) -> List[Finding]:
+PENDING = "pending (the study has not finished this cell)"
+
+
+def check_claims(spec: Mapping[str, Any], root: Path, partial: bool = False) -> List[Finding]:
     """Every claim of ``spec`` (the parsed claims file) against the studies under ``root``; bad input raises
-    ``ValueError`` naming the claim, the field and what is allowed, before anything is computed."""
+    ``ValueError`` naming the claim, the field and what is allowed, before anything is computed.
+
+    ``partial``: a study still running — a claim whose rows are missing, or have fewer than the file's
+    ``min_seeds`` (default 5) complete runs, is reported as pending (and left out of Holm's adjustment) instead
+    of refused."""
     metric = spec.get("metric", "test_acc1")
+    min_seeds = int(spec.get("min_seeds", 5))
     claims = spec.get("claims") or []
     if not claims:
         raise ValueError("claims: the file lists no claims")
@@ -97,21 +105,26 @@ def check_claims(spec: Mapping[str, Any], root: Path) -> List[Finding]:
         if not trials.is_file():
             raise ValueError(f"{where}: study={c['study']!r} has no trials.csv at {str(trials)!r}")
         values = loaded.setdefault(c["study"], _values(trials, metric))
-        for side in ("a", "b"):
-            if c[side] not in values:
-                raise ValueError(f"{where}: {side}={c[side]!r} is not a complete variant of {c['study']!r}; "
-                                 f"variants there: {sorted(values)}")
-        rows.append((c, values[c["a"]], values[c["b"]]))
-    comparisons = [compare(a, b) for _, a, b in rows]
-    tested = [i for i, cmp in enumerate(comparisons) if cmp.p_value is not None]
+        short = [side for side in ("a", "b") if len(values.get(c[side], [])) < (min_seeds if partial else 1)]
+        if short and not partial:
+            raise ValueError(f"{where}: {short[0]}={c[short[0]]!r} is not a complete variant of {c['study']!r}; "
+                             f"variants there: {sorted(values)}")
+        rows.append((c, None if short else values[c["a"]], None if short else values[c["b"]]))
+    comparisons = [None if a is None else compare(a, b) for _, a, b in rows]
+    tested = [i for i, cmp in enumerate(comparisons) if cmp is not None and cmp.p_value is not None]
     adjusted = dict(zip(tested, holm([comparisons[i].p_value for i in tested])))
     out = []
     for i, ((c, a, b), cmp) in enumerate(zip(rows, comparisons)):
-        mdd = min_detectable_difference(cmp.sd_diff, cmp.n_pairs) if cmp.sd_diff is not None else None
         margin = float(c["margin"]) if c.get("margin") is not None else None
+        paper = None if c.get("paper") is None else str(c["paper"])
+        if cmp is None:
+            out.append(Finding(c["claim"], c["study"], c["a"], c["b"], c["direction"], margin, paper, 0, 0,
+                               Comparison(None, None, float("nan"), None, None, None), None, None, PENDING))
+            continue
+        mdd = min_detectable_difference(cmp.sd_diff, cmp.n_pairs) if cmp.sd_diff is not None else None
         out.append(Finding(
             claim=c["claim"], study=c["study"], a=c["a"], b=c["b"], direction=c["direction"], margin=margin,
-            paper=None if c.get("paper") is None else str(c["paper"]), n_a=len(a), n_b=len(b), comparison=cmp,
+            paper=paper, n_a=len(a), n_b=len(b), comparison=cmp,
             p_holm=adjusted.get(i), mdd=mdd, verdict=_verdict(c["direction"], cmp, adjusted.get(i), margin, mdd)))
     return out
 
@@ -129,6 +142,8 @@ def to_markdown(findings: List[Finding], metric: str = "test_acc1") -> str:
         ci = "" if c.delta_ci95 is None else f" [{c.delta_ci95[0]:+.2f}, {c.delta_ci95[1]:+.2f}]"
         n = f"{c.test or 'no test'}, n = {c.n_pairs} pairs" if c.n_pairs else f"{c.test or 'no test'}, " \
             f"n = {f.n_a} / {f.n_b}"
+        if f.verdict == PENDING:
+            n = "—"
         lines.append(f"| {f.claim} | {f.study} | `{f.a}` − `{f.b}` | {f.paper or '—'} | {_num(c.delta)}{ci} | "
                      f"{_num(f.p_holm, '{:.3g}')} | {n} | **{f.verdict}** |")
     return "\n".join(lines) + "\n"
@@ -143,9 +158,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("claims", type=Path)
     p.add_argument("out", type=Path, nargs="?")
+    p.add_argument("--partial", action="store_true",
+                   help="studies still running: claims on unfinished cells are listed as pending")
     args = p.parse_args(argv)
     spec = yaml.safe_load(args.claims.read_text(encoding="utf-8")) or {}
-    table = to_markdown(check_claims(spec, args.claims.parent), spec.get("metric", "test_acc1"))
+    table = to_markdown(check_claims(spec, args.claims.parent, partial=args.partial), spec.get("metric", "test_acc1"))
     print(table, end="")
     if args.out is not None:
         args.out.write_text(table, encoding="utf-8")
