@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -135,6 +136,10 @@ def test_status_of_a_real_worker_mid_trial(tmp_path):
             if st.running and st.running[0].epoch >= 2:
                 break
         assert st is not None and st.running, "the worker never reported an epoch"
+        # Freeze the worker so the trial is still mid-run while `status` (a fresh interpreter) starts up.
+        worker.send_signal(signal.SIGSTOP)
+        st = study_status(optuna.load_study(study_name="watch", storage=storage), 2)
+        assert st.running, "the trial finished before the worker was frozen"
         (r,) = st.running
         assert r.worker.endswith(f":{worker.pid}") and r.epochs == 40 and 2 <= r.epoch < 40
         assert r.elapsed_s > 0 and st.counts["waiting"] == 1 and st.counts["finished"] == 0
