@@ -17,8 +17,9 @@ import optuna
 
 from .latex import to_latex
 from .leaderboard import GroupRow, Leaderboard, TrialRow, collect
+from .page import to_html
 from .plots import PlotResult, make_plots
-from .render import redact_data, to_csv, to_html, to_markdown
+from .render import redact_data, to_csv, to_markdown
 from .stats import recompute, study_stats
 
 __all__ = ["GroupRow", "Leaderboard", "PlotResult", "TrialRow", "collect", "recompute", "study_stats", "to_csv",
@@ -28,6 +29,15 @@ __all__ = ["GroupRow", "Leaderboard", "PlotResult", "TrialRow", "collect", "reco
 def to_json(board: Leaderboard, meta: Optional[Mapping[str, Any]] = None) -> str:
     """The board as plain data, keys in a fixed order, for scripts and for diffing two reports."""
     data = redact_data({"meta": dict(meta or {}), **asdict(board)})  # the study's own sweep attrs too
+    omit = board.omitted()  # fields a single-objective, unconstrained, one-seed study does not have
+    for k in omit["board"]:
+        data.pop(k)
+    for g in data["groups"]:
+        for k in omit["group"]:
+            g.pop(k)
+    for t in (t for k in ("trials", "failed", "retried", "pruned", "running") for t in data[k]):
+        for k in omit["trial"]:
+            t.pop(k)
     return json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n"
 
 

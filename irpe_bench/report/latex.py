@@ -1,7 +1,8 @@
 """The ranking as a paste-ready LaTeX table (booktabs): band, variant, n, mean ± CI half-width, Δ with its CI.
 
 Bold marks only what is significant after Holm (Δ and p of a row whose ``significant`` is true), so a reader
-cannot mistake an unresolved lead for a result. The preamble needs ``\\usepackage{booktabs}``. Pure text of the
+cannot mistake an unresolved lead for a result. A multi-objective study adds a Pareto column, a constrained one
+marks infeasible groups with a dagger. The preamble needs ``\\usepackage{booktabs}``. Pure text of the
 board: the same board gives the same bytes.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 from .leaderboard import GroupRow, Leaderboard
+from .objectives import objective_label
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
             "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
@@ -50,12 +52,20 @@ def _p(p: Optional[float], bold: bool) -> str:
 def to_latex(board: Leaderboard) -> str:
     """A ``table`` float with a ``tabular`` in booktabs style; the caption states metric, n and the MDD."""
     refs = [g.baseline_key for g in board.groups if g.baseline_key]
+    pareto = bool(board.objectives)
     label = escape(board.metric_label)
     caption = [f"{escape(board.study_name)}: {label} (\\%), mean $\\pm$ 95\\,\\% CI half-width (Student $t$) "
                "over seeds; $\\Delta$ to the configuration-matched no-RPE baseline with its 95\\,\\% CI; "
                "$p$ Holm-adjusted; bold: significant after Holm ($p < 0.05$). Band: the ranks the data allow."]
     if board.optimistic:
         caption.append("Optimistic: the validation images that chose the epoch also score it.")
+    if board.objectives:
+        caption.append("Pareto: on the front of the group means (" + ", ".join(
+            f"{escape(objective_label(o['key'], board.metric_label))} {o['direction'][:3]}."
+            for o in board.objectives) + "), accuracy the headline metric.")
+    if board.constraints:
+        caption.append("$^\\dagger$ infeasible: a trial broke " + "; ".join(
+            f"\\texttt{{{escape(c)}}}" for c in board.constraints) + ".")
     if not board.has_uncertainty:
         caption.append("No uncertainty estimate: one seed per group.")
     elif board.mdd is not None:
@@ -63,12 +73,15 @@ def to_latex(board: Leaderboard) -> str:
                        f"($n = {board.mdd_n}$ pairs).")
     lines: List[str] = [
         f"% irpe_bench leaderboard: {escape(board.study_name)} (metric: {escape(board.metric)})",
-        "\\begin{table}[t]", "\\centering", "\\begin{tabular}{llrlll}", "\\toprule",
-        f"Band & Variant & $n$ & {label} & $\\Delta$ vs baseline [95\\,\\% CI] & $p$ (Holm) \\\\", "\\midrule",
+        "\\begin{table}[t]", "\\centering", f"\\begin{{tabular}}{{llrlll{'l' if pareto else ''}}}", "\\toprule",
+        f"Band & Variant & $n$ & {label} & $\\Delta$ vs baseline [95\\,\\% CI] & $p$ (Holm)"
+        f"{' & Pareto' if pareto else ''} \\\\", "\\midrule",
     ]
     for g in board.groups:
-        cells = [escape(g.rank_band).replace("–", "--"), f"\\texttt{{{escape(g.variant)}}}", str(g.n),
+        dagger = "$^\\dagger$" if g.feasible is False else ""
+        cells = [escape(g.rank_band).replace("–", "--"), f"\\texttt{{{escape(g.variant)}}}{dagger}", str(g.n),
                  _mean_ci(g), _delta(g, refs), _p(g.p_holm, bool(g.significant))]
+        cells += [{True: "yes", False: "no", None: "--"}[g.pareto]] if pareto else []
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{' '.join(caption)}}}", "\\end{table}"]
     return "\n".join(lines) + "\n"

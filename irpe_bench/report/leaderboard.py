@@ -14,6 +14,9 @@ Why it is built the way it is:
   ``abs_pos``, dataset) would credit iRPE with an effect it did not cause, so then there is no Δ at all.
   The difference is a paired t-test over common seeds (Welch's where seeds do not pair), Holm-adjusted across
   the study's rows. Speed ratios (medians) further need both groups timed on one and the same device key.
+* **Accuracy against cost** (several objectives, constraints, repeated seeds): read by ``objectives.py``; the
+  Pareto front is over group means with the ranking metric for accuracy, and each seed of a repeated trial is one
+  sample (one ``trials.csv`` row). A study without them gets the board it always got.
 * **Storage is the source of truth.** Everything comes from trial states, values, intermediate values and
   attributes; nothing reads the clock, so collecting twice gives the same board (running trials get no
   duration for that reason).
@@ -21,7 +24,7 @@ Why it is built the way it is:
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import optuna
@@ -29,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .. import keys as K
 from ..keys import DISCARDED
+from . import objectives as O
 from .stats import GroupStats, study_stats
 
 IGNORED_FOR_BASELINE = ("model.rpe", "seed")  # keys (and their dotted children) a baseline may differ in
@@ -85,6 +89,9 @@ class TrialRow:
     retry_of: Optional[int]
     run_dir: Optional[str]
     wandb_id: Optional[str]
+    # constrained studies only (left out of trials.csv and the json otherwise): None = not known (not finished)
+    feasible: Optional[bool] = None
+    violated: Optional[str] = None  # the broken constraints with their relative violation
 
 
 @dataclass
@@ -140,6 +147,8 @@ class GroupRow:
     delta_params: Optional[int]
     trials: List[int]
     run_dirs: List[str]
+    feasible: Optional[bool] = None  # constrained studies only: False when any of the group's trials is infeasible
+    pareto: Optional[bool] = None  # multi-objective studies only: on the front of the group means (``objectives``)
 
 
 @dataclass
@@ -159,6 +168,10 @@ class Leaderboard:
     mdd_sd: Optional[float] = None  # root-mean-square of the rows' paired-difference SDs vs baseline
     mdd_n: Optional[int] = None  # pairs assumed (smallest n_pairs of those rows)
     mdd_rows: int = 0  # rows pooled into mdd_sd
+    # multi-objective studies only: [{key: GroupRow field, direction, metric, optimised}] (``objectives.py``)
+    objectives: Optional[List[Dict[str, str]]] = None
+    constraints: Optional[List[str]] = None  # constrained studies only: the constraint texts
+    repeats: Optional[int] = None  # seeds per trial, when more than one (each seed is one sample)
     groups: List[GroupRow] = field(default_factory=list)
     trials: List[TrialRow] = field(default_factory=list)
     failed: List[TrialRow] = field(default_factory=list)  # FAIL trials nobody retried
@@ -169,6 +182,10 @@ class Leaderboard:
     @property
     def best(self) -> Optional[GroupRow]:
         return self.groups[0] if self.groups else None
+
+    def omitted(self) -> Dict[str, Tuple[str, ...]]:
+        """Fields a study of old lacks, left out of its files (``objectives.omitted_fields``)."""
+        return O.omitted_fields(self)
 
 
 # ------------------------------------------------------------------------------------------------ trials
@@ -200,16 +217,26 @@ def _device(ua: Mapping[str, Any]) -> Optional[str]:
     return None if parts[0] is None else " / ".join(str(p) for p in parts if p is not None)
 
 
-def trial_row(t: FrozenTrial) -> TrialRow:
-    """A table row for one stored trial; the reason is the objective's ``error``, else Optuna's own."""
-    ua = t.user_attrs
+def _value(t: FrozenTrial, goals: Optional[O.Goals], entry: Optional[Mapping[str, Any]]) -> Optional[float]:
+    """The trial value in percent (best validation accuracy): one seed's own, or the accuracy objective's."""
+    if t.state != TrialState.COMPLETE:
+        return None
+    if entry is not None:
+        return _pct(_num(entry.get(M_ACC1_BEST)))
+    return _pct(t.value) if goals is None else _pct(O.accuracy_value(t, goals))
+
+
+def trial_row(t: FrozenTrial, goals: Optional[O.Goals] = None, entry: Optional[Mapping[str, Any]] = None) -> TrialRow:
+    """A table row for one stored trial, or for one seed (``entry`` of its ``repeats``) of a trial that trained
+    several; the reason is the objective's ``error``, else Optuna's own."""
+    ua = t.user_attrs if entry is None else O.seed_attrs(t, entry)
     done = t.datetime_start is not None and t.datetime_complete is not None
     steps = sorted(t.intermediate_values)
     return TrialRow(
         number=t.number, state=t.state.name, status=ua.get("status"),
         variant=str(ua.get("variant") or f"trial-{t.number}"), config_key=ua.get("config_key"),
         baseline=_is_baseline(t), seed=_int(ua.get("seed")),
-        value=_pct(t.value) if t.state == TrialState.COMPLETE else None,
+        value=_value(t, goals, entry),
         acc1_final=_pct(_num(ua.get(M_ACC1))), acc1_best=_pct(_num(ua.get(M_ACC1_BEST))),
         test_acc1=_pct(_num(ua.get(M_TEST_ACC1))), test_acc5=_pct(_num(ua.get(M_TEST_ACC5))),
         test_loss=_num(ua.get(M_TEST_LOSS)), test_epoch=_int(ua.get(M_TEST_EPOCH)), selection=ua.get("selection"),
@@ -221,6 +248,7 @@ def trial_row(t: FrozenTrial) -> TrialRow:
         duration_s=(t.datetime_complete - t.datetime_start).total_seconds() if done else None,
         reason=ua.get("error") or t.system_attrs.get("fail_reason"),
         retry_of=_retry_of(t), run_dir=ua.get("run_dir"), wandb_id=ua.get("wandb_id"),
+        feasible=O.feasible(t), violated=O.violated(t),
     )
 
 
@@ -311,7 +339,8 @@ def _group(key: str, trials: List[Tuple[FrozenTrial, TrialRow]], s: GroupStats) 
         device=devices.pop() if len(devices) == 1 else None, baseline_key=s.baseline_key, test=s.test,
         n_pairs=s.n_pairs, delta=s.delta, delta_ci95=s.delta_ci95, p_value=s.p_value, p_holm=s.p_holm,
         significant=s.significant, verdict=_verdict(s), sd_diff=s.sd_diff, train_speed=None, infer_speed=None,
-        delta_params=None, trials=[r.number for r in rows], run_dirs=[r.run_dir for r in rows if r.run_dir],
+        delta_params=None, trials=list(dict.fromkeys(r.number for r in rows)),
+        run_dirs=[r.run_dir for r in rows if r.run_dir],
     )
 
 
@@ -338,11 +367,15 @@ def _baselines(built: Dict[str, List[Tuple[FrozenTrial, TrialRow]]]) -> Dict[str
 
 def collect(study: optuna.Study) -> Leaderboard:
     """Read every trial of ``study`` and build the ranked, baseline-compared board."""
+    goals = O.study_goals(study)
     frozen = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    pairs = [(t, trial_row(t)) for t in frozen]
+    pairs = [(t, trial_row(t, goals)) for t in frozen]
     rows = [r for _, r in pairs]
+    # a trial that trained several seeds (``study.repeats``) gives one row, and one sample, per seed
+    samples = [(t, s) for t, r in pairs for s in ([trial_row(t, goals, e) for e in O.seed_entries(t)] or [r])]
 
-    done = [(t, r) for t, r in pairs if t.state == TrialState.COMPLETE and t.value is not None]
+    done = [(t, r) for t, r in samples if t.state == TrialState.COMPLETE and t.values is not None
+            and r.value is not None]
     metric, why = choose_metric([r for _, r in done])
     by_key: Dict[str, List[Tuple[FrozenTrial, TrialRow]]] = {}
     for t, r in done:
@@ -356,6 +389,10 @@ def collect(study: optuna.Study) -> Leaderboard:
         base = baseline_of.get(g.config_key)
         if base is not None:
             _costs(g, by_config[base])
+        if goals.constraints:
+            g.feasible = O.group_feasible([r.feasible for _, r in by_key[g.config_key]])
+    if goals.multi:
+        O.mark_pareto(groups, goals.objectives)
 
     retried_numbers = {r.retry_of for r in rows if r.retry_of is not None}
     discarded = [r for r in rows if r.state == TrialState.FAIL.name and r.status == DISCARDED]
@@ -372,9 +409,12 @@ def collect(study: optuna.Study) -> Leaderboard:
         "waiting": sum(r.state == TrialState.WAITING.name for r in rows), "groups": len(groups),
     }
     return Leaderboard(
-        study_name=study.study_name, direction=study.direction.name.lower(),
+        study_name=study.study_name, direction=", ".join(d.name.lower() for d in study.directions),
         sweep=dict(study.user_attrs.get("sweep") or {}), counts=counts, metric=metric,
         metric_label=METRIC_LABELS[metric], optimistic=metric == METRIC_VAL_BEST, metric_note=why,
         has_uncertainty=st.has_uncertainty, mdd=st.mdd, mdd_sd=st.mdd_sd, mdd_n=st.mdd_n, mdd_rows=st.mdd_rows,
-        groups=groups, trials=rows, failed=failed, retried=retried, pruned=pruned, running=running,
+        objectives=[asdict(o) for o in goals.objectives] if goals.multi else None,
+        constraints=list(goals.constraints) or None, repeats=goals.repeats if goals.repeats > 1 else None,
+        groups=groups, trials=[r for _, r in samples if r.number not in {d.number for d in discarded}],
+        failed=failed, retried=retried, pruned=pruned, running=running,
     )

@@ -24,6 +24,8 @@ import optuna.importance
 from optuna.trial import TrialState
 
 from .leaderboard import GroupRow, Leaderboard
+from .objectives import objective_label
+from .stats import pareto_front
 
 log = logging.getLogger(__name__)
 DPI = 110
@@ -138,6 +140,58 @@ def accuracy_by_variant(board: Leaderboard, path: Path) -> PlotResult:
     return _save(fig, path)
 
 
+def _xerr(groups: List[GroupRow], key: str) -> Optional[List[List[float]]]:
+    """The min–max range of a speed over the group's runs; none for params / MACs (one per configuration)."""
+    if key not in ("train_img_s", "infer_img_s"):
+        return None
+    spans = [getattr(g, f"{key}_range") or [getattr(g, key)] * 2 for g in groups]
+    return [[getattr(g, key) - s[0] for g, s in zip(groups, spans)],
+            [s[1] - getattr(g, key) for g, s in zip(groups, spans)]]
+
+
+def pareto(board: Leaderboard, path: Path) -> PlotResult:
+    """A multi-objective study's trade-off: accuracy (group mean, 95 % CI) against each cost objective, one panel
+    per cost; the groups on the front (``pareto``, over all objectives) are filled and joined by the step line
+    of the front in that panel, the others hollow, infeasible ones crossed; every point is labelled."""
+    objs = board.objectives or []
+    acc = next((o for o in objs if o["key"] == "mean"), None)
+    costs = [o for o in objs if o is not acc]
+    if len(objs) < 2 or acc is None:
+        return _skip("pareto", "not a multi-objective study with an accuracy objective")
+    fig = _figure(7.5 * len(costs), 5.0)
+    axes = fig.subplots(1, len(costs), squeeze=False)[0]
+    for ax, cost in zip(axes, costs):
+        key = cost["key"]
+        pts = [g for g in board.groups if getattr(g, key, None) is not None]
+        for flag, style in ((True, dict(fmt="o", color="tab:red", label="on the front")),
+                            (False, dict(fmt="o", color="gray", mfc="white", label="dominated")),
+                            (None, dict(fmt="o", color="gray", mfc="white", label="not compared"))):
+            sub = [g for g in pts if g.pareto is flag and g.feasible is not False]
+            if sub:
+                ax.errorbar([getattr(g, key) for g in sub], [g.mean for g in sub], yerr=_yerr(sub),
+                            xerr=_xerr(sub, key), capsize=3, linestyle="none", **style)
+        bad = [g for g in pts if g.feasible is False]
+        if bad:
+            ax.errorbar([getattr(g, key) for g in bad], [g.mean for g in bad], yerr=_yerr(bad), fmt="x",
+                        color="black", capsize=3, linestyle="none", label="infeasible")
+        front = [g for g in pts if g.pareto]
+        flags = pareto_front([[getattr(g, key), g.mean] for g in front], [cost["direction"], acc["direction"]])
+        line = sorted((getattr(g, key), g.mean) for g, f in zip(front, flags) if f)
+        if line:  # the front of this panel's two objectives, as the staircase of what is attainable
+            ax.step([x for x, _ in line], [y for _, y in line], where="post" if cost["direction"] == "minimize"
+                    else "pre", color="tab:red", alpha=0.6)
+        for g in pts:
+            ax.annotate(_label(g), (getattr(g, key), g.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.margins(x=0.2)
+        ax.set_xlabel(f"{objective_label(key, board.metric_label)} ({cost['direction']})")
+        ax.set_ylabel(f"{board.metric_label} (%), group mean and 95 % CI ({acc['direction']})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{board.study_name}: Pareto front over group means (accuracy: {board.metric_label})",
+                 fontsize=10)
+    return _save(fig, path)
+
+
 MIN_IMPORTANCE_TRIALS = 20  # below this an importance estimate is noise dressed as a ranking
 
 
@@ -172,6 +226,8 @@ def optimization_history(study: optuna.Study, board: Leaderboard, path: Path) ->
     (Not for a grid: its order is an enumeration, not progress.)"""
     if _is_grid(study, board):
         return _skip("optimization_history", "a grid study: trial order is not optimisation progress")
+    if board.objectives:
+        return _skip("optimization_history", "a multi-objective study: no single best so far (see the Pareto plot)")
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     if len(done) < 2:
         return _skip("optimization_history", f"needs at least 2 complete trials, has {len(done)}")
@@ -200,6 +256,8 @@ def param_importances(study: optuna.Study, board: Leaderboard, path: Path) -> Pl
     name = "param_importances"
     if _is_grid(study, board):
         return _skip(name, "a grid study: read the factors from the forest plot")
+    if board.objectives:
+        return _skip(name, "a multi-objective study: importances are per objective (optuna-dashboard shows them)")
     varied = importance_params(study)
     if len(varied) < 2:
         return _skip(name, f"needs two or more varied non-seed parameters, has {varied or 'none'}")
@@ -224,7 +282,8 @@ def param_importances(study: optuna.Study, board: Leaderboard, path: Path) -> Pl
     return _save(fig, path)
 
 
-PLOTS = ("forest", "accuracy_by_variant", "accuracy_vs_throughput", "optimization_history", "param_importances")
+PLOTS = ("forest", "accuracy_by_variant", "accuracy_vs_throughput", "optimization_history", "param_importances",
+         "pareto")
 
 
 def make_plots(study: optuna.Study, board: Leaderboard, out_dir: Path) -> Dict[str, PlotResult]:
@@ -236,4 +295,5 @@ def make_plots(study: optuna.Study, board: Leaderboard, out_dir: Path) -> Dict[s
         "accuracy_vs_throughput": accuracy_vs_throughput(board, out_dir / "accuracy_vs_throughput.png"),
         "optimization_history": optimization_history(study, board, out_dir / "optimization_history.png"),
         "param_importances": param_importances(study, board, out_dir / "param_importances.png"),
+        **({"pareto": pareto(board, out_dir / "pareto.png")} if board.objectives else {}),
     }

@@ -1,4 +1,5 @@
-"""The board as text: Markdown (README/PR-ready), CSV (spreadsheets, plain values) and self-contained HTML.
+"""The board as text: Markdown (README/PR-ready) and CSV (spreadsheets, plain values); the tables and header
+that ``page.py`` renders as self-contained HTML.
 
 Each table is built once as header + rows of display strings and then rendered to Markdown or HTML, so both
 show the same numbers. CSV holds raw values (full precision, empty for missing) because it is for machines.
@@ -6,9 +7,7 @@ Nothing here reads a clock or the storage: the same board and meta give the same
 """
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from ..redact import redact
 from .leaderboard import GroupRow, Leaderboard, TrialRow
+from .objectives import objective_label
 
 DASH = "—"
 REASON_CHARS = 160  # Markdown/HTML show the head of a traceback; CSV and JSON keep all of it
@@ -132,21 +132,35 @@ def _test(g: GroupRow) -> str:
     return f"{g.test} (n={g.n_pairs})" if g.n_pairs is not None and g.n_pairs != g.n else g.test
 
 
+def _extra_costs(board: Leaderboard) -> List[str]:
+    """Cost objectives the ranking table does not show anyway (params and train speed it always shows)."""
+    return [o["key"] for o in board.objectives or [] if o["key"] in ("macs", "infer_img_s")]
+
+
+def _goal_cells(board: Leaderboard, g: GroupRow) -> List[str]:
+    """Pareto (several objectives) and feasible (constraints) cells; none for a study of old."""
+    return ([_bool(g.pareto)] if board.objectives else []) + ([_bool(g.feasible)] if board.constraints else [])
+
+
 def ranking_table(board: Leaderboard) -> Table:
     show_val = not board.optimistic  # otherwise the metric column already is the optimistic number
-    head = ["band", "variant", "n", f"{board.metric_label} mean [95 % CI]", "Δ vs baseline [95 % CI]",
-            "p (Holm)", "test", "vs baseline"]
+    head = ["band", "variant", "n"] + (["Pareto"] if board.objectives else []) + (
+        ["feasible"] if board.constraints else [])
+    head += [f"{board.metric_label} mean [95 % CI]", "Δ vs baseline [95 % CI]", "p (Holm)", "test", "vs baseline"]
     head += ["val acc1 best (optimistic)"] if show_val else []
-    head += ["params", "train img/s median (min–max)", "×base train", "trials"]
+    head += ["params", "train img/s median (min–max)", "×base train"]
+    extra = _extra_costs(board)
+    head += [{"macs": "MACs", "infer_img_s": "infer img/s median (min–max)"}[k] for k in extra] + ["trials"]
     refs = {g.baseline_key for g in board.groups}
     rows = []
     for g in board.groups:
         delta = "reference" if g.config_key in refs else _signed(g.delta) + _ci(g.delta_ci95, signed=True)
-        row = [g.rank_band, g.variant, str(g.n), _f(g.mean) + _ci(g.ci95), delta, _p(g.p_holm), _test(g),
-               _text(g.verdict)]
+        row = [g.rank_band, g.variant, str(g.n), *_goal_cells(board, g), _f(g.mean) + _ci(g.ci95), delta,
+               _p(g.p_holm), _test(g), _text(g.verdict)]
         row += [_f(g.acc1_best_mean)] if show_val else []
-        row += [_si(g.params), _spread(g.train_img_s, g.train_img_s_range), _ratio(g.train_speed),
-                " ".join(map(str, g.trials))]
+        row += [_si(g.params), _spread(g.train_img_s, g.train_img_s_range), _ratio(g.train_speed)]
+        row += [_si(g.macs) if k == "macs" else _spread(g.infer_img_s, g.infer_img_s_range) for k in extra]
+        row.append(" ".join(map(str, g.trials)))
         rows.append(row)
     return head, rows
 
@@ -193,7 +207,43 @@ def summary_items(board: Leaderboard) -> List[Tuple[str, str]]:
         mdd = f"; minimum detectable difference {board.mdd:.2f}" if board.mdd is not None else ""
         items.append(("not resolved", ", ".join(g.variant for g in unresolved) +
                       f" (95 % CI of Δ includes 0, or not significant after Holm{mdd})"))
+    return items + goal_items(board)
+
+
+def goal_items(board: Leaderboard) -> List[Tuple[str, str]]:
+    """What a multi-objective, constrained or repeated-seed study adds to the header (nothing for one of old)."""
+    items = []
+    if board.objectives:
+        names = ", ".join(f"{o['metric']} ({o['direction']})" for o in board.objectives)
+        keys = ", ".join(f"{objective_label(o['key'], board.metric_label)} (`{o['key']}`)" for o in board.objectives)
+        front = [g.variant for g in board.groups if g.pareto]
+        items.append(("objectives", f"{names}, optimised by the sampler on validation. The Pareto column is over "
+                      f"group means: {keys}; for accuracy the headline {board.metric_label}, not the validation "
+                      "accuracy the sampler saw; params / MACs are per configuration, speeds the group's median. "
+                      "A group is on the front when no other group is at least as good in every objective and "
+                      "strictly better in one" + ("; infeasible groups never are" if board.constraints else "") +
+                      f". On the front: {', '.join(front) or 'none'}."))
+    if board.constraints:
+        bad = sorted({t.number for t in board.trials if t.feasible is False})
+        done = {t.number for t in board.trials if t.state == "COMPLETE"}
+        items.append(("constraints", f"{'; '.join(board.constraints)}: {len(bad)} of {len(done)} complete trials "
+                      "infeasible (listed under Infeasible); a group with an infeasible trial has feasible = no."))
+    if board.repeats:
+        items.append(("repeats", f"{board.repeats} seeds per trial (the same seeds for every configuration, so "
+                      "they pair); each seed is one sample: n counts seeds, trials.csv has one row per seed."))
     return items
+
+
+def infeasible_table(board: Leaderboard) -> Table:
+    """The trials that broke a constraint (one row per trial, its seeds together)."""
+    seeds: dict = {}
+    rows = {}
+    for t in board.trials:
+        if t.feasible is False:
+            rows.setdefault(t.number, t)
+            seeds.setdefault(t.number, []).append(_text(t.seed))
+    head = ["trial", "variant", "seed", "violated (relative to the bound)"]
+    return head, [[str(n), t.variant, " ".join(seeds[n]), _text(t.violated)] for n, t in rows.items()]
 
 
 def failed_table(board: Leaderboard) -> Table:
@@ -221,8 +271,10 @@ def sections(board: Leaderboard) -> List[Tuple[str, Table, str, str]]:
         nums = ", ".join(str(t.number) for t in board.retried)
         retried = (f"Not listed: trial(s) {nums}, which failed and were retried; the retry's own row carries "
                    "the outcome.")
+    infeasible = [("Infeasible", infeasible_table(board), "No infeasible trials.", "")] if board.constraints else []
     return [
         ("Ranking", ranking_table(board), "No trial has completed yet.", RANKING_NOTE.format(label=board.metric_label)),
+        *infeasible,
         ("Failed", failed_table(board), "No failed trials.", retried),
         ("Pruned", pruned_table(board), "No pruned trials.", ""),
         ("Running", running_table(board), "No running trials.", ""),
@@ -277,8 +329,8 @@ def _csv_value(v: Any) -> Any:
     return repr(v) if isinstance(v, float) else v
 
 
-def _write_rows(path: Path, rows: Sequence[Any], cls: type) -> Path:
-    names = [f.name for f in fields(cls)]
+def _write_rows(path: Path, rows: Sequence[Any], cls: type, omit: Sequence[str] = ()) -> Path:
+    names = [f.name for f in fields(cls) if f.name not in omit]
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(names)
@@ -292,83 +344,6 @@ def to_csv(board: Leaderboard, path: Path) -> Tuple[Path, Path]:
     """``leaderboard.csv`` (one row per group) and ``trials.csv`` (one per trial) in the folder ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    return (_write_rows(path / "leaderboard.csv", board.groups, GroupRow),
-            _write_rows(path / "trials.csv", board.trials, TrialRow))
-
-
-# ------------------------------------------------------------------------------------------------ html
-_CSS = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;"
-        "font-size:13px;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-        "td:nth-child(2),th:nth-child(2){text-align:left}th{background:#f3f3f3}img{max-width:48%;margin:4px}"
-        ".note{color:#555;font-size:13px;max-width:70em}th.sortable{cursor:pointer}"
-        "th[aria-sort=ascending]::after{content:\" \\25B2\"}th[aria-sort=descending]::after{content:\" \\25BC\"}")
-
-# Click a header to sort its table by that column, again to reverse. Cells compare as numbers where they start
-# with one ("74.50 [73.1, 75.9]", "1–3", "1,010 (990–1,020)", "5.72M", "0.95×", "<0.001"), else as text; empty
-# cells and "—" go last either way; ties keep the report's order. Inline and dependency-free: the page is one
-# file that works offline.
-_SORT_JS = """(function(){
-var SI={K:1e3,M:1e6,G:1e9};
-function key(td){var t=td.textContent.trim();if(t===""||t==="\u2014")return null;
-var m=t.replace(/,/g,"").replace(/\u2212/g,"-").match(/^[<>]?([+-]?\\d+(?:\\.\\d+)?(?:e[+-]?\\d+)?)([KMG]?)/);
-return m?parseFloat(m[1])*(SI[m[2]]||1):t.toLowerCase();}
-function cmp(a,b){if(a===null||b===null)return(a===null)-(b===null);
-var na=typeof a==="number",nb=typeof b==="number";if(na&&nb)return a-b;if(na!==nb)return na?-1:1;
-return a<b?-1:a>b?1:0;}
-document.querySelectorAll("table.sortable").forEach(function(table){
-var ths=table.tHead.rows[0].cells;
-Array.prototype.forEach.call(ths,function(th,col){th.classList.add("sortable");th.title="click to sort";
-th.addEventListener("click",function(){
-var dir=th.getAttribute("aria-sort")==="ascending"?"descending":"ascending",sign=dir==="ascending"?1:-1;
-Array.prototype.forEach.call(ths,function(h){h.removeAttribute("aria-sort");});th.setAttribute("aria-sort",dir);
-var body=table.tBodies[0],rows=Array.prototype.slice.call(body.rows).map(function(tr,i){
-return{tr:tr,i:i,k:key(tr.cells[col])};});
-rows.sort(function(a,b){if(a.k===null||b.k===null)return cmp(a.k,b.k)||a.i-b.i;return sign*cmp(a.k,b.k)||a.i-b.i;});
-rows.forEach(function(r){body.appendChild(r.tr);});});});});
-})();"""
-
-
-def _html_table(table: Table, name: str = "") -> str:
-    """A sortable table (``_SORT_JS``); ``name`` gives it the id ``table-<name>`` (e.g. ``table-ranking``)."""
-    head, rows = table
-    esc = html.escape
-    th = "".join(f"<th>{esc(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    ident = f" id=\"table-{esc(name.lower())}\"" if name else ""
-    return f"<table class=\"sortable\"{ident}><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def to_html(board: Leaderboard, meta: Optional[Mapping[str, Any]] = None,
-            plots: Optional[Mapping[str, Any]] = None) -> str:
-    """One file to mail or attach: the tables (sortable by a click on a header: an inline script, no network) plus
-    the plots inlined as base64 PNG; all text escaped.
-
-    ``plots`` maps a name to a PNG path, to ``None``, or to a ``PlotResult`` (then a skipped plot shows why).
-    """
-    e = html.escape
-    title = f"Leaderboard: {board.study_name}"
-    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
-             f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>", f"<p>{e(counts_line(board))}</p>"]
-    items = header_items(board, meta)
-    if items:
-        parts.append("<ul>" + "".join(f"<li><b>{e(k)}</b>: <code>{e(v)}</code></li>" for k, v in items) + "</ul>")
-    stats = summary_items(board)
-    if stats:
-        parts.append("<h2>Statistics</h2><ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in stats)
-                     + "</ul>")
-    for name, table, empty, note in sections(board):
-        parts.append(f"<h2>{e(name)}</h2>")
-        parts.append(_html_table(table, name) if table[1] else f"<p class=\"note\">{e(empty)}</p>")
-        if note:
-            parts.append(f"<p class=\"note\">{e(note)}</p>")
-    if plots:
-        parts.append("<h2>Plots</h2>")
-        for name, p in plots.items():
-            path, reason = (getattr(p, "path", p), getattr(p, "reason", None))
-            if path is not None and Path(path).is_file():
-                data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-                parts.append(f"<img alt=\"{e(name)}\" title=\"{e(name)}\" src=\"data:image/png;base64,{data}\">")
-            else:
-                parts.append(f"<p class=\"note\">{e(name)}: not drawn ({e(reason or 'no file')})</p>")
-    parts.append(f"<script>{_SORT_JS}</script></body></html>")
-    return "\n".join(parts) + "\n"
+    omit = board.omitted()
+    return (_write_rows(path / "leaderboard.csv", board.groups, GroupRow, omit["group"]),
+            _write_rows(path / "trials.csv", board.trials, TrialRow, omit["trial"]))

@@ -18,6 +18,8 @@ What is computed, and why this way:
 * **Rank bands**: row i's band is ``[1 + #rows significantly better, N - #rows significantly worse]`` with
   "significantly" = Holm-adjusted pairwise p < 0.05. Rows the data cannot separate share a band; ties are
   never broken by anything but the band (the order inside is mean, then config key, for determinism only).
+* **Pareto front** (``pareto_front``): the non-dominated points of several objectives (a multi-objective study's
+  group means), as Optuna defines dominance.
 * **Minimum detectable difference** (MDD): the paired difference that a two-sided paired t-test at α = 0.05
   detects with 80 % power (``statsmodels.stats.power.TTestPower``), for the smallest ``n_pairs`` of the
   study's rows vs baseline and the root-mean-square of their paired-difference SDs.
@@ -172,6 +174,23 @@ def min_detectable_difference(sd: float, n_pairs: int) -> Optional[float]:
     d = TTestPower().solve_power(effect_size=None, nobs=n_pairs, alpha=ALPHA, power=POWER,
                                  alternative="two-sided")
     return float(d) * float(sd)
+
+
+def pareto_front(points: Sequence[Sequence[float]], directions: Sequence[str]) -> List[bool]:
+    """Non-dominated flags, one per point: point i is dominated when another point is at least as good in every
+    objective and strictly better in at least one (``directions``: "maximize" | "minimize" per objective).
+    Equal points do not dominate each other, so both stay on the front. O(n² · m): a board has few groups."""
+    sign = [1.0 if d == "maximize" else -1.0 if d == "minimize" else float("nan") for d in directions]
+    if any(math.isnan(s) for s in sign):
+        raise ValueError(f"pareto_front: directions must be 'maximize' or 'minimize', got {list(directions)}")
+    pts = [[s * float(v) for s, v in zip(sign, p)] for p in points]
+    if any(len(p) != len(sign) for p in pts):
+        raise ValueError(f"pareto_front: every point needs {len(sign)} values")
+
+    def dominates(a: List[float], b: List[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    return [not any(dominates(q, p) for j, q in enumerate(pts) if j != i) for i, p in enumerate(pts)]
 
 
 def band_text(low: int, high: int) -> str:

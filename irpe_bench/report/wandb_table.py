@@ -60,7 +60,9 @@ def log_leaderboard(board: Leaderboard, paths: Mapping[str, Any], project: str, 
         settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_machine_info=True),
     )
     try:
-        run.log({"leaderboard": wandb.Table(columns=COLUMNS, data=[_row(g) for g in board.groups])})
+        extra = [k for k in ("pareto", "feasible") if k not in board.omitted()["group"]]  # new kinds of study only
+        run.log({"leaderboard": wandb.Table(columns=COLUMNS + extra,
+                                            data=[_row(g) + [getattr(g, k) for k in extra] for g in board.groups])})
         images = {f"plots/{k}": wandb.Image(str(v)) for k, v in sorted(paths.items())
                   if isinstance(v, (str, Path)) and str(v).endswith(".png") and Path(v).is_file()}
         if images:
