@@ -37,7 +37,7 @@ def test_shipped_sweeps_load():
         ["cross", "euclidean", "none", "product", "quant"]
     assert len({p["seed"] for p in S.points(methods.config.space, methods.base_flat)}) >= 5
     tpe = load_sweep("sweeps/digits_tpe.yaml")
-    assert tpe.config.study.n_trials == 30
+    assert tpe.config.study.n_trials == 20 and tpe.config.study.repeats == 2 and "seed" not in tpe.config.space
 
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in __import__("pathlib").Path("sweeps").rglob("*.yaml")))

@@ -2,7 +2,8 @@
 
 Everything is checked before any trial starts: the base config, every searched field's name, every choice
 (each must give a valid training config in at least one legal combination — the error names the field, the
-value and why), the sampler against the space (grid needs choices), the storage URL's scheme.
+value and why), the sampler against the space (grid needs choices) and against the study's objectives,
+constraints and repeats (:mod:`.samplers`, :mod:`.objectives`), the storage URL's scheme.
 A sweep file (``sweeps/*.yaml``)::
 
     study: {name: digits_quick, sampler: grid, pruner: none}
@@ -16,16 +17,20 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Literal, Mapping, Optional
+from typing import Any, Dict, Literal, Mapping, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..redact import redact
 from ..train.config import TrainConfig, build_config, flatten, format_errors, merge, read_yaml, submodel
+from . import objectives as O
+from . import samplers as SM
 from . import space as S
 
 #: environment variable that overrides ``study.storage`` (keeps a password out of the sweep file)
 STORAGE_ENV = "IRPE_BENCH_STORAGE"
+#: identity keys present only when a study has other than the single default objective (:meth:`Sweep.identity`)
+IDENTITY_EXTRA = ("objectives", "constraints", "repeats")
 #: validation enumerates at most this many combinations (large spaces: a prefix of them)
 _CHECK_LIMIT = 4096
 
@@ -40,7 +45,7 @@ class StudyConfig(_Frozen):
 
     name: str = Field(..., description="study name; also the output folder and the W&B group")
     storage: Optional[str] = None
-    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    sampler: Literal["tpe", "random", "grid", "gp", "cmaes", "nsga2", "brute"] = "tpe"  # the keys of samplers.SAMPLERS
     seed: int = Field(0, description="sampler seed")
     pruner: Literal["none", "median", "hyperband"] = "median"
     pruner_warmup_epochs: int = Field(2, ge=0, description="median: epochs reported before pruning can start")
@@ -51,6 +56,39 @@ class StudyConfig(_Frozen):
     grace_s: int = Field(90, ge=2, description="a trial with no heartbeat for this long was killed: it is "
                          "failed and retried (resumed from its last checkpoint)")
     max_retry: int = Field(3, ge=0)
+    objectives: Tuple[O.ObjectiveSpec, ...] = Field(O.DEFAULT_OBJECTIVES, description="what the sampler optimises "
+                                                    "(objectives.py: val_acc1, train_img_s, infer_img_s, params, macs)")
+    constraints: Tuple[str, ...] = Field((), description="'<metric> <= <number>' / '>=': feasibility for the sampler")
+    repeats: int = Field(1, ge=1, description="seeds per suggested point (base seed, +1, ...): the sampler sees "
+                         "their mean")
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objectives(cls, v: Any) -> Any:
+        return O.coerce_objectives(v)
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, v: Tuple[str, ...]) -> Tuple[str, ...]:
+        parsed = [O.parse_constraint(c, f"study.constraints[{i}]").text for i, c in enumerate(v)]
+        if len(set(parsed)) != len(parsed):
+            raise ValueError(f"study.constraints={list(v)}: a constraint repeats")
+        return tuple(parsed)
+
+    @model_validator(mode="after")
+    def _objectives_unique(self) -> "StudyConfig":
+        O.check_objectives(self.objectives)
+        return self
+
+    @property
+    def parsed_constraints(self) -> Tuple[O.Constraint, ...]:
+        return tuple(O.parse_constraint(c) for c in self.constraints)
+
+    @property
+    def default_objectives(self) -> bool:
+        """The single objective every study had before (best val acc1, maximised), no constraints, one seed: such
+        a study's identity and fingerprint are what they were."""
+        return self.objectives == O.DEFAULT_OBJECTIVES and not self.constraints and self.repeats == 1
 
     @field_validator("name")
     @classmethod
@@ -125,15 +163,20 @@ class Sweep:
         st = self.config.study
         fields = {k: ("choices" if s.categorical else v) for (k, s), v in
                   zip(self.config.space.items(), S.describe(self.config.space).values())}
-        return {"base": without_logging(self.base_flat), "base_file": self.config.base,
-                "overrides": self.config.overrides, "sampler": [st.sampler, st.seed],
-                "pruner": [st.pruner, st.pruner_warmup_epochs], "fields": fields}
+        ident = {"base": without_logging(self.base_flat), "base_file": self.config.base,
+                 "overrides": self.config.overrides, "sampler": [st.sampler, st.seed],
+                 "pruner": [st.pruner, st.pruner_warmup_epochs], "fields": fields}
+        if not st.default_objectives:  # NOTE: only then, so that older studies keep their identity
+            ident.update(objectives=[[o.metric, o.direction] for o in st.objectives],
+                         constraints=list(st.constraints), repeats=st.repeats)
+        return ident
 
     def fingerprint(self) -> str:
         """A short digest of :meth:`identity`'s must-match part (not the budget, workers, storage or a grid's
         choices, which may change when a study is resumed or extended)."""
         ident = self.identity()
-        return digest({k: ident[k] for k in ("base", "sampler", "pruner", "fields")}, 16)
+        return digest({k: ident[k] for k in ("base", "sampler", "pruner", "fields", *IDENTITY_EXTRA)
+                       if k in ident}, 16)
 
     def legacy_fingerprint(self, space: Mapping[str, Any]) -> str:
         """The fingerprint older versions stored (base, ``space`` as :func:`~.space.describe` wrote it, sampler,
@@ -245,11 +288,13 @@ def build_sweep(data: Mapping[str, Any], path: Optional[Path] = None,
         cfg = SweepConfig(**merged)
     except ValidationError as e:
         raise ValueError(redact(format_errors(e, f"sweep {path or ''}".strip(), root=SweepConfig))) from None
+    SM.check_study(cfg)  # the sampler against the objectives, constraints, pruning and repeats
     base_path = Path(cfg.base)
     if path is not None and not base_path.is_absolute():
         base_path = path.parent / base_path
     _check_fields(cfg.space)
     sweep = Sweep(cfg, load_config(base_path, cfg.overrides), path)  # validates base + overrides
+    SM.check_space(sweep)
     _check_choices(sweep)
     return sweep
 

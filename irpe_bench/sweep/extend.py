@@ -3,7 +3,8 @@
 A sweep file joins the study of the same name when its trials stay comparable with the study's:
 
 * **must match** (:meth:`~.config.Sweep.identity`): the resolved base config (the base file merged with the
-  sweep's ``overrides``; logging aside), the sampler and its seed, the pruner, and the searched fields with
+  sweep's ``overrides``; logging aside), the sampler and its seed, the pruner, the objectives, constraints
+  and repeats (absent from older studies' identities: the single default objective), and the searched fields with
   their kinds (``choices``, or a range with the same bounds). Anything else is refused before any work, and
   the message lists what differs (``trainer.max_epochs: 2 -> 3``) and how to proceed (a new ``study.name``).
   A **new searched field** is refused too: the old trials ran with its base value and never drew it, so the
@@ -82,6 +83,10 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any], old_choices: Map
     for key, what in (("sampler", "study.sampler/seed"), ("pruner", "study.pruner/pruner_warmup_epochs")):
         if list(old.get(key) or []) != list(new.get(key) or []):
             out.append(f"{what} changed: {old.get(key)} -> {new.get(key)}")
+    defaults = {"objectives": [["val_acc1", "maximize"]], "constraints": [], "repeats": 1}  # when absent
+    for key, default in defaults.items():
+        if old.get(key, default) != new.get(key, default):
+            out.append(f"study.{key} changed: {old.get(key, default)} -> {new.get(key, default)}")
     of, nf = old.get("fields", {}), new.get("fields", {})
     for name in nf:
         if name not in of:

@@ -1,7 +1,11 @@
 """One trial: draw a point, train it with :func:`irpe_bench.train.train`, record everything in the storage.
 
 The trial's value is the best ``val/acc1`` (the monitored metric, ``MONITOR``); each epoch's ``val/acc1`` is
-reported to the pruner. Neither ever reads a test metric: the test split is evaluated once per run, on the
+reported to the pruner. With ``study.objectives`` the trial returns one value per objective, in their order
+(:mod:`.objectives`: validation accuracy, speeds, params, MACs), and with ``study.constraints`` it sets the
+trial's constraint values (``trial.set_constraint``; user attributes ``constraints`` and ``feasible``). With
+``study.repeats: k`` it trains k seeds and returns their means (:mod:`.repeats`; user attribute ``repeats``).
+Nothing ever reads a test metric: the test split is evaluated once per run, on the
 checkpoint chosen on validation, and only recorded. What the leaderboard reads is written as user attributes
 (:data:`RECORDED`; ``report/`` documents the keys): the variant slug, a key shared by the seeds of one
 configuration, the flattened config, metrics (accuracies as fractions in [0, 1]), status and — for anything but
@@ -16,7 +20,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import optuna
 
@@ -24,6 +28,8 @@ from .. import keys as K
 from ..keys import DISCARDED, MONITOR, TEST_KEYS
 from ..train import ddp_env
 from ..train.config import flatten
+from . import objectives as O
+from . import repeats as R
 from . import space as S
 from .budget import over_budget
 from .config import Sweep, digest, without_logging
@@ -75,10 +81,8 @@ class Objective:
     def run_dir(self, trial: optuna.Trial, slug: str) -> Path:
         return self.sweep.out_dir / "runs" / f"trial-{trial.number:04d}-{slug}"
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | Tuple[float, ...]:
         from optuna_integration import PyTorchLightningPruningCallback
-
-        from ..train.run import CKPT_DIR, LAST_CKPT, TrainingDiverged, train
 
         sweep = self.sweep
         if self.target is not None and over_budget(trial.study, trial.number, self.target):
@@ -107,37 +111,89 @@ class Objective:
         # a retry keeps the killed trial's run directory (copied user attribute) and resumes its checkpoint
         run_dir = Path(trial.user_attrs["run_dir"]) if retry_of is not None and "run_dir" in trial.user_attrs \
             else self.run_dir(trial, slug)
-        ckpt = run_dir / CKPT_DIR / LAST_CKPT
-        resume = ckpt if retry_of is not None and ckpt.is_file() else None
         attrs["run_dir"] = str(run_dir)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        log.info("trial %d: %s %s%s", trial.number, slug, point, f" (resuming {ckpt})" if resume else "")
-        pruning = PyTorchLightningPruningCallback(trial, monitor=MONITOR)
+        st = sweep.config.study
+        # several objectives: Optuna's trial.report (the pruning callback) takes one value only, and pruning is
+        # refused for such studies at load; with repeats the pruner watches the first seed's epochs
+        pruning = PyTorchLightningPruningCallback(trial, monitor=MONITOR) if len(st.objectives) == 1 else None
+        summaries: List[Dict[str, Any]] = []
+        entries: List[Dict[str, Any]] = []  # the ``repeats`` attribute (k > 1)
+        for i, seed in enumerate(R.seeds(config.seed, st.repeats)):
+            seed_config = config if st.repeats == 1 else config.model_copy(update={"seed": seed})
+            summaries.append(self._train_seed(trial, seed_config, R.seed_dir(run_dir, seed, st.repeats), retry_of,
+                                              pruning if i == 0 else None, entries, f"{slug} {point}"))
+        metrics = summaries[0] if st.repeats == 1 else R.mean_summary(summaries, RECORDED)
+        self._record(trial, run_dir, K.FINISHED, None, metrics)
+        return self._values(trial, metrics)
+
+    def _train_seed(self, trial: optuna.Trial, config, run_dir: Path, retry_of: int | None,
+                    pruning, entries: List[Dict[str, Any]], what: str) -> Dict[str, Any]:
+        """Train one seed of the trial in ``run_dir`` → its summary. A retry resumes the killed run's last
+        checkpoint; with several seeds a retry also keeps the seeds the killed trial had finished."""
+        from ..train.run import CKPT_DIR, LAST_CKPT, TrainingDiverged, train
+
+        several = self.sweep.config.study.repeats > 1
+        done = run_dir / "summary.json"
+        if several and retry_of is not None and done.is_file():
+            summary = json.loads(done.read_text())
+            if summary.get("status") == K.FINISHED:
+                log.info("trial %d: seed %d finished before the retry, kept (%s)", trial.number, config.seed, run_dir)
+                return self._seed_done(trial, config.seed, run_dir, summary, entries)
+        ckpt = run_dir / CKPT_DIR / LAST_CKPT
+        resume = ckpt if retry_of is not None and ckpt.is_file() else None
+        log.info("trial %d: %s%s%s", trial.number, what, f" seed {config.seed}" if several else "",
+                 f" (resuming {ckpt})" if resume else "")
+        prefix = f"seed {config.seed}: " if several else ""
         with ddp_env.published_trial(trial._trial_id, resume):  # for DDP ranks that Lightning starts
             try:
-                summary = train(config, run_dir=run_dir, wandb_id=trial.user_attrs.get("wandb_id"),
-                                resume_from=resume, callbacks=[pruning])
-                pruning.check_pruned()  # DDP: the pruning decision travels through the storage
+                summary = train(config, run_dir=run_dir, wandb_id=None if several else trial.user_attrs.get("wandb_id"),
+                                resume_from=resume, callbacks=[pruning] if pruning is not None else [])
+                if pruning is not None:
+                    pruning.check_pruned()  # DDP: the pruning decision travels through the storage
             except optuna.TrialPruned:
-                self._record(trial, run_dir, K.PRUNED, "pruned by the pruner at epoch "
-                             f"{max(trial.storage.get_trial(trial._trial_id).intermediate_values, default=0)}")
+                self._record(trial, run_dir, K.PRUNED, prefix + "pruned by the pruner at epoch "
+                             f"{max(trial.storage.get_trial(trial._trial_id).intermediate_values, default=0)}",
+                             entries=entries if several else None, seed=config.seed)
                 raise
             except TrainingDiverged as e:
-                self._record(trial, run_dir, K.DIVERGED, str(e), e.summary)
+                self._record(trial, run_dir, K.DIVERGED, prefix + str(e), e.summary,
+                             entries=entries if several else None, seed=config.seed)
                 raise
             except Exception as e:
-                self._record(trial, run_dir, K.FAILED, f"{type(e).__name__}: {e}")
+                self._record(trial, run_dir, K.FAILED, f"{prefix}{type(e).__name__}: {e}",
+                             entries=entries if several else None, seed=config.seed)
                 raise
-        self._record(trial, run_dir, K.FINISHED, None, summary)
-        value = summary.get(K.MONITOR_BEST)
-        if value is None:
-            raise RuntimeError(f"the run finished without {MONITOR} (no validation epoch?)")
-        return float(value)
+        return self._seed_done(trial, config.seed, run_dir, summary, entries) if several else summary
+
+    @staticmethod
+    def _seed_done(trial: optuna.Trial, seed: int, run_dir: Path, summary: Dict[str, Any],
+                   entries: List[Dict[str, Any]]) -> Dict[str, Any]:
+        entries.append(R.seed_entry(seed, K.FINISHED, run_dir, summary, RECORDED))
+        trial.set_user_attr(R.REPEATS_ATTR, entries)
+        return summary
+
+    def _values(self, trial: optuna.Trial, metrics: Dict[str, Any]) -> float | Tuple[float, ...]:
+        """The objective values for the sampler (one float for one objective) and, in a constrained study, the
+        trial's constraint values: Optuna 5's ``trial.set_constraint`` (what TPE, NSGA-II and GP read) and the
+        ``constraints`` / ``feasible`` user attributes for reports (:mod:`.objectives`)."""
+        st = self.sweep.config.study
+        values = O.values_of(st.objectives, metrics)
+        if st.constraints:
+            violations = O.violations(st.parsed_constraints, metrics)
+            for text, v in violations.items():
+                trial.set_constraint(text, v)
+            trial.set_user_attr("constraints", violations)
+            trial.set_user_attr("feasible", all(v <= 0 for v in violations.values()))
+        return values[0] if len(values) == 1 else values
 
     @staticmethod
     def _record(trial: optuna.Trial, run_dir: Path, status: str, error: str | None,
-                summary: Dict[str, Any] | None = None) -> None:
+                summary: Dict[str, Any] | None = None, entries: List[Dict[str, Any]] | None = None,
+                seed: int | None = None) -> None:
+        """The trial's metrics, status and reason; ``entries`` (several seeds): the failing seed's own entry is
+        added to the ``repeats`` attribute beside the seeds done."""
         if summary is None and (run_dir / "summary.json").is_file():
             summary = json.loads((run_dir / "summary.json").read_text())
         summary = summary or {}
@@ -146,6 +202,9 @@ class Objective:
                 trial.set_user_attr(k, summary[k])
         if summary.get("wandb_id"):
             trial.set_user_attr("wandb_id", summary["wandb_id"])
+        if entries is not None and status != K.FINISHED:
+            trial.set_user_attr(R.REPEATS_ATTR, [*entries, R.seed_entry(seed, status, run_dir, summary, RECORDED,
+                                                                         error)])
         trial.set_user_attr("status", status)
         trial.set_user_attr("error", error)
 
@@ -164,6 +223,7 @@ def ddp_rank_main(sweep: Sweep) -> int:
     study = optuna.load_study(study_name=sweep.config.study.name, storage=open_storage(sweep))
     trial = optuna.Trial(study, trial_id)
     config = load_config(Path(run_dir) / "config.yaml")
+    single = len(sweep.config.study.objectives) == 1  # several objectives: no trial.report, no pruning callback
     train(config, run_dir=run_dir, resume_from=resume,
-          callbacks=[PyTorchLightningPruningCallback(trial, monitor=MONITOR)])
+          callbacks=[PyTorchLightningPruningCallback(trial, monitor=MONITOR)] if single else [])
     return 0

@@ -6,6 +6,11 @@
   attributes, so the retry finds its run directory and resumes from the last checkpoint.
 * A journal file (``journal:///path``) has no heartbeat: ``--fail-running`` recovers killed trials by hand.
 
+A study has one direction per objective (``study.objectives``; one: the single-objective study of old). Its
+user attributes ``objectives`` (``[{metric, attr, key, direction}]`` in ``trial.values`` order), ``constraints``
+(``[{text, metric, attr, key, op, bound}]``) and ``repeats`` (seeds per trial) tell the leaderboard what was
+optimised (:mod:`.objectives` has the vocabulary).
+
 Creating the study is the one race between workers that start together; ``create_study`` without
 ``load_if_exists`` is atomic in the storage, so exactly one worker creates it (and enqueues the grid).
 """
@@ -21,6 +26,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from .config import StudyConfig, Sweep, redact
 
 log = logging.getLogger(__name__)
+#: study user attributes: the objectives (in ``trial.values`` order), constraints and repeats (:mod:`.objectives`)
+OBJECTIVES_ATTR = "objectives"
 
 
 def driver_url(url: str) -> str:
@@ -64,14 +71,12 @@ def storage_from_url(url: str, st: Optional[StudyConfig] = None) -> optuna.stora
 
 
 def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
-    """Grid points are enqueued as trials (:func:`open_study`), so grid runs them with a seeded random sampler
-    for anything left; TPE samples the conditional space jointly (``group``) as it is define-by-run, and with
-    ``constant_liar`` so that parallel workers do not all propose the same point while others still run."""
-    st = sweep.config.study
-    if st.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=st.seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=min(10, max(2, (st.n_trials or 10) // 3)))
-    return optuna.samplers.RandomSampler(seed=st.seed)
+    """The study's sampler from the registry of :mod:`.samplers` (tpe, random, grid, gp, cmaes, nsga2, brute;
+    each entry says why it is built as it is). Grid points are enqueued as trials (:func:`open_study`), so grid
+    runs them with a seeded random sampler for anything left."""
+    from .samplers import make
+
+    return make(sweep.config.study)
 
 
 def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
@@ -96,8 +101,9 @@ def open_study(sweep: Sweep, meta: dict) -> Tuple[optuna.Study, bool]:
     storage = open_storage(sweep)
     name = sweep.config.study.name
     kw = dict(storage=storage, study_name=name, sampler=make_sampler(sweep), pruner=make_pruner(sweep))
-    try:
-        study = optuna.create_study(direction="maximize", load_if_exists=False, **kw)
+    st = sweep.config.study
+    try:  # one objective: the same single-objective study as ever; several: trial.values in the listed order
+        study = optuna.create_study(directions=[o.direction for o in st.objectives], load_if_exists=False, **kw)
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(**kw)
@@ -107,6 +113,7 @@ def open_study(sweep: Sweep, meta: dict) -> Tuple[optuna.Study, bool]:
         study.set_user_attr(IDENTITY_ATTR, sweep.identity())
         study.set_user_attr(CHOICES_ATTR, sweep.choices())
         study.set_user_attr("sweep", meta)
+        _set_objective_attrs(sweep, study)
     else:
         identity, choices = stored_state(sweep, study)
         diffs = ["the base config, overrides, space, sampler or pruner differ (the study predates itemised "
@@ -118,6 +125,8 @@ def open_study(sweep: Sweep, meta: dict) -> Tuple[optuna.Study, bool]:
             study.set_user_attr(CHOICES_ATTR, choices)
         if not study.user_attrs.get("sweep"):
             study.set_user_attr("sweep", meta)
+        if OBJECTIVES_ATTR not in study.user_attrs:  # a study made before several objectives existed
+            _set_objective_attrs(sweep, study)
         if grid and study.user_attrs.get("grid_enqueued"):
             study = extend(sweep, study, storage, meta, choices, lambda: optuna.load_study(**kw))
     if grid and not study.user_attrs.get("grid_enqueued"):
@@ -127,6 +136,16 @@ def open_study(sweep: Sweep, meta: dict) -> Tuple[optuna.Study, bool]:
                                     skip_if_exists=True)
             study.set_user_attr("grid_enqueued", True)
     return study, created
+
+
+def _set_objective_attrs(sweep: Sweep, study: optuna.Study) -> None:
+    """What the leaderboard reads to know the study's objectives, constraints and repeats (:mod:`.objectives`)."""
+    from .objectives import constraints_attr, objectives_attr
+
+    st = sweep.config.study
+    study.set_user_attr(OBJECTIVES_ATTR, objectives_attr(st.objectives))
+    study.set_user_attr("constraints", constraints_attr(st.parsed_constraints))
+    study.set_user_attr("repeats", st.repeats)
 
 
 def heartbeat_enabled(study: optuna.Study) -> bool:
