@@ -216,7 +216,9 @@ def goal_items(board: Leaderboard) -> List[Tuple[str, str]]:
     if board.objectives:
         names = ", ".join(f"{o['metric']} ({o['direction']})" for o in board.objectives)
         keys = ", ".join(f"{objective_label(o['key'], board.metric_label)} (`{o['key']}`)" for o in board.objectives)
-        front = [g.variant for g in board.groups if g.pareto]
+        slugs = [g.variant for g in board.groups]  # a slug names a method, not e.g. a searched lr: add the trials
+        front = [g.variant + (f" (trials {' '.join(map(str, g.trials))})" if slugs.count(g.variant) > 1 else "")
+                 for g in board.groups if g.pareto]
         items.append(("objectives", f"{names}, optimised by the sampler on validation. The Pareto column is over "
                       f"group means: {keys}; for accuracy the headline {board.metric_label}, not the validation "
                       "accuracy the sampler saw; params / MACs are per configuration, speeds the group's median. "
