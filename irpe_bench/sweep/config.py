@@ -56,6 +56,9 @@ class StudyConfig(_Frozen):
     grace_s: int = Field(90, ge=2, description="a trial with no heartbeat for this long was killed: it is "
                          "failed and retried (resumed from its last checkpoint)")
     max_retry: int = Field(3, ge=0)
+    storage_retry_s: float = Field(120, gt=0, le=86400, description="RDB storages: how long a worker retries a lost "
+                                   "database connection (a restart, an outage) before it stops (exit 75, trial "
+                                   "resumable)")
     objectives: Tuple[O.ObjectiveSpec, ...] = Field(O.DEFAULT_OBJECTIVES, description="what the sampler optimises "
                                                     "(objectives.py: val_acc1, train_img_s, infer_img_s, params, macs)")
     constraints: Tuple[str, ...] = Field((), description="'<metric> <= <number>' / '>=': feasibility for the sampler")

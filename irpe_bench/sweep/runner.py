@@ -14,43 +14,94 @@ The budget is counted in the storage, not per worker: a worker starts a trial on
 together run ``n_trials``. A worker with nothing left to start still waits while trials are running, because
 one of them may belong to a killed process: once its heartbeat is stale the worker fails it, and the retry
 (same parameters, same run directory) resumes from its last checkpoint. Nothing already finished is lost.
+
+A worker told to stop (SIGTERM or SIGUSR1: a cluster's preemption or time limit) or whose storage stayed
+unreachable past ``study.storage_retry_s`` does not wait for its heartbeat to go stale: its trial checkpoints at
+the next batch, is put back in the queue at once and the process exits with code 75 (:mod:`.preempt`); the
+launcher forwards the signal to its workers and exits the same way. The next start resumes that trial first.
 """
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Dict, List, NoReturn, Optional, Sequence
 
 import optuna
 
+from . import preempt
 from .budget import budget, target_trials
 from .config import Sweep
 from .objective import Objective
-from .storage import fail_running, heartbeat_enabled, open_study
+from .resilient import ResilientRDBStorage, StorageUnavailable
+from .storage import WORKER_ENV, fail_running, heartbeat_enabled, open_study, put_back
 
 log = logging.getLogger(__name__)
+
+
+class _Tracked:
+    """The objective, remembering the trial it runs until that trial returns or fails on its own (what a stop
+    request must put back)."""
+
+    def __init__(self, objective: Objective) -> None:
+        self.objective, self.trial = objective, None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.trial = trial
+        try:
+            value = self.objective(trial)
+        except Exception:
+            if preempt.requested() is None:  # NOTE: a stop's own errors keep the trial for put-back
+                self.trial = None
+            raise
+        self.trial = None
+        return value
+
+    def __getattr__(self, name: str):  # the objective's other attributes (callbacks of the loop)
+        return getattr(self.objective, name)
 
 
 def work(sweep: Sweep, meta: dict, devices: Optional[int] = None, poll_s: Optional[float] = None,
          study: Optional[optuna.Study] = None) -> int:
     """One worker's loop (module docstring); returns the number of trials this worker ran. ``study``: the
-    study if the caller opened it already (else it is created or joined here with ``meta``)."""
+    study if the caller opened it already (else it is created or joined here with ``meta``).
+    Raises :class:`.preempt.Preempted` (exit 75) after a stop request or a storage lost for good, its trial
+    put back first (:func:`_stop`)."""
+    if study is None:
+        study, _ = open_study(sweep, meta)
+    tracked: List[_Tracked] = []
+    with preempt.stop_on_signals():
+        try:
+            ran = _loop(sweep, study, devices, poll_s, tracked)
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt) or (preempt.requested() is None and not
+                                                   isinstance(e, StorageUnavailable)):
+                raise
+            _stop(sweep, study, tracked[0].trial if tracked else None, e)
+        if preempt.requested() is not None:
+            _stop(sweep, study, None, None)
+    return ran
+
+
+def _loop(sweep: Sweep, study: optuna.Study, devices: Optional[int], poll_s: Optional[float],
+          tracked: List[_Tracked]) -> int:
     from optuna.storages import fail_stale_trials
 
     from .extend import pinned_sweep
 
-    if study is None:
-        study, _ = open_study(sweep, meta)
     total, started, ran = target_trials(sweep, study), time.time(), 0
-    objective = Objective(pinned_sweep(sweep, study), devices, total)  # samples with the study's choice lists
+    objective = _Tracked(Objective(pinned_sweep(sweep, study), devices, total))  # the study's choice lists
+    tracked.append(objective)
     timeout = sweep.config.study.timeout_s
     beating = heartbeat_enabled(study)
     poll = poll_s if poll_s is not None else max(1.0, sweep.config.study.heartbeat_s / 2)
-    while True:
+    while preempt.requested() is None:
         if beating:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -65,8 +116,42 @@ def work(sweep: Sweep, meta: dict, devices: Optional[int] = None, poll_s: Option
             continue
         if c["running"] == 0 or not beating:
             break
-        time.sleep(poll)  # others' trials run; one may be a killed process whose heartbeat goes stale
+        preempt.wait(poll)  # others' trials run; one may be a killed process whose heartbeat goes stale
     return ran
+
+
+def _stop(sweep: Sweep, study: optuna.Study, trial: Optional[optuna.Trial], error: Optional[BaseException]) -> NoReturn:
+    """Put the interrupted ``trial`` back in the queue (one attempt, even if the storage gave up), say on stderr
+    which trial, where its checkpoint is and how to go on, and exit with :data:`.preempt.EXIT_PREEMPTED`."""
+    from ..train.run import CKPT_DIR, LAST_CKPT
+
+    st, name = sweep.config.study, sweep.config.study.name
+    reason = preempt.requested() or f"{type(error).__name__}: {error}"
+    backend = getattr(study._storage, "_backend", study._storage)
+    if trial is None:
+        preempt.say(f"sweep {name}: stopped ({reason}) with no trial of this worker running; run the same sweep "
+                    f"command to go on (exit code {preempt.EXIT_PREEMPTED})")
+        raise preempt.Preempted()
+    attrs = trial.user_attrs  # NOTE: Optuna's cached copy: readable with the storage down
+    run_dir = attrs.get("run_dir")
+    ckpt = Path(run_dir) / CKPT_DIR / LAST_CKPT if run_dir else None
+    where = f"will resume from {ckpt}" if ckpt is not None and ckpt.is_file() else \
+        "had no checkpoint yet (it starts again from its first epoch)"
+    try:
+        with backend.one_try() if isinstance(backend, ResilientRDBStorage) else nullcontext():
+            copy = put_back(study, trial._trial_id, f"stopped: {reason}",
+                            {"status": preempt.PREEMPTED, "error": f"stopped: {reason}"})
+    except Exception as e:  # noqa: BLE001 - the storage is down: the heartbeat's retry takes over
+        copy, queued = None, (f"could not be queued again ({type(e).__name__}: {e}): it stays RUNNING, and the "
+                              f"next start retries it from that checkpoint once its heartbeat is older than "
+                              f"study.grace_s={st.grace_s} s (or run the sweep with --fail-running when no worker "
+                              "is alive)")
+    else:
+        queued = f"is queued again as trial {copy}" if copy is not None else "had finished meanwhile"
+    preempt.say(f"sweep {name}: stopped ({reason}). Trial {trial.number} ({attrs.get('variant', '?')}) {where} and "
+                f"{queued}. Run the same sweep command to resume it (exit code {preempt.EXIT_PREEMPTED}: try again; "
+                "examples/slurm requeues on it).")
+    raise preempt.Preempted()
 
 
 def visible_gpus(env: Optional[Dict[str, str]] = None) -> List[str]:
@@ -88,6 +173,7 @@ def worker_env(index: int, workers: int, devices_per_worker: int, workers_per_de
     group ``index // workers_per_device`` (so that many workers share each group); without (CPU): an equal
     share of the cores."""
     env = dict(os.environ if env is None else env)
+    env[WORKER_ENV] = str(index)  # seeds its sampler apart from the others' (storage.make_sampler)
     if gpus:
         group = index // workers_per_device
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[group * devices_per_worker:(group + 1) * devices_per_worker])
@@ -117,21 +203,45 @@ def check_devices(sweep: Sweep) -> None:
 def launch(sweep: Sweep, argv: List[str]) -> int:
     """Start ``workers`` child processes running ``argv`` (the same sweep command plus ``--worker I``) and wait
     for all of them; returns the number that failed. The caller creates the study (and enqueues the grid)
-    first, so the children only join it."""
+    first, so the children only join it. SIGTERM/SIGUSR1 are forwarded to the children (each puts its trial
+    back); when any of them stopped so (exit 75), :class:`.preempt.Preempted` is raised after all have ended."""
     import torch
 
     c = sweep.config
     gpus = visible_gpus() if torch.cuda.is_available() else None
-    procs = []
-    for i in range(c.workers):
-        cmd = [sys.executable, "-m", "irpe_bench.cli", *argv, "--worker", str(i)]
-        env = worker_env(i, c.workers, c.devices_per_worker, c.workers_per_device, gpus)
-        procs.append(subprocess.Popen(cmd, env=env))
-    failed = 0
-    for i, p in enumerate(procs):
-        if p.wait() != 0:
-            failed += 1
-            log.error("worker %d exited with code %d", i, p.returncode)
+    procs: List[subprocess.Popen] = []
+    received: List[str] = []
+
+    def forward(signum: int, _frame) -> None:
+        received.append(signal.Signals(signum).name)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in preempt.SIGNALS}
+    try:
+        for i in range(c.workers):
+            if received:
+                break  # told to stop while starting them
+            cmd = [sys.executable, "-m", "irpe_bench.cli", *argv, "--worker", str(i)]
+            env = worker_env(i, c.workers, c.devices_per_worker, c.workers_per_device, gpus)
+            procs.append(subprocess.Popen(cmd, env=env))
+        failed, stopped = 0, 0
+        for i, p in enumerate(procs):
+            if p.wait() == preempt.EXIT_PREEMPTED:
+                stopped += 1
+            elif p.returncode != 0:
+                failed += 1
+                log.error("worker %d exited with code %d", i, p.returncode)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if received or stopped:
+        why = f"received {received[0]}, forwarded to the workers" if received else "a worker lost its storage"
+        preempt.say(f"sweep {c.study.name}: stopped ({why}): {stopped} of {len(procs)} worker(s) put their trial "
+                    f"back{f', {failed} failed' if failed else ''}; run the same sweep command to resume (exit code "
+                    f"{preempt.EXIT_PREEMPTED})")
+        raise preempt.Preempted()
     return failed
 
 

@@ -26,6 +26,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from .config import StudyConfig, Sweep, redact
 
 log = logging.getLogger(__name__)
+#: the worker's index on its machine (the launcher sets it; a worker joined by hand may set it): seeds its sampler
+WORKER_ENV = "IRPE_BENCH_WORKER"
 #: study user attributes: the objectives (in ``trial.values`` order), constraints and repeats (:mod:`.objectives`)
 OBJECTIVES_ATTR = "objectives"
 
@@ -47,8 +49,9 @@ def open_storage(sweep: Sweep) -> optuna.storages.BaseStorage:
 
 
 def storage_from_url(url: str, st: Optional[StudyConfig] = None) -> optuna.storages.BaseStorage:
-    """A storage from its URL; ``st`` adds the heartbeat and the retry of stale trials (workers need them,
-    a command that only reads or lists does not)."""
+    """A storage from its URL; ``st`` adds the heartbeat, the retry of stale trials and the riding out of a
+    database outage for ``st.storage_retry_s`` (:mod:`.resilient`) — workers need them, a command that only
+    reads or lists does not."""
     url = driver_url(url)
     if url.startswith("journal://"):
         from optuna.storages.journal import JournalFileBackend
@@ -58,13 +61,18 @@ def storage_from_url(url: str, st: Optional[StudyConfig] = None) -> optuna.stora
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    engine: dict = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("postgresql") and "connect_timeout" not in url:  # NOTE: an unreachable host, not a hang
+        engine["connect_args"] = {"connect_timeout": 10}
     try:
         if st is None:
             return RDBStorage(url, engine_kwargs=engine)
-        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=st.heartbeat_s, grace_period=st.grace_s,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                              max_retry=st.max_retry, inherit_intermediate_values=True))
+        from .resilient import ResilientRDBStorage
+
+        return ResilientRDBStorage(url, retry_s=st.storage_retry_s, engine_kwargs=engine,
+                                   heartbeat_interval=st.heartbeat_s, grace_period=st.grace_s,
+                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                       max_retry=st.max_retry, inherit_intermediate_values=True))
     except Exception as e:  # noqa: BLE001 - SQLAlchemy/driver errors: say which storage, never its password
         raise ValueError(f"study.storage={redact(url)!r}: cannot open it: {type(e).__name__}: "
                          f"{redact(str(e)).splitlines()[0]}") from None
@@ -73,10 +81,17 @@ def storage_from_url(url: str, st: Optional[StudyConfig] = None) -> optuna.stora
 def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
     """The study's sampler from the registry of :mod:`.samplers` (tpe, random, grid, gp, cmaes, nsga2, brute;
     each entry says why it is built as it is). Grid points are enqueued as trials (:func:`open_study`), so grid
-    runs them with a seeded random sampler for anything left."""
+    runs them with a seeded random sampler for anything left.
+
+    Each worker samples with ``study.seed`` plus its index (``IRPE_BENCH_WORKER``, set by the launcher; 0 when
+    unset): workers seeded alike would draw the same start-up points, each training the same configuration."""
+    import os
+
     from .samplers import make
 
-    return make(sweep.config.study)
+    st = sweep.config.study
+    offset = int(os.environ.get(WORKER_ENV, "0") or 0)
+    return make(st.model_copy(update={"seed": st.seed + offset}) if offset else st)
 
 
 def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
@@ -154,14 +169,30 @@ def heartbeat_enabled(study: optuna.Study) -> bool:
     return is_heartbeat_enabled(study._storage)
 
 
+def put_back(study: optuna.Study, trial_id: int, reason: str, attrs: Optional[dict] = None) -> Optional[int]:
+    """Fail a RUNNING trial and queue its copy (same parameters, user attributes — the run directory — and
+    intermediate values), as the heartbeat's retry does, but now: the number of the queued copy, or None when
+    the trial had finished already. ``attrs``: user attributes set on the trial first (so the copy has them)."""
+    storage = study._storage
+    try:
+        for k, v in (attrs or {}).items():
+            storage.set_trial_user_attr(trial_id, k, v)
+        storage.set_trial_system_attr(trial_id, "fail_reason", reason)
+        if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+            return None
+    except optuna.exceptions.UpdateFinishedTrialError:  # finished meanwhile (or failed as stale by another worker)
+        return None
+    failed = storage.get_trial(trial_id)
+    RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(study, failed)
+    return next((t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+                 if (t.system_attrs.get("retry_history") or [None])[-1] == failed.number), None)
+
+
 def fail_running(study: optuna.Study) -> int:
     """Mark every RUNNING trial failed and queue its retry (storages without a heartbeat, after a crash).
     Only safe when no worker of this study is alive; returns how many were recovered."""
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)
     n = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_system_attr(t._trial_id, "fail_reason", "recovered with --fail-running")
-        if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):  # (finished: frozen)
-            retry(study, study._storage.get_trial(t._trial_id))
+        if put_back(study, t._trial_id, "recovered with --fail-running") is not None:
             n += 1
     return n

@@ -33,6 +33,7 @@ from . import ddp_env
 from .config import TrainConfig, dump_config
 from .data import ImageDataModule, build_datamodule
 from .module import ClassificationModule, NonFiniteLossError
+from .preemption import PreemptionCheckpoint
 from .provenance import git_commit, versions
 from .throughput import TrainThroughput, benchmark_inference, device_description
 
@@ -179,7 +180,8 @@ def fit(config: TrainConfig, run: Run, resume_from: Optional[Union[str, Path]],
                                   no_decay_names(run.net, config))
     throughput = TrainThroughput(config.trainer.throughput_skip_steps)
     checkpoint, last = checkpoint_callbacks(config, run.run_dir)
-    all_callbacks: List[pl.Callback] = [*([checkpoint] if checkpoint else []), last, throughput, *callbacks]
+    all_callbacks: List[pl.Callback] = [*([checkpoint] if checkpoint else []), last, throughput, *callbacks,
+                                        PreemptionCheckpoint(run.run_dir / CKPT_DIR / LAST_CKPT)]  # SIGTERM
     if config.optim.ema_decay is not None:
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
