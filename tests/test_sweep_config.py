@@ -227,6 +227,28 @@ def test_worker_gpus_come_from_the_visible_list_and_groups_can_be_shared():
     assert gpus_needed(4, 1, 2) == 2 and gpus_needed(3, 2, 2) == 4 and gpus_needed(1, 1, 4) == 1
 
 
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_launched_workers_draw_different_start_up_points(tmp_path, monkeypatch, sampler):
+    """Each launched worker gets its index in IRPE_BENCH_WORKER and samples with study.seed + index: workers seeded
+    alike would draw the same start-up points and train the same configuration twice; the same index draws
+    the same points again (a study stays reproducible)."""
+    from irpe_bench.sweep.runner import worker_env
+    from irpe_bench.sweep.storage import WORKER_ENV, make_sampler
+
+    sweep = load_sweep(_sweep(tmp_path, {"model.rpe.ratio": {"low": 0.5, "high": 4.0},
+                                         "optim.lr": {"low": 1e-4, "high": 1e-2}},
+                              study={"name": "w", "sampler": sampler, "pruner": "none", "n_trials": 4}))
+    assert [worker_env(i, 2, 1, 1, None, env={})[WORKER_ENV] for i in range(2)] == ["0", "1"]
+
+    def first_point(index):
+        monkeypatch.setenv(WORKER_ENV, str(index))
+        study = optuna.create_study(sampler=make_sampler(sweep))
+        t = study.ask()
+        return (t.suggest_float("ratio", 0.5, 4.0), t.suggest_float("lr", 1e-4, 1e-2))
+
+    assert first_point(0) != first_point(1) and first_point(1) == first_point(1)
+
 def _sample_all(sweep, study):
     """Run every queued trial with the sweep's real sampling (``space.suggest`` with the study's pinned choice
     lists, as the objective does) and no training: the trial's value is its number of parameters."""

@@ -26,6 +26,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from .config import StudyConfig, Sweep, redact
 
 log = logging.getLogger(__name__)
+#: the worker's index on its machine (the launcher sets it; a worker joined by hand may set it): seeds its sampler
+WORKER_ENV = "IRPE_BENCH_WORKER"
 #: study user attributes: the objectives (in ``trial.values`` order), constraints and repeats (:mod:`.objectives`)
 OBJECTIVES_ATTR = "objectives"
 
@@ -79,10 +81,17 @@ def storage_from_url(url: str, st: Optional[StudyConfig] = None) -> optuna.stora
 def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
     """The study's sampler from the registry of :mod:`.samplers` (tpe, random, grid, gp, cmaes, nsga2, brute;
     each entry says why it is built as it is). Grid points are enqueued as trials (:func:`open_study`), so grid
-    runs them with a seeded random sampler for anything left."""
+    runs them with a seeded random sampler for anything left.
+
+    Each worker samples with ``study.seed`` plus its index (``IRPE_BENCH_WORKER``, set by the launcher; 0 when
+    unset): workers seeded alike would draw the same start-up points, each training the same configuration."""
+    import os
+
     from .samplers import make
 
-    return make(sweep.config.study)
+    st = sweep.config.study
+    offset = int(os.environ.get(WORKER_ENV, "0") or 0)
+    return make(st.model_copy(update={"seed": st.seed + offset}) if offset else st)
 
 
 def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
