@@ -202,36 +202,114 @@ def test_journal_storage_and_fail_running_recover_a_crashed_worker(tmp_path):
     assert next(t for t in done if t.params["model.rpe.method"] == "none").user_attrs["retry_of"] == 0
 
 
+#: the test's one fault, loaded into every process of the sweep (``sitecustomize`` on ``PYTHONPATH``): the no-RPE
+#: trial fails in its second epoch with the storage URL (password and all) in its exception's message
+_FAULT = """
+from irpe_bench.train.module import ClassificationModule
+
+_step = ClassificationModule.training_step
+
+
+def training_step(self, batch, batch_idx):
+    if self.current_epoch == 1 and self.net.variant == "deit_tiny_norpe":
+        raise RuntimeError("lost the connection to {url} while writing")
+    return _step(self, batch, batch_idx)
+
+
+ClassificationModule.training_step = training_step
+"""
+
+
+def _descendants(root: int) -> list:
+    """The process ids under ``root`` (children, grandchildren …), from ``/proc``."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    out, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [p for p, ppid in parents.items() if ppid == pid]
+        out += kids
+        frontier += kids
+    return out
+
+
+def _watch_command_lines(proc: subprocess.Popen, seen: set) -> None:
+    """Collect the command line of every process the sweep starts while it runs (workers, their children).
+    NOTE: not the sweep's own: that is the command the user typed, ``--storage URL`` and all (docs/sweeps.md)."""
+    while proc.poll() is None:
+        for pid in _descendants(proc.pid):
+            try:
+                seen.add(Path(f"/proc/{pid}/cmdline").read_bytes())
+            except OSError:
+                pass
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 @pytest.mark.postgresql
 @pytest.mark.parametrize("route", ["--storage", "--set", "environment", "sweep file"])
-def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path, postgresql_url, route):
+def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path, tmp_path_factory, postgresql_url,
+                                                                      route):
     """PostgreSQL with trust auth accepts any password, so a real sweep (two workers: their command lines are
-    built from the sweep's own) can run with one in its URL, given by each route a user has; afterwards no file
-    it wrote (leaderboard, run dirs, W&B offline runs), nothing it printed and nothing stored in the study
-    (its metadata, every trial's attributes) contains it."""
+    built from the sweep's own) can run with one in its URL, given by each route a user has; one trial fails with
+    that URL in its exception's message. Afterwards nothing holds the password: no file the sweep wrote (reports
+    in every format, run directories with their summaries and train.log, W&B offline runs), nothing it printed,
+    no command line of a process it started (read while it ran), nothing stored in the study (its and every
+    trial's user and system attributes), nor what ``status`` prints."""
+    import threading
+
     name, secret = f"pytest-{uuid.uuid4().hex[:8]}", f"pw{uuid.uuid4().hex[:10]}"
     url = postgresql_url.replace("postgres@", f"postgres:{secret}@", 1)
     assert secret in url
+    fault = tmp_path_factory.mktemp("fault")  # outside tmp_path: the test's own file, like the sweep file
+    (fault / "sitecustomize.py").write_text(_FAULT.format(url=url))
     study = {"name": name, **({"storage": url} if route == "sweep file" else {})}
     path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "product"]}}, study=study,
                         base_sections={"log": {"wandb": True}}, workers=2)
     extra = {"--storage": ["--storage", url], "--set": ["--set", f"study.storage={url}"]}.get(route, [])
-    env = _env(**({"IRPE_BENCH_STORAGE": url} if route == "environment" else {}))
+    env = {**_env(**({"IRPE_BENCH_STORAGE": url} if route == "environment" else {})),
+           "PYTHONPATH": f"{fault}{os.pathsep}{ROOT}"}
+    command_lines: set = set()
     try:
-        proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path), *extra],
-                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "postgres:***@127.0.0.1" in proc.stderr  # the storage is named, redacted
+        proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sweep", str(path), *extra], env=env,
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watcher = threading.Thread(target=_watch_command_lines, args=(proc, command_lines), daemon=True)
+        watcher.start()
+        stdout, stderr = proc.communicate(timeout=400)
+        watcher.join(timeout=10)
+        assert proc.returncode == 0, stderr[-3000:]
+        assert "postgres:***@127.0.0.1" in stderr  # the storage is named, redacted
+        workers = [c for c in command_lines if b"--worker" in c]
+        assert len(workers) >= 2 and not [c for c in command_lines if secret.encode() in c]
+        status = subprocess.run([sys.executable, str(ROOT / "run.py"), "status", str(path), *extra], env=env,
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0 and "1 failed" in status.stdout, status.stderr[-3000:]
+        printed = stdout + stderr + status.stdout + status.stderr
+        assert secret not in printed
+        assert "lost the connection to postgresql://postgres:***@127.0.0.1" in stderr  # the reason, redacted
         written = [p for p in tmp_path.rglob("*") if p.is_file() and p != path]  # the user's own file aside
         leaks = [p for p in written if secret.encode() in p.read_bytes()]
-        assert not leaks and secret not in proc.stdout + proc.stderr
+        assert not leaks
         stored = optuna.load_study(study_name=name, storage=_psycopg(postgresql_url))
-        assert len(stored.trials) == 2 and all(t.state == TrialState.COMPLETE for t in stored.trials)
-        kept = json.dumps([stored.user_attrs, *[t.user_attrs for t in stored.trials]],
-                          default=str)
+        failed, done = sorted(stored.trials, key=lambda t: t.state != TrialState.FAIL)
+        assert failed.state == TrialState.FAIL and done.state == TrialState.COMPLETE
+        assert failed.user_attrs["error"] == ("RuntimeError: lost the connection to "
+                                              f"{postgresql_url.replace('postgres@', 'postgres:***@')} while writing")
+        kept = json.dumps([stored.user_attrs, stored._storage.get_study_system_attrs(stored._study_id),
+                           *[[t.user_attrs, t.system_attrs, t.params] for t in stored.trials]], default=str)
         assert secret not in kept and "python run.py sweep" in kept
-        assert (tmp_path / "out" / "leaderboard.md").is_file() and len(list((tmp_path / "out" / "runs").iterdir())) == 2
+        out = tmp_path / "out"
+        for report in ("leaderboard.md", "leaderboard.html", "leaderboard.json", "trials.csv"):
+            assert "lost the connection to postgresql://postgres:***@" in (out / report).read_text(), report
+        log = (Path(failed.user_attrs["run_dir"]) / "train.log").read_text()
+        assert "Traceback" in log and "lost the connection to postgresql://postgres:***@" in log
+        assert list((Path(failed.user_attrs["run_dir"]) / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(list((out / "runs").iterdir())) == 2
     finally:
         optuna.delete_study(study_name=name, storage=_psycopg(postgresql_url))
 

@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .. import keys as K
 from ..keys import DISCARDED
+from ..redact import redact
 from . import objectives as O
 from .stats import GroupStats, study_stats
 
@@ -246,7 +247,7 @@ def trial_row(t: FrozenTrial, goals: Optional[O.Goals] = None, entry: Optional[M
         last_acc1=_pct(t.intermediate_values[steps[-1]]) if steps else None,
         wall_s=_num(ua.get("wall_s")),
         duration_s=(t.datetime_complete - t.datetime_start).total_seconds() if done else None,
-        reason=ua.get("error") or t.system_attrs.get("fail_reason"),
+        reason=redact(ua.get("error") or t.system_attrs.get("fail_reason")),  # every format reads it from here
         retry_of=_retry_of(t), run_dir=ua.get("run_dir"), wandb_id=ua.get("wandb_id"),
         feasible=O.feasible(t), violated=O.violated(t),
     )

@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fail-running", action="store_true",
                    help="first mark this study's RUNNING trials failed and retry them (after a crash, when no "
                         "worker is alive; needed only for storages without a heartbeat)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="first list this study's failed trials (number, variant, reason) and queue each again with "
+                        "the same parameters, resuming its checkpoint (invalid and diverged ones are not retried)")
     p.add_argument("--no-leaderboard", action="store_true", help="skip writing the leaderboard at the end")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
 
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from .storage import open_study
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    _quiet_logs()
     take_storage(args)
     sweep = load_sweep(args.sweep, parse_overrides(args.overrides))  # every check before any work
     if is_child_rank():  # a DDP rank of one trial, started by Lightning re-running this command
@@ -74,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     study, _ = open_study(sweep, meta)  # created (grid enqueued) before any worker starts; opened once here
     if args.fail_running:
         print(f"--fail-running: {fail_running(study)} running trial(s) failed and queued again", file=sys.stderr)
+    if args.retry_failed:
+        from .retry import retry_failed
+
+        retry_failed(study)
     failed_workers = 0
     if c.workers == 1:
         work(sweep, meta, devices=devices, study=study)
@@ -82,6 +90,30 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_leaderboard:
         write_leaderboard(sweep, meta, study)
     return 1 if failed_workers else 0
+
+
+def _quiet_logs() -> None:
+    """The terminal of a sweep: every log line redacted; Optuna's per-trial messages and experimental-feature
+    warnings left out (the progress line reports each trial; a failed one's traceback is in its ``train.log``)."""
+    import warnings
+
+    import optuna
+
+    from ..redact import redact_handlers
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    redact_handlers(logging.getLogger())
+    optuna_log = logging.getLogger("optuna")
+    redact_handlers(optuna_log, keep_traceback=False)
+    for handler in optuna_log.handlers:
+        if _not_a_trial_outcome not in handler.filters:
+            handler.addFilter(_not_a_trial_outcome)
+
+
+def _not_a_trial_outcome(record: logging.LogRecord) -> bool:
+    """Optuna's "Trial N failed …" / "Trial N pruned" records: the progress line says it, with the reason."""
+    return not (record.name == "optuna.study._optimize" and str(record.msg).startswith("Trial "))
 
 
 def _existing_storage(url: str):

@@ -52,6 +52,8 @@ class StudyConfig(_Frozen):
     n_trials: Optional[int] = Field(None, ge=1, description="trials to finish in total, over all workers; "
                                     "grid: default the number of grid points")
     timeout_s: Optional[float] = Field(None, gt=0, description="no new trial starts after this many seconds")
+    trial_timeout_s: Optional[float] = Field(None, gt=0, description="a trial training longer than this (per "
+                                             "attempt) is stopped and recorded as failed; the sweep goes on")
     heartbeat_s: int = Field(30, ge=1, description="RDB storages: a running trial's heartbeat interval")
     grace_s: int = Field(90, ge=2, description="a trial with no heartbeat for this long was killed: it is "
                          "failed and retried (resumed from its last checkpoint)")

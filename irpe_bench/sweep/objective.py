@@ -26,13 +26,16 @@ import optuna
 
 from .. import keys as K
 from ..keys import DISCARDED, MONITOR, TEST_KEYS
+from ..redact import redact
 from ..train import ddp_env
 from ..train.config import flatten
+from ..train.time_limit import TimeLimit, TimeLimitExceeded
 from . import objectives as O
 from . import repeats as R
 from . import space as S
 from .budget import over_budget
 from .config import Sweep, digest, without_logging
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 #: summary keys copied into the trial's user attributes (when the run produced them):
@@ -77,6 +80,7 @@ class Objective:
         self.sweep = sweep
         self.devices = devices
         self.target = target
+        self.progress = Progress(sweep.config.study.name, target)  # also Optuna's trial-end callback (runner)
 
     def run_dir(self, trial: optuna.Trial, slug: str) -> Path:
         return self.sweep.out_dir / "runs" / f"trial-{trial.number:04d}-{slug}"
@@ -101,7 +105,7 @@ class Objective:
             slug = variant_of(config)
         except ValueError as e:  # a combination the rules did not foresee: recorded, no training
             trial.set_user_attr("status", K.INVALID)
-            trial.set_user_attr("error", str(e))
+            trial.set_user_attr("error", redact(str(e)))
             raise
         flat = flatten(config.model_dump(mode="json"))
         attrs = {"variant": slug, "config_key": config_key(flat), "seed": config.seed, "baseline": config.model.rpe
@@ -114,6 +118,7 @@ class Objective:
         attrs["run_dir"] = str(run_dir)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
+        self.progress.trial_started(trial, slug, config.trainer.max_epochs)
         st = sweep.config.study
         # several objectives: Optuna's trial.report (the pruning callback) takes one value only, and pruning is
         # refused for such studies at load; with repeats the pruner watches the first seed's epochs
@@ -146,10 +151,11 @@ class Objective:
         log.info("trial %d: %s%s%s", trial.number, what, f" seed {config.seed}" if several else "",
                  f" (resuming {ckpt})" if resume else "")
         prefix = f"seed {config.seed}: " if several else ""
-        with ddp_env.published_trial(trial._trial_id, resume):  # for DDP ranks that Lightning starts
+        with ddp_env.published_trial(trial._trial_id, resume), self.progress.quiet(run_dir):  # DDP ranks; train.log
             try:
                 summary = train(config, run_dir=run_dir, wandb_id=None if several else trial.user_attrs.get("wandb_id"),
-                                resume_from=resume, callbacks=[pruning] if pruning is not None else [])
+                                resume_from=resume, callbacks=[*([pruning] if pruning is not None else []),
+                                                               *self._callbacks(trial)])
                 if pruning is not None:
                     pruning.check_pruned()  # DDP: the pruning decision travels through the storage
             except optuna.TrialPruned:
@@ -162,10 +168,18 @@ class Objective:
                              entries=entries if several else None, seed=config.seed)
                 raise
             except Exception as e:
-                self._record(trial, run_dir, K.FAILED, f"{prefix}{type(e).__name__}: {e}",
+                log.error("trial %d failed", trial.number, exc_info=True)  # the traceback: into train.log
+                why = str(e) if isinstance(e, TimeLimitExceeded) else f"{type(e).__name__}: {e}"
+                self._record(trial, run_dir, K.FAILED, f"{prefix}{why}",
                              entries=entries if several else None, seed=config.seed)
                 raise
         return self._seed_done(trial, config.seed, run_dir, summary, entries) if several else summary
+
+    def _callbacks(self, trial: optuna.Trial) -> List[Any]:
+        """The progress line's epoch events and, with ``study.trial_timeout_s``, the time limit of one run."""
+        limit = self.sweep.config.study.trial_timeout_s
+        return [self.progress.callback(trial.study),
+                *([TimeLimit(limit, "trial_timeout_s")] if limit is not None else [])]
 
     @staticmethod
     def _seed_done(trial: optuna.Trial, seed: int, run_dir: Path, summary: Dict[str, Any],
@@ -194,6 +208,7 @@ class Objective:
                 seed: int | None = None) -> None:
         """The trial's metrics, status and reason; ``entries`` (several seeds): the failing seed's own entry is
         added to the ``repeats`` attribute beside the seeds done."""
+        error = redact(error)  # an exception's message may hold a storage URL: never stored with its password
         if summary is None and (run_dir / "summary.json").is_file():
             summary = json.loads((run_dir / "summary.json").read_text())
         summary = summary or {}
@@ -224,6 +239,8 @@ def ddp_rank_main(sweep: Sweep) -> int:
     trial = optuna.Trial(study, trial_id)
     config = load_config(Path(run_dir) / "config.yaml")
     single = len(sweep.config.study.objectives) == 1  # several objectives: no trial.report, no pruning callback
+    limit = sweep.config.study.trial_timeout_s  # NOTE: on every rank: rank zero broadcasts its decision
     train(config, run_dir=run_dir, resume_from=resume,
-          callbacks=[PyTorchLightningPruningCallback(trial, monitor=MONITOR)] if single else [])
+          callbacks=[*([PyTorchLightningPruningCallback(trial, monitor=MONITOR)] if single else []),
+                     *([TimeLimit(limit, "trial_timeout_s")] if limit is not None else [])])
     return 0

@@ -111,7 +111,8 @@ def _loop(sweep: Sweep, study: optuna.Study, devices: Optional[int], poll_s: Opt
             log.info("timeout: %.0f s passed, no new trial", timeout)
             break
         if c["waiting"] > 0 or c["finished"] + c["running"] < total:
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
+                           callbacks=[objective.progress])  # the trial's outcome on the progress line
             ran += 1
             continue
         if c["running"] == 0 or not beating:

@@ -29,6 +29,7 @@ from .. import allocator
 from .. import keys as K
 from ..keys import MONITOR, MONITOR_MODE, TEST_KEYS
 from ..models import count_params_and_macs, create_model, set_attention_options
+from ..redact import redact
 from . import ddp_env
 from .config import TrainConfig, dump_config
 from .data import ImageDataModule, build_datamodule
@@ -178,10 +179,11 @@ def fit(config: TrainConfig, run: Run, resume_from: Optional[Union[str, Path]],
     the result (``status``), not raised, so that the summary is written first."""
     module = ClassificationModule(run.net, run.dm.num_classes, config.optim, config.data,
                                   no_decay_names(run.net, config))
-    throughput = TrainThroughput(config.trainer.throughput_skip_steps)
+    throughput, memory = TrainThroughput(config.trainer.throughput_skip_steps), EpochMetrics()
     checkpoint, last = checkpoint_callbacks(config, run.run_dir)
     all_callbacks: List[pl.Callback] = [*([checkpoint] if checkpoint else []), last, throughput, *callbacks,
                                         PreemptionCheckpoint(run.run_dir / CKPT_DIR / LAST_CKPT)]  # SIGTERM
+    all_callbacks.append(memory)
     if config.optim.ema_decay is not None:
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
@@ -193,13 +195,13 @@ def fit(config: TrainConfig, run: Run, resume_from: Optional[Union[str, Path]],
     try:
         trainer.fit(module, datamodule=run.dm, ckpt_path=str(resume_from) if resume_from else None)
         out.wall = time.time() - started
-        out.metrics = _metrics(trainer)
+        out.metrics = _metrics(trainer) or memory.metrics  # resumed at its last epoch: nothing trained now
         out.tested = test_selected(trainer, module, run.dm, checkpoint.best_model_path if checkpoint else None,
                                    Path(last.dirpath) / LAST_CKPT)
     except NonFiniteLossError as e:
-        out.status, out.error = K.DIVERGED, str(e)
+        out.status, out.error = K.DIVERGED, redact(str(e))
     except Exception as e:  # noqa: BLE001 - recorded, the W&B run closed, then raised again by ``finish``
-        out.status, out.error, out.stopped_by = K.STOPPED, f"{type(e).__name__}: {e}", e
+        out.status, out.error, out.stopped_by = K.STOPPED, redact(f"{type(e).__name__}: {e}"), e
     if out.status != K.FINISHED:
         out.wall, out.metrics = time.time() - started, _metrics(trainer)
     return out
@@ -307,6 +309,30 @@ def finish(config: TrainConfig, run: Run, fitted: Fitted, summary: Dict[str, Any
 
 def _metrics(trainer: pl.Trainer) -> Dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+
+
+class EpochMetrics(pl.Callback):
+    """The ``val/*`` and ``train/*`` values when a checkpoint is taken, kept in it (callback state).
+
+    NOTE: a run killed after its last epoch's checkpoint (while testing or benchmarking) resumes with nothing
+    left to train, so Lightning's ``callback_metrics`` stay empty; :attr:`metrics` (restored) then gives the
+    summary its final ``val/acc1`` instead of none.
+    """
+
+    def __init__(self) -> None:
+        self.metrics: Dict[str, float] = {}
+        self._trainer: Optional[pl.Trainer] = None
+        self._fitting = True
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer, self._fitting = trainer, stage == "fit"  # (before Lightning restores a checkpoint)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"metrics": _metrics(self._trainer) if self._trainer is not None else dict(self.metrics)}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if self._fitting:  # NOTE: testing a chosen checkpoint restores callbacks too; the fit's record stays
+            self.metrics = {k: float(v) for k, v in state_dict.get("metrics", {}).items()}
 
 
 def test_selected(trainer: pl.Trainer, module: pl.LightningModule, dm: pl.LightningDataModule,

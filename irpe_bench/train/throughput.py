@@ -37,14 +37,23 @@ class TrainThroughput(pl.Callback):
     between steps counts (it is part of training speed) but the warm-up steps do not. NOTE: the GPU is
     synchronised only where the window opens and at the epoch's last step, never per step (a per-step sync
     would stall the asynchronous queue and lower the very number being measured).
+
+    The per-epoch numbers are kept in the checkpoint (Lightning callback state), so a run resumed after a kill —
+    even at its last epoch, with nothing left to time — reports the speed measured before the interruption.
+    NOTE: only a fit restores them: ``trainer.test(ckpt_path=…)`` restores every callback's state too, which would
+    rewind the record to the tested (validation-chosen) epoch.
     """
 
     def __init__(self, skip_steps: int = 5) -> None:
         self.skip_steps = skip_steps
-        self.epochs: List[float] = []  # images/s of each epoch this process trained (since a resume, if any)
+        self.epochs: List[float] = []  # images/s of each epoch trained, before a resume included
         self._images = 0
         self._t0: Optional[float] = None
         self._t1: Optional[float] = None
+        self._fitting = True
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._fitting = stage == "fit"  # Lightning calls setup before it restores a checkpoint
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._images, self._t0, self._t1 = 0, None, None
@@ -66,6 +75,13 @@ class TrainThroughput(pl.Callback):
         if self._images and self._t0 is not None and self._t1 is not None and self._t1 > self._t0:
             self.epochs.append(self._images * trainer.world_size / (self._t1 - self._t0))
             pl_module.log("throughput/train_img_s", self.epochs[-1], on_epoch=True, rank_zero_only=True)
+
+    def state_dict(self) -> Dict[str, List[float]]:
+        return {"epochs": list(self.epochs)}
+
+    def load_state_dict(self, state_dict: Dict[str, List[float]]) -> None:
+        if self._fitting:
+            self.epochs = [float(x) for x in state_dict.get("epochs", [])]
 
     @property
     def median(self) -> Optional[float]:
