@@ -20,7 +20,7 @@ from ._train_helpers import tiny_dict, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = "deit_tiny_ctx_product_50_shared_k"
-OWN_LINE = re.compile(r"^(\[s\] |sweep s: storage |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ irpe_bench\.)")
+OWN_LINE = re.compile(r"^(\[s\] |sweep s: storage )")  # the progress lines and the sweep's header
 
 
 def _sweep(tmp_path: Path, space) -> Path:
@@ -47,7 +47,7 @@ def test_progress_lines_on_stderr_and_the_chatter_in_each_runs_log(tmp_path):
     proc = subprocess.run(_cmd(path), env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert [line for line in lines if not OWN_LINE.match(line)] == []  # no third-party line on the terminal
+    assert [line for line in lines if not OWN_LINE.match(line)] == []  # nothing else on the terminal
     assert proc.stdout == ""  # no progress bar either
     progress = [line for line in lines if line.startswith("[s] ")]
     assert progress[0] == f"[s] trial 0 ({PRODUCT}) started · 0/2 done, 0 failed, 1 running · ETA —"
@@ -66,6 +66,7 @@ def test_progress_lines_on_stderr_and_the_chatter_in_each_runs_log(tmp_path):
         assert "Epoch 0:" in log  # Lightning's progress bar
     first = next((tmp_path / "out" / "runs").glob("trial-0000-*"))
     assert "Tip:" in (first / "train.log").read_text()  # Lightning's tip, once per process
+    assert "irpe_bench.sweep.objective: trial 0: " in (first / "train.log").read_text()  # the sweep's own records
     for text in (proc.stderr, proc.stdout):
         assert "GPU available" not in text and "Tip:" not in text and "wandb:" not in text and "Epoch 0" not in text
 

@@ -148,10 +148,10 @@ class Objective:
                 return self._seed_done(trial, config.seed, run_dir, summary, entries)
         ckpt = run_dir / CKPT_DIR / LAST_CKPT
         resume = ckpt if retry_of is not None and ckpt.is_file() else None
-        log.info("trial %d: %s%s%s", trial.number, what, f" seed {config.seed}" if several else "",
-                 f" (resuming {ckpt})" if resume else "")
         prefix = f"seed {config.seed}: " if several else ""
         with ddp_env.published_trial(trial._trial_id, resume), self.progress.quiet(run_dir):  # DDP ranks; train.log
+            log.info("trial %d: %s%s%s", trial.number, what, f" seed {config.seed}" if several else "",
+                     f" (resuming {ckpt})" if resume else "")
             try:
                 summary = train(config, run_dir=run_dir, wandb_id=None if several else trial.user_attrs.get("wandb_id"),
                                 resume_from=resume, callbacks=[*([pruning] if pruning is not None else []),

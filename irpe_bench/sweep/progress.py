@@ -109,9 +109,11 @@ class Progress:
         elif trial.state == TrialState.PRUNED:
             outcome = f"pruned at epoch {len(trial.intermediate_values)}"
         else:
-            log = Path(ua["run_dir"]) / LOG_FILE if ua.get("run_dir") else None
+            run_dir = Path(ua["run_dir"]) if ua.get("run_dir") else None  # (repeats: a log per seed-<s>/)
+            logs = [] if run_dir is None else [run_dir / LOG_FILE] if (run_dir / LOG_FILE).is_file() else \
+                sorted(run_dir.glob(f"seed-*/{LOG_FILE}"))
             outcome = f"{ua.get('status') or 'failed'}: {ua.get('error') or 'no reason recorded'}" + \
-                (f" (log: {log})" if log is not None and log.is_file() else "")
+                (f" (log: {logs[-1]})" if logs else "")
         self._trial = None
         self.write(f"{what} {outcome} · {self._status(study)}", final=True)
 
