@@ -123,7 +123,7 @@ def test_status_of_a_real_worker_mid_trial(tmp_path):
                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         storage = f"sqlite:///{tmp_path / 'out' / 'optuna.db'}"
-        deadline, st = time.time() + 120, None
+        deadline, st = time.time() + 300, None
         while time.time() < deadline:
             time.sleep(1.0)
             if not (tmp_path / "out" / "optuna.db").exists():
