@@ -289,3 +289,18 @@ def test_mixed_old_and_new_trials_fall_back_to_optimistic(tmp_path):
     assert board.metric_note == "1 of 4 complete trials have no test accuracy"
     g = _g(board, "deit_tiny_ctx_product_50_shared_k")
     assert g.mean == pytest.approx(np.mean(BASE[:2]) + 1.8)  # the validation value, test + 0.8
+
+
+def test_a_seed_trained_twice_is_one_sample():
+    """A sampler that proposes the same point again trains the same seeds again: those runs are one sample
+    each (their mean), so n counts distinct seeds, the CI does not shrink, and the seeds still pair."""
+    from irpe_bench.report.stats import one_per_seed, study_stats
+
+    base = [(0, 50.0), (1, 60.0), (2, 55.0)]
+    twice = base + [(0, 50.0), (1, 62.0), (2, 55.0)]
+    assert one_per_seed(twice) == [(0, 50.0), (1, 61.0), (2, 55.0)]
+    assert one_per_seed([(None, 1.0), (None, 2.0)]) == [(None, 1.0), (None, 2.0)]
+    rpe = [(0, 60.0), (1, 65.0), (2, 61.0)]
+    st = study_stats({"b": twice, "r": rpe}, {"b": None, "r": "b"})
+    assert st.groups["b"].n == 3 and st.groups["r"].test == "paired t" and st.groups["r"].n_pairs == 3
+    assert st.groups["r"].delta == pytest.approx((10 + 4 + 6) / 3)

@@ -125,6 +125,21 @@ def _by_seed(pairs: Pairs) -> Optional[Dict[int, float]]:
     return {int(s): float(v) for s, v in pairs}
 
 
+def one_per_seed(pairs: Pairs) -> List[Tuple[Optional[int], float]]:
+    """One sample per seed: the runs of a configuration trained again with a seed it already had (a sampler
+    proposing the same point twice, each with the same repeated seeds) are one sample, their mean. They are not
+    independent draws of the training noise — on a deterministic machine they are identical — so counting
+    each would shrink the CI for nothing and stop the seeds from pairing. Unseeded runs stay separate."""
+    by: Dict[int, List[float]] = {}
+    for seed, v in pairs:
+        if seed is not None:
+            by.setdefault(int(seed), []).append(float(v))
+    if all(len(v) == 1 for v in by.values()):
+        return list(pairs)
+    out: List[Tuple[Optional[int], float]] = [(s, v) for s, v in pairs if s is None]
+    return out + [(s, statistics.fmean(v)) for s, v in sorted(by.items())]
+
+
 def _p(p: float, delta: float) -> float:
     return 1.0 if math.isnan(p) and delta == 0 else float(p)
 
@@ -203,6 +218,7 @@ def study_stats(groups: Mapping[str, Pairs], baseline_of: Mapping[str, Optional[
     ``groups``: config key → [(seed, metric value)] of its COMPLETE trials; ``baseline_of``: config key → the
     config key of its matched baseline (None for none, and for a baseline itself).
     """
+    groups = {k: one_per_seed(g) for k, g in groups.items()}
     summaries = {k: summarize([v for _, v in g]) for k, g in groups.items()}
     order = sorted(groups, key=lambda k: (-summaries[k].mean, k))
 
