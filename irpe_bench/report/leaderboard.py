@@ -331,7 +331,7 @@ def _group(key: str, trials: List[Tuple[FrozenTrial, TrialRow]], s: GroupStats) 
     infer, infer_range = _median_range(r.infer_img_s for r in rows)
     return GroupRow(
         rank=s.rank, rank_band=s.rank_band, band=list(s.band), variant=rows[0].variant, config_key=key,
-        baseline=rows[0].baseline, **_rpe_columns(config), abs_pos=config.get("model.abs_pos"), n=s.n,  # a seed run twice is one sample
+        baseline=rows[0].baseline, **_rpe_columns(config), abs_pos=config.get("model.abs_pos"), n=s.n,
         seeds=list(dict.fromkeys(r.seed for r in rows if r.seed is not None)), mean=s.mean, sd=s.sd, ci95=s.ci95,
         acc1_best_mean=statistics.fmean(best), acc1_best_std=_sample_std(best),
         acc1_final_mean=_mean(r.acc1_final for r in rows), test_acc5_mean=_mean(r.test_acc5 for r in rows),
