@@ -54,7 +54,9 @@ def test_a_multi_objective_constrained_repeated_sweep_reports_its_front(tmp_path
         assert r["feasible"] == str(t.user_attrs["feasible"])
 
     for g in board["groups"]:
-        assert g["n"] == 2 * len(g["trials"]) and sorted(set(g["seeds"])) == [0, 1]
+        # each trial trained seeds 0 and 1; a configuration the sampler proposed twice is still n = 2 (one sample
+        # per seed, the mean of its runs: stats.one_per_seed)
+        assert g["n"] == 2 and g["seeds"] == [0, 1] and len(g["trials"]) >= 1
         assert g["feasible"] is all(trials[n].user_attrs["feasible"] for n in g["trials"])
         assert g["feasible"] is (g["params"] <= BOUND)
     ok = [(g["mean"], g["params"]) for g in board["groups"] if g["feasible"]]
