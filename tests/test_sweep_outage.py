@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -289,3 +290,39 @@ def test_a_storage_call_waits_out_a_restart_and_gives_up_past_the_bound(cluster,
     with short.one_try():  # the worker's last attempt to put its trial back
         study.set_user_attr("k", 4)
     assert optuna.load_study(study_name="calls", storage=storage).user_attrs == {"k": 4}
+
+
+@pytest.mark.postgresql
+def test_opening_a_storage_waits_for_a_free_connection_slot(postgresql_url, caplog):
+    """A server with every connection slot taken (SQLSTATE 53300) is busy, not wrong: opening the storage waits
+    for a slot (bounded, logged, redacted) instead of failing the worker; past the bound it fails clearly."""
+    import logging
+    import threading
+
+    import psycopg
+
+    from irpe_bench.sweep.storage import storage_from_url
+
+    db = f"pytest_busy_{uuid.uuid4().hex[:8]}"
+    admin = psycopg.connect(postgresql_url, autocommit=True)
+    try:
+        admin.execute(f"CREATE ROLE {db} LOGIN")  # not a superuser: a database's CONNECTION LIMIT binds it
+        admin.execute(f"CREATE DATABASE {db} OWNER {db} CONNECTION LIMIT 3")
+        url = postgresql_url.rsplit("/", 1)[0].replace("postgres@", f"{db}@") + f"/{db}"
+        held = [psycopg.connect(url) for _ in range(3)]  # every slot (opening a storage takes more than one)
+        threading.Timer(3.0, lambda: [c.close() for c in held]).start()
+        with caplog.at_level(logging.WARNING, logger="irpe_bench.sweep.storage"):
+            storage = storage_from_url(url)  # waits until the slot is free
+        assert "has no free connection" in caplog.text and storage.get_all_studies() == []
+        storage.engine.dispose()
+        held = [psycopg.connect(url) for _ in range(3)]
+        with pytest.raises(ValueError, match=r"study.storage=.*cannot open it: OperationalError"):
+            from irpe_bench.sweep.config import StudyConfig
+
+            storage_from_url(url, StudyConfig(name="busy", storage_retry_s=2))
+        for c in held:
+            c.close()
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin.execute(f"DROP ROLE IF EXISTS {db}")
+        admin.close()

@@ -156,7 +156,8 @@ def test_the_launcher_forwards_sigterm_to_both_postgresql_workers(tmp_path, post
     path = _sweep(tmp_path, seeds, name=name, workers=2)
     env = _env(IRPE_BENCH_STORAGE=postgresql_url)  # NOTE: the secret route: the environment, never the file
     url = postgresql_url.replace("postgresql://", "postgresql+psycopg://")
-    load = lambda: optuna.load_study(study_name=name, storage=url)  # noqa: E731
+    storage = optuna.storages.RDBStorage(url)  # one engine for every poll: a new one each time holds connections
+    load = lambda: optuna.load_study(study_name=name, storage=storage)  # noqa: E731
     try:
         log = tmp_path / "launcher.log"
         proc = _start(path, log, env)
@@ -182,7 +183,8 @@ def test_the_launcher_forwards_sigterm_to_both_postgresql_workers(tmp_path, post
         assert time.time() - t0 < GRACE_S / 2
         _check_resumed(load(), seeds, stopped)
     finally:
-        optuna.delete_study(study_name=name, storage=url)
+        optuna.delete_study(study_name=name, storage=storage)
+        storage.engine.dispose()
 
 
 @pytest.mark.slow

@@ -64,18 +64,35 @@ def storage_from_url(url: str, st: Optional[StudyConfig] = None) -> optuna.stora
     engine: dict = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     if url.startswith("postgresql") and "connect_timeout" not in url:  # NOTE: an unreachable host, not a hang
         engine["connect_args"] = {"connect_timeout": 10}
-    try:
-        if st is None:
-            return RDBStorage(url, engine_kwargs=engine)
-        from .resilient import ResilientRDBStorage
+    import time
 
-        return ResilientRDBStorage(url, retry_s=st.storage_retry_s, engine_kwargs=engine,
-                                   heartbeat_interval=st.heartbeat_s, grace_period=st.grace_s,
-                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                       max_retry=st.max_retry, inherit_intermediate_values=True))
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy/driver errors: say which storage, never its password
-        raise ValueError(f"study.storage={redact(url)!r}: cannot open it: {type(e).__name__}: "
-                         f"{redact(str(e)).splitlines()[0]}") from None
+    waited, pause = 0.0, 1.0
+    while True:
+        try:
+            if st is None:
+                return RDBStorage(url, engine_kwargs=engine)
+            from .resilient import ResilientRDBStorage
+
+            return ResilientRDBStorage(url, retry_s=st.storage_retry_s, engine_kwargs=engine,
+                                       heartbeat_interval=st.heartbeat_s, grace_period=st.grace_s,
+                                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                           max_retry=st.max_retry, inherit_intermediate_values=True))
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy/driver errors: say which storage, never its password
+            # NOTE: a server at max_connections is busy, not wrong: wait for a free slot (a wrong URL still fails
+            # at once); bounded by storage_retry_s, 60 s for a command that only reads
+            bound = st.storage_retry_s if st is not None else 60.0
+            if any(b in str(e) for b in _BUSY) and waited < bound:
+                log.warning("storage %s has no free connection; retrying in %.0f s", redact(url), pause)
+                time.sleep(pause)
+                waited, pause = waited + pause, min(pause * 2, 10.0)
+                continue
+            raise ValueError(f"study.storage={redact(url)!r}: cannot open it: {type(e).__name__}: "
+                             f"{redact(str(e)).splitlines()[0]}") from None
+
+
+#: PostgreSQL's messages when every connection slot (of the server, or of a database or role with a CONNECTION
+#: LIMIT) is taken, SQLSTATE 53300: transient, worth waiting for
+_BUSY = ("too many clients already", "too many connections for")
 
 
 def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
