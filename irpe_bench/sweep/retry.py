@@ -14,16 +14,15 @@ never trained) are not failures at all.
 from __future__ import annotations
 
 import sys
-import warnings
 from dataclasses import dataclass, field
 from typing import IO, List, Optional
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import keys as K
 from ..redact import redact
+from .storage import requeue
 
 #: trial statuses that are results of the parameters: retrying them would repeat the same outcome
 NOT_RETRIED = {K.INVALID: "an invalid configuration: the same parameters fail again",
@@ -52,13 +51,6 @@ def failures(study: optuna.Study) -> List[Failure]:
         out.append(Failure(t.number, str(ua.get("variant") or t.params or "—"), " ".join(redact(str(reason)).split()),
                            NOT_RETRIED.get(ua.get("status")), t))
     return out
-
-
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """A WAITING copy of ``trial`` (module docstring), as the heartbeat's retry makes it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(study, trial)
 
 
 def retry_failed(study: optuna.Study, out: Optional[IO[str]] = None) -> int:

@@ -186,6 +186,16 @@ def heartbeat_enabled(study: optuna.Study) -> bool:
     return is_heartbeat_enabled(study._storage)
 
 
+def requeue(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
+    """A WAITING copy of the FAIL trial ``failed`` — same parameters, user attributes (its run directory) and
+    intermediate values — as the heartbeat's retry makes it (one mechanism for every route back to the queue)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(study, failed)
+
+
 def put_back(study: optuna.Study, trial_id: int, reason: str, attrs: Optional[dict] = None) -> Optional[int]:
     """Fail a RUNNING trial and queue its copy (same parameters, user attributes — the run directory — and
     intermediate values), as the heartbeat's retry does, but now: the number of the queued copy, or None when
@@ -200,7 +210,7 @@ def put_back(study: optuna.Study, trial_id: int, reason: str, attrs: Optional[di
     except optuna.exceptions.UpdateFinishedTrialError:  # finished meanwhile (or failed as stale by another worker)
         return None
     failed = storage.get_trial(trial_id)
-    RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(study, failed)
+    requeue(study, failed)
     return next((t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
                  if (t.system_attrs.get("retry_history") or [None])[-1] == failed.number), None)
 
