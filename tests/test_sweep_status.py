@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from irpe_bench.cli import main
 from irpe_bench.sweep import load_sweep
 from irpe_bench.sweep.status import study_status, to_text
-from irpe_bench.sweep.storage import open_study
+from irpe_bench.sweep.storage import open_study, storage_from_url
 
 from ._train_helpers import tiny_dict, write_yaml
 
@@ -128,8 +128,8 @@ def test_status_of_a_real_worker_mid_trial(tmp_path):
             time.sleep(1.0)
             if not (tmp_path / "out" / "optuna.db").exists():
                 continue
-            try:
-                study = optuna.load_study(study_name="watch", storage=storage)
+            try:  # NOTE: through storage_from_url, which rides out creating the tables as the worker does
+                study = optuna.load_study(study_name="watch", storage=storage_from_url(storage))
             except KeyError:
                 continue
             st = study_status(study, 2)

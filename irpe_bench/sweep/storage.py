@@ -66,7 +66,7 @@ def storage_from_url(url: str, st: Optional[StudyConfig] = None) -> optuna.stora
         engine["connect_args"] = {"connect_timeout": 10}
     import time
 
-    waited, pause = 0.0, 1.0
+    waited, pause, raced = 0.0, 1.0, 0
     while True:
         try:
             if st is None:
@@ -81,6 +81,14 @@ def storage_from_url(url: str, st: Optional[StudyConfig] = None) -> optuna.stora
             # NOTE: a server at max_connections is busy, not wrong: wait for a free slot (a wrong URL still fails
             # at once); bounded by storage_retry_s, 60 s for a command that only reads
             bound = st.storage_retry_s if st is not None else 60.0
+            if any(r in str(e) for r in _SCHEMA_RACE) and raced < 5:
+                # NOTE: workers started together on a fresh storage each create its tables; the losers of that
+                # race see the winner's rows — the schema exists now, so opening it again succeeds
+                log.info("storage %s: its tables were created by another process meanwhile; opening it again",
+                         redact(url))
+                raced += 1
+                time.sleep(0.2 * raced)
+                continue
             if any(b in str(e) for b in _BUSY) and waited < bound:
                 log.warning("storage %s has no free connection; retrying in %.0f s", redact(url), pause)
                 time.sleep(pause)
@@ -93,6 +101,10 @@ def storage_from_url(url: str, st: Optional[StudyConfig] = None) -> optuna.stora
 #: PostgreSQL's messages when every connection slot (of the server, or of a database or role with a CONNECTION
 #: LIMIT) is taken, SQLSTATE 53300: transient, worth waiting for
 _BUSY = ("too many clients already", "too many connections for")
+
+#: What a process sees when another one created the same fresh storage's tables at the same moment (Optuna's
+#: ``create_all`` and its ``alembic_version`` row are not atomic across processes): SQLite, PostgreSQL, MySQL
+_SCHEMA_RACE = ("alembic_version", "already exists", "pg_type_typname_nsp_index", "Duplicate entry")
 
 
 def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
