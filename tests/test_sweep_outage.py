@@ -154,8 +154,8 @@ def _counted(study: optuna.Study) -> list:
 
 @pytest.mark.slow
 def test_a_postgresql_restart_mid_sweep_costs_no_worker_and_no_trial(tmp_path, cluster):
-    seeds = (0, 1, 2)
-    path = _sweep(tmp_path, seeds, epochs=8, grace_s=30)
+    seeds, epochs = (0, 1, 2), 20  # NOTE: long enough that both workers are mid-trial at once on a loaded machine
+    path = _sweep(tmp_path, seeds, epochs=epochs, grace_s=30)
     log = tmp_path / "sweep.log"
     proc = _start(path, log, cluster.url, "--set", "workers=2")
     try:
@@ -177,7 +177,7 @@ def test_a_postgresql_restart_mid_sweep_costs_no_worker_and_no_trial(tmp_path, c
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3  # no trial failed, retried or lost
     assert sorted(t.params["seed"] for t in trials) == list(seeds)
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers went on after the restart
-    assert all(sorted(t.intermediate_values) == list(range(8)) for t in trials)
+    assert all(sorted(t.intermediate_values) == list(range(epochs)) for t in trials)
 
 
 @pytest.mark.slow
