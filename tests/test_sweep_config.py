@@ -403,3 +403,28 @@ def test_a_bad_given_field_is_refused_before_any_work(tmp_path, spec, message):
         load_sweep(_sweep(tmp_path, space))
     assert message in str(e.value) and "model.rpe.ratio" in str(e.value)
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("sweeps/paper").glob("*.yaml")))
+def test_paper_sweeps_document_the_papers_own_imagenet_setting(path):
+    """The ImageNet line in each paper sweep's header, applied as written, gives the paper's DeiT-S setting: its
+    ImageNet recipe, absolute positions on (searched in Table 4) and no gradient clipping; Table 1's line also sets
+    the paper's 14×14 bucket ratios."""
+    import shlex
+
+    from irpe_bench.overrides import parse_overrides
+
+    text = Path(path).read_text(encoding="utf-8")
+    sets = [a for line in text.splitlines() if line.startswith("#") and "imagenet_deit_small.yaml" in line
+            for a in shlex.split(line.lstrip("#").replace("…", "").replace("\\", "")) if "=" in a]
+    sets += [a for line in text.splitlines() if line.startswith("#") and "ratio.values=" in line
+             for a in shlex.split(line[line.index("space."):])]
+    sweep = load_sweep(path, parse_overrides(sets))
+    configs = [sweep.trial_config(p) for p in S.points(sweep.config.space, sweep.base_flat)]
+    assert {c.data.name for c in configs} == {"imagefolder"} and {c.model.name for c in configs} == {
+        "deit_small_patch16_224"}
+    assert all(c.optim.clip_grad is None and c.trainer.max_epochs == 300 for c in configs)
+    assert {c.model.abs_pos for c in configs} == ({True, False} if "abs_pos" in str(sweep.config.space) else {True})
+    if "table1" in path:
+        assert {c.model.rpe.method: c.model.rpe.ratio for c in configs if c.model.rpe} == {
+            "euclidean": 20, "quant": 33, "cross": 6.5, "product": 1.9}

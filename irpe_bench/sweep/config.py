@@ -270,16 +270,23 @@ def _check_choices(sweep: Sweep) -> int:
 
 def _dotted_space(overrides: Mapping[str, Any]) -> Dict[str, Any]:
     """``--set space.model.rpe.method.choices=[none,product]`` arrives split at every dot; space keys are
-    themselves dotted, so rejoin everything between ``space`` and the spec attribute (``choices``, ``low`` …)."""
+    themselves dotted, so rejoin everything between ``space`` and the spec attribute (``choices``, ``low`` …).
+    A spec attribute's value is kept whole: ``space.model.rpe.ratio.values='{product: 1.9}'`` is a mapping."""
     if not isinstance(overrides.get("space"), Mapping):
         return dict(overrides)
-    flat = flatten(overrides["space"])
     space: Dict[str, Dict[str, Any]] = {}
-    for key, value in flat.items():
-        field, _, attr = key.rpartition(".")
-        if attr not in S.ParamSpec.model_fields or not field:
-            raise ValueError(f"--set space.{key}: expected space.<field>.<{'|'.join(S.ParamSpec.model_fields)}>")
-        space.setdefault(field, {})[attr] = value
+
+    def walk(node: Mapping[str, Any], field: str) -> None:
+        for key, value in node.items():
+            if field and key in S.ParamSpec.model_fields:
+                space.setdefault(field, {})[key] = value
+            elif isinstance(value, Mapping) and value:
+                walk(value, f"{field}.{key}" if field else key)
+            else:
+                raise ValueError(f"--set space.{field + '.' if field else ''}{key}: expected "
+                                 f"space.<field>.<{'|'.join(S.ParamSpec.model_fields)}>")
+
+    walk(overrides["space"], "")
     return {**overrides, "space": space}
 
 
