@@ -147,7 +147,9 @@ def test_device_description_names_the_machine():
     text = device_description(torch.device("cpu"))
     cpu_model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                      None)
-    assert text == f"cpu: {' '.join(cpu_model.split())} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    isa = torch.backends.cpu.get_cpu_capability()
+    assert text == (f"cpu: {' '.join(cpu_model.split())} ({os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+                    f"{isa})") and isa
     if torch.cuda.is_available():
         gpu = device_description(torch.device("cuda", 0))
         assert gpu.startswith(f"cuda: {torch.cuda.get_device_name(0)} (") and f"CUDA {torch.version.cuda}" in gpu

@@ -116,8 +116,11 @@ def _nvidia_driver() -> str | None:
 
 def device_description(device: torch.device) -> str:
     """The machine a speed was measured on, specific enough that speeds from different hardware never mix:
-    ``cpu: AMD EPYC 7B13 (2 cores, 2 threads)`` (cores: ``os.cpu_count()``, threads: ``torch.get_num_threads()``)
-    or ``cuda: NVIDIA H200 (driver 550.54.15, CUDA 12.4)`` (the driver is omitted where it cannot be read)."""
+    ``cpu: AMD EPYC 7B13 (2 cores, 2 threads, AVX512)`` (cores: ``os.cpu_count()``, threads:
+    ``torch.get_num_threads()``, then the vector ISA PyTorch dispatches to, ``torch.backends.cpu.get_cpu_capability()``:
+    virtual machines often name every AMD generation "AMD EPYC", yet an AVX2 and an AVX-512 host train the
+    same seed to different accuracies, docs/reproducibility.md) or ``cuda: NVIDIA H200 (driver 550.54.15, CUDA
+    12.4)`` (the driver is omitted where it cannot be read)."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         driver, cuda = _nvidia_driver(), torch.version.cuda
@@ -125,7 +128,8 @@ def device_description(device: torch.device) -> str:
         name = torch.cuda.get_device_name(index)
         return f"cuda: {name} ({', '.join(extra)})" if extra else f"cuda: {name}"
     if device.type == "cpu":
-        return f"cpu: {_cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        isa = torch.backends.cpu.get_cpu_capability()
+        return f"cpu: {_cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads, {isa})"
     return str(device)
 
 
