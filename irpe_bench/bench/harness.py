@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from .. import allocator
-from ..train.throughput import synchronize
+from ..train.throughput import cpu_model, synchronize
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -200,22 +200,13 @@ def resolve_device(name: str) -> torch.device:
 
 def environment(threads: int, device: torch.device) -> Dict[str, Any]:
     env = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
-               processor=platform.processor() or _cpu_model(), cpu_count=os.cpu_count(), threads=threads,
+               processor=platform.processor() or cpu_model(), cpu_count=os.cpu_count(), threads=threads,
+               cpu_capability=torch.backends.cpu.get_cpu_capability(),
                device=str(device), load_avg=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                malloc=allocator.in_effect())
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def write_json(path: Path, payload: Dict[str, Any]) -> Path:

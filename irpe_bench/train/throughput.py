@@ -89,7 +89,7 @@ class TrainThroughput(pl.Callback):
         return statistics.median(self.epochs) if self.epochs else None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's marketing name (``/proc/cpuinfo`` "model name"; elsewhere ``platform.processor()``)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -129,7 +129,7 @@ def device_description(device: torch.device) -> str:
         return f"cuda: {name} ({', '.join(extra)})" if extra else f"cuda: {name}"
     if device.type == "cpu":
         isa = torch.backends.cpu.get_cpu_capability()
-        return f"cpu: {_cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads, {isa})"
+        return f"cpu: {cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads, {isa})"
     return str(device)
 
 
