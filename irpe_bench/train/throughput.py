@@ -118,8 +118,8 @@ def device_description(device: torch.device) -> str:
     """The machine a speed was measured on, specific enough that speeds from different hardware never mix:
     ``cpu: AMD EPYC 7B13 (2 cores, 2 threads, AVX512)`` (cores: ``os.cpu_count()``, threads:
     ``torch.get_num_threads()``, then the vector ISA PyTorch dispatches to, ``torch.backends.cpu.get_cpu_capability()``:
-    virtual machines often name every AMD generation "AMD EPYC", yet an AVX2 and an AVX-512 host train the
-    same seed to different accuracies, docs/reproducibility.md) or ``cuda: NVIDIA H200 (driver 550.54.15, CUDA
+    virtual machines often name every AMD generation "AMD EPYC", and two such hosts trained the same seed to
+    different accuracies, docs/reproducibility.md) or ``cuda: NVIDIA H200 (driver 550.54.15, CUDA
     12.4)`` (the driver is omitted where it cannot be read)."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
