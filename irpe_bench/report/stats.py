@@ -20,9 +20,11 @@ What is computed, and why this way:
   never broken by anything but the band (the order inside is mean, then config key, for determinism only).
 * **Pareto front** (``pareto_front``): the non-dominated points of several objectives (a multi-objective study's
   group means), as Optuna defines dominance.
-* **Minimum detectable difference** (MDD): the paired difference that a two-sided paired t-test at α = 0.05
-  detects with 80 % power (``statsmodels.stats.power.TTestPower``), for the smallest ``n_pairs`` of the
-  study's rows vs baseline and the root-mean-square of their paired-difference SDs.
+* **Minimum detectable difference** (MDD): the paired difference that a two-sided paired t-test detects with
+  80 % power, at the level its verdict uses: under Holm over a family of m tests that is the worst-case (first)
+  step α/m (``holm_worst_alpha``), for the smallest ``n_pairs`` of the study's rows vs baseline and the
+  root-mean-square of their paired-difference SDs. Power is the noncentral t (``paired_power``), solved by
+  brentq; ``seeds_needed`` inverts it over n.
 """
 from __future__ import annotations
 
@@ -180,15 +182,77 @@ def holm(p_values: Sequence[float]) -> List[float]:
     return [float(p) for p in multipletests(list(p_values), alpha=ALPHA, method="holm")[1]]
 
 
-def min_detectable_difference(sd: float, n_pairs: int) -> Optional[float]:
-    """The paired difference detected with 80 % power by a two-sided paired t-test at α = 0.05."""
-    if n_pairs < 2 or sd is None:
-        return None
-    from statsmodels.stats.power import TTestPower
+def min_detectable_difference(sd: float, n_pairs: int, alpha: float = ALPHA, power: float = POWER) -> Optional[float]:
+    """The paired difference detected with ``power`` (80 %) by a two-sided paired t-test at level ``alpha``.
 
-    d = TTestPower().solve_power(effect_size=None, nobs=n_pairs, alpha=ALPHA, power=POWER,
-                                 alternative="two-sided")
-    return float(d) * float(sd)
+    ``alpha`` is the level the verdict will use: under Holm that is the worst-case step of the family
+    (:func:`holm_worst_alpha`), not 0.05 — power at 0.05 overstates what a Holm-adjusted verdict can detect."""
+    if sd is None or n_pairs is None or n_pairs < 2:
+        return None
+    return _effect_size(int(n_pairs), float(alpha), float(power)) * float(sd)
+
+
+def paired_power(d: float, n: int, alpha: float) -> float:
+    """Power of the two-sided paired t-test (df = n − 1) at level ``alpha`` for a standardised difference ``d``:
+    P(|T| > t_crit) with T noncentral t (nc = d·√n). Both tails are upper tails of ``scipy.stats.nct``
+    (P(T < −c; nc) = P(T > c; −nc)): scipy's ``nct.cdf`` returns NaN for some lower tails at Holm-sized α,
+    and so does statsmodels' ``TTestPower`` built on it."""
+    from scipy import stats
+
+    df, nc = n - 1, float(d) * math.sqrt(n)
+    crit = float(stats.t.isf(alpha / 2.0, df))
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
+
+
+def _effect_size(n: int, alpha: float, power: float) -> float:
+    """Standardised paired difference d with ``paired_power(d) = power``: a bracketed root (brentq). NOTE:
+    ``TTestPower().solve_power`` is not used: at Holm-sized α (0.05/30, n = 5) it returns an unconverged 2.91
+    without an error where the root is 4.19."""
+    from scipy.optimize import brentq
+
+    def gap(d: float) -> float:
+        return paired_power(d, n, alpha) - power
+
+    high = 1.0
+    while gap(high) < 0:
+        high *= 2.0
+    return float(brentq(gap, 0.0, high, xtol=1e-10))
+
+
+def holm_worst_alpha(m: int, alpha: float = ALPHA) -> float:
+    """The level of Holm's first (strictest) step over a family of ``m`` tests: ``alpha / m``. A comparison must
+    pass it when it has the smallest p of the family, so power planned at it holds for every member."""
+    if int(m) < 1:
+        raise ValueError(f"holm_worst_alpha: m={m!r}; allowed: an integer ≥ 1 (the family size)")
+    return float(alpha) / int(m)
+
+
+MAX_SEEDS = 100_000  # seeds_needed gives up (None) beyond this: no study of this harness runs that many
+
+
+def seeds_needed(sd: float, mdd: float, alpha: float, power: float = POWER) -> Optional[int]:
+    """The smallest ``n_pairs`` ≥ 2 whose paired-t MDD (:func:`min_detectable_difference` at ``alpha``,
+    ``power``) is ≤ ``mdd``; None when ``sd`` is unknown, ``mdd`` ≤ 0 or more than ``MAX_SEEDS`` would be needed.
+    Zero spread needs the minimum, 2."""
+    if sd is None or mdd is None or not mdd > 0:
+        return None
+    if float(sd) == 0.0:
+        return 2
+
+    def ok(n: int) -> bool:
+        return min_detectable_difference(sd, n, alpha, power) <= mdd
+
+    if ok(2):
+        return 2
+    if not ok(MAX_SEEDS):
+        return None
+    low, high = 2, 4  # ok(low) is False; find a high that is ok, then bisect to the first ok n
+    while not ok(high):
+        low, high = high, min(2 * high, MAX_SEEDS)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if ok(mid) else (mid, high)
+    return high
 
 
 def pareto_front(points: Sequence[Sequence[float]], directions: Sequence[str]) -> List[bool]:
