@@ -31,13 +31,15 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from optuna.storages import RDBStorage
+from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
 
 from ..redact import redact
 from . import preempt
+from .claim import claim as _claim
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,16 @@ class ResilientRDBStorage(RDBStorage):
             self._call(RDBStorage.record_heartbeat, trial_id)
         except StorageUnavailable as e:
             log.debug("heartbeat of trial id %d not recorded: %s", trial_id, e)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Optional[Sequence[float]] = None
+                               ) -> bool:
+        """Claiming a WAITING trial (Optuna's pop: RUNNING, no values) is one atomic compare-and-set
+        (:func:`.claim.claim`: SQLite ignores the ``FOR UPDATE`` that Optuna relies on); the rest as Optuna does.
+        NOTE: a claim whose commit arrived but whose answer was lost is retried and then reads False: that trial
+        stays RUNNING without a heartbeat (rare; ``--fail-running`` with no worker alive recovers it)."""
+        if state == TrialState.RUNNING and values is None:
+            return self._call(_claim, trial_id)
+        return self._call(RDBStorage.set_trial_state_values, trial_id, state, values)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         grace = self.grace_period or 2 * (self.heartbeat_interval or 0)

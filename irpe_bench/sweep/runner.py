@@ -50,10 +50,10 @@ class _Tracked:
     request must put back)."""
 
     def __init__(self, objective: Objective) -> None:
-        self.objective, self.trial = objective, None
+        self.objective, self.trial, self.last = objective, None, None
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.trial = trial
+        self.trial = self.last = trial
         try:
             value = self.objective(trial)
         except Exception:
@@ -111,14 +111,37 @@ def _loop(sweep: Sweep, study: optuna.Study, devices: Optional[int], poll_s: Opt
             log.info("timeout: %.0f s passed, no new trial", timeout)
             break
         if c["waiting"] > 0 or c["finished"] + c["running"] < total:
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
-                           callbacks=[objective.progress])  # the trial's outcome on the progress line
+            objective.last = None
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
+                               callbacks=[objective.progress])  # the trial's outcome on the progress line
+            except Exception as e:  # NOTE: a failed tell of a FAIL trial surfaces as Optuna's AssertionError
+                if not _finished_elsewhere(study, objective.last, e):
+                    raise
             ran += 1
             continue
         if c["running"] == 0 or not beating:
             break
         preempt.wait(poll)  # others' trials run; one may be a killed process whose heartbeat goes stale
     return ran
+
+
+def _finished_elsewhere(study: optuna.Study, trial: Optional[optuna.Trial], error: BaseException) -> bool:
+    """Whether ``error`` (out of Optuna's ``tell``: "Cannot tell a FAIL trial", or an update of a finished trial)
+    means that the storage had already finished this worker's trial: another worker failed it as stale (a
+    heartbeat that could not beat in time) and queued its retry, or told it. The storage's outcome stands —
+    the retry resumes the same run directory — and this worker goes on with the next trial instead of dying."""
+    if trial is None:
+        return False
+    try:
+        state = study._storage.get_trial(trial._trial_id).state
+    except Exception:  # noqa: BLE001 - the storage cannot say: the original error stands
+        return False
+    if not state.is_finished():
+        return False
+    log.warning("trial %d was already %s in the storage when this worker ended it (%s: %s): its outcome there "
+                "stands; this worker goes on", trial.number, state.name, type(error).__name__, error)
+    return True
 
 
 def _stop(sweep: Sweep, study: optuna.Study, trial: Optional[optuna.Trial], error: Optional[BaseException]) -> NoReturn:

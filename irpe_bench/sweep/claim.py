@@ -1,0 +1,45 @@
+"""Claiming a queued trial: one atomic compare-and-set, so that a WAITING trial is run by exactly one worker.
+
+Optuna pops a queued (WAITING) trial with ``storage.set_trial_state_values(id, RUNNING)``, which reads the
+trial's row ``FOR UPDATE``, checks that it is still WAITING and then writes RUNNING. PostgreSQL and MySQL lock
+the row, but SQLite ignores ``FOR UPDATE``, and its driver begins the transaction only at the write: two workers
+read WAITING, both write RUNNING, both "win" and train the same trial in the same run directory. (Seen with
+the README's first command, two workers on a fresh SQLite study: trial 0 started twice, one worker died on
+"Cannot tell a FAIL trial"; with four workers released together on a fresh grid of eight points, every round
+ran some point two to four times.)
+
+:func:`claim` makes the pop a single conditional ``UPDATE trials SET state = RUNNING WHERE trial_id = ? AND
+state = WAITING``: the database evaluates the condition under its write lock (SQLite's database lock, the row
+lock elsewhere), so exactly one worker sees a row changed. The journal storage needs nothing: its log is
+appended under a file lock and replayed in order, and only the first RUNNING record of a trial takes effect.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import TrialState
+
+
+def claim(storage: RDBStorage, trial_id: int) -> bool:
+    """Move trial ``trial_id`` from WAITING to RUNNING if nobody did yet: True for the one caller that did it.
+
+    False when another worker claimed it first; ``UpdateFinishedTrialError`` when it has finished meanwhile
+    (what Optuna's pop expects of ``set_trial_state_values``)."""
+    with _create_scoped_session(storage.scoped_session) as session:
+        changed = session.execute(
+            sa.update(models.TrialModel)
+            .where(models.TrialModel.trial_id == trial_id, models.TrialModel.state == TrialState.WAITING)
+            .values(state=TrialState.RUNNING, datetime_start=datetime.now())
+            .execution_options(synchronize_session=False)).rowcount
+        if changed == 1:
+            return True
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        storage.check_trial_is_updatable(trial_id, trial.state)  # finished: UpdateFinishedTrialError
+        return False
+
+
+__all__ = ["claim"]

@@ -1,0 +1,142 @@
+"""A queued trial runs once: workers released together on a fresh study each claim different trials.
+
+The README's first command starts two workers on a fresh SQLite study; a cluster's array job starts many on one
+PostgreSQL database. Each worker pops the grid's queued (WAITING) trials with Optuna's ``ask`` through the
+worker's own storage (:func:`irpe_bench.sweep.storage.storage_from_url` with the study settings, as
+:func:`irpe_bench.sweep.storage.open_storage` builds it). The processes are real (forked, released by a
+barrier), the storages real: SQLite files, a PostgreSQL database, a journal file. Before the claim was one
+compare-and-set (:mod:`irpe_bench.sweep.claim`), every SQLite round here ran some trials two to four times.
+
+And a worker whose trial the storage finished meanwhile (failed as stale by another worker and queued again)
+goes on with the next trial instead of dying on Optuna's "Cannot tell a FAIL trial"."""
+from __future__ import annotations
+
+import collections
+import multiprocessing as mp
+import threading
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from irpe_bench.cli import main
+from irpe_bench.sweep.config import StudyConfig
+from irpe_bench.sweep.storage import put_back, storage_from_url
+
+from ._train_helpers import tiny_dict, write_yaml
+
+N_WORKERS, N_TRIALS, ROUNDS = 4, 8, 3
+
+
+def _worker(url: str, barrier, results) -> None:
+    """Pop queued trials until none is left (then ``ask`` makes a new trial: failed and not counted)."""
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    got, error = [], None
+    try:
+        storage = storage_from_url(url, StudyConfig(name="race", heartbeat_s=60, grace_s=600))
+        study = optuna.load_study(study_name="race", storage=storage)
+        barrier.wait()
+        while True:
+            trial = study.ask()
+            if "fixed_params" not in storage.get_trial_system_attrs(trial._trial_id):  # the queue is empty
+                study.tell(trial, state=TrialState.FAIL)
+                break
+            got.append(trial.number)
+            study.tell(trial, float(trial.number))
+    except Exception as e:  # noqa: BLE001 - the parent reports what each process saw
+        error = f"{type(e).__name__}: {e}"
+    results.put((got, error))
+
+
+def _race(url: str) -> None:
+    """A fresh study with ``N_TRIALS`` queued trials, ``N_WORKERS`` processes released at once: each trial ran
+    exactly once and is complete."""
+    study = optuna.create_study(study_name="race", storage=storage_from_url(url))
+    for i in range(N_TRIALS):
+        study.enqueue_trial({"x": i})
+    ctx = mp.get_context("fork")
+    barrier, results = ctx.Barrier(N_WORKERS), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(url, barrier, results)) for _ in range(N_WORKERS)]
+    for p in procs:
+        p.start()
+    out = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert [e for _, e in out if e] == []
+    runs = collections.Counter(n for got, _ in out for n in got)
+    assert {n: c for n, c in runs.items() if c != 1} == {}, f"trials run more than once: {runs}"
+    assert sorted(runs) == list(range(N_TRIALS))
+    done = optuna.load_study(study_name="race", storage=storage_from_url(url)).trials
+    assert [(t.number, t.state, t.value) for t in done[:N_TRIALS]] == \
+        [(i, TrialState.COMPLETE, float(i)) for i in range(N_TRIALS)]
+
+
+def test_workers_released_together_on_fresh_sqlite_studies_run_each_trial_once(tmp_path):
+    for i in range(ROUNDS):  # a race: several fresh files (before the fix every round had duplicates)
+        _race(f"sqlite:///{tmp_path}/r{i}/optuna.db")
+
+
+def test_workers_released_together_on_a_fresh_journal_run_each_trial_once(tmp_path):
+    for i in range(2):
+        _race(f"journal:///{tmp_path}/r{i}/optuna.log")
+
+
+@pytest.mark.postgresql
+def test_workers_released_together_on_a_fresh_postgresql_database_run_each_trial_once(postgresql_url):
+    import psycopg
+
+    admin = psycopg.connect(postgresql_url, autocommit=True)
+    db = f"pytest_claim_{uuid.uuid4().hex[:8]}"
+    admin.execute(f"CREATE DATABASE {db}")
+    try:
+        _race(postgresql_url.rsplit("/", 1)[0] + f"/{db}")
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin.close()
+
+
+def _fail_as_stale(url: str, number: int, seen: dict, stop: threading.Event) -> None:
+    """What another worker's heartbeat check does to a trial it thinks dead: fail it and queue its copy — here
+    once trial ``number`` has reported its first epoch, while its worker still trains it."""
+    storage = storage_from_url(url)
+    while not stop.is_set():
+        try:
+            study = optuna.load_study(study_name="s", storage=storage)
+        except KeyError:  # not created yet
+            time.sleep(0.05)
+            continue
+        running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == number
+                   and t.intermediate_values]
+        if running:
+            seen["copy"] = put_back(study, running[0]._trial_id, "stale heartbeat (failed by the test)")
+            return
+        time.sleep(0.05)
+
+
+def test_a_worker_whose_trial_was_finished_elsewhere_goes_on(tmp_path):
+    write_yaml(tmp_path / "base.yaml", tiny_dict(tmp_path, trainer={"max_epochs": 3, "benchmark_batches": 0}))
+    data = {"study": {"name": "s", "sampler": "grid", "pruner": "none"}, "base": "base.yaml",
+            "space": {"seed": {"choices": [0, 1]}}, "out_dir": str(tmp_path / "out")}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    url = f"sqlite:///{tmp_path}/out/optuna.db"
+    seen, stop = {}, threading.Event()
+    thread = threading.Thread(target=_fail_as_stale, args=(url, 0, seen, stop), daemon=True)
+    thread.start()
+    try:
+        assert main(["sweep", str(path), "--no-leaderboard"]) == 0  # before: "Cannot tell a FAIL trial", exit 2
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert seen.get("copy") == 2
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[2].system_attrs["retry_history"] == [0]
+    assert Path(trials[2].user_attrs["run_dir"]) == Path(trials[0].user_attrs["run_dir"])  # the same run, resumed
+    assert sorted(t.params["seed"] for t in trials[1:]) == [0, 1]
