@@ -112,13 +112,14 @@ class DataConfig(_Frozen):
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of the training images held out "
                                 "(stratified, by split_seed) to choose the epoch; 0: no validation split, the "
                                 "final epoch is reported")
-    test_fraction: Optional[float] = Field(None, gt=0.0, lt=1.0, description="digits/synthetic: share of all "
+    test_fraction: Optional[float] = Field(None, gt=0.0, lt=1.0, description="embedded sets, synthetic: share of all "
                                            "images held out as the test split (None: 0.25); cifar10/cifar100/"
                                            "imagefolder use their own test set and refuse a value")
     split_seed: int = Field(0, ge=0, description="seed of the train/val/test split, independent of the model "
                             "seed: every variant and seed sees the same validation and test images")
-    # synthetic data (throughput runs)
-    num_samples: int = Field(1024, ge=2)
+    # generated data: synthetic (throughput runs) and relpos (a task of relative positions)
+    num_samples: int = Field(1024, ge=2, description="synthetic: training images; relpos: all images, before "
+                             "the test and validation splits")
     num_classes: int = Field(1000, ge=2, description="synthetic only")
     # augmentation (timm.data.create_transform)
     auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"

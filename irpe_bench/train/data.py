@@ -1,9 +1,9 @@
-"""LightningDataModules behind one registry: ``digits`` (default, offline), ``cifar10``/``cifar100``, ``imagefolder``,
-``synthetic``.
+"""LightningDataModules behind one registry: the embedded ``digits`` (default), ``mnist`` and ``relpos``
+(:mod:`.embedded_data`, offline), ``cifar10``/``cifar100``, ``imagefolder``, ``synthetic``.
 
 Each provides three splits: train, validation (chooses the epoch; None when ``data.val_fraction`` is 0) and test
 (reported, never used to choose anything). The splits are fixed by ``data.split_seed``, never by the model seed:
-every variant and every seed sees the same validation and test images. digits and synthetic hold out
+every variant and every seed sees the same validation and test images. The embedded sets and synthetic hold out
 ``test_fraction`` of all images as test; CIFAR tests on its official test set and an image folder on its ``val/``
 folder; validation is ``val_fraction`` of the remaining training images, stratified by class.
 
@@ -177,58 +177,6 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int, what: st
     return np.sort(kept), np.sort(held)
 
 
-class _ArrayImages(Dataset):
-    """uint8 HxW grey images in memory, served as PIL RGB so timm's transforms apply unchanged. ``indices``: their
-    positions in the source dataset (which split holds which image)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform, indices: np.ndarray) -> None:
-        self.images, self.labels, self.transform = images[indices], labels[indices], transform
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        img = Image.fromarray(self.images[i], mode="L").convert("RGB")
-        return self.transform(img), int(self.labels[i])
-
-
-@register_datamodule("digits")
-class DigitsDataModule(ImageDataModule):
-    """scikit-learn's 1,797 real 8×8 handwritten digits (shipped with the library: never downloads).
-
-    The 8×8 images are upsampled by the transforms' resize to ``img_size``. ``test_fraction`` of all images is
-    the test split, then ``val_fraction`` of the rest the validation split, both stratified and fixed by
-    ``split_seed``.
-    """
-
-    mean = (0.5, 0.5, 0.5)
-    std = (0.5, 0.5, 0.5)
-
-    @property
-    def num_classes(self) -> int:
-        return 10
-
-    def datasets(self) -> Tuple[Dataset, Optional[Dataset], Dataset]:
-        from sklearn.datasets import load_digits
-
-        c = self.config
-        digits = load_digits()
-        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # N, 8, 8 in [0, 16] → uint8
-        labels = digits.target
-        pool, te = stratified_split(labels, c.test_fraction, c.split_seed, "test")
-        va = None
-        if c.has_validation:
-            kept, held = stratified_split(labels[pool], c.val_fraction, c.split_seed, "validation")
-            pool, va = pool[kept], pool[held]
-        train, test = self.transform(True), self.transform(False)
-        return (_ArrayImages(images, labels, train, pool),
-                _ArrayImages(images, labels, test, va) if va is not None else None,
-                _ArrayImages(images, labels, test, te))
-
-
 def _carve_validation(module: ImageDataModule, train: Dataset, labels: Sequence[int]
                       ) -> Tuple[Dataset, Optional[Dataset]]:
     """Training images (a dataset with a ``transform`` attribute, set to the training transform) → (train,
@@ -356,6 +304,10 @@ class SyntheticDataModule(ImageDataModule):
         val = _RandomImages(size(c.val_fraction), self.img_size, c.num_classes, s + 1) if c.has_validation else None
         return (_RandomImages(c.num_samples, self.img_size, c.num_classes, s), val,
                 _RandomImages(size(c.test_fraction), self.img_size, c.num_classes, s + 2))
+
+
+# NOTE: imported last: the embedded datasets subclass ImageDataModule and register themselves here.
+from . import embedded_data  # noqa: E402,F401
 
 
 def build_datamodule(config: DataConfig, img_size: int, seed: int) -> ImageDataModule:
