@@ -1,8 +1,11 @@
-"""The paper-claims table (``irpe_bench.report.findings``) on the committed digits_quick study, recomputed here
-with scipy on its trials.csv; verdict rules and bad claims files."""
+"""The paper-claims table (``irpe_bench.report.findings``) on the committed digits_quick study (real trials of a
+real tiny model), recomputed here with scipy on its trials.csv: the paired test, TOST, Holm inside the primary and
+the exploratory family, power at Holm's first step, grouping by config key, duplicate seeds, devices; verdict rules
+and bad claims files."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +14,9 @@ import yaml
 from scipy import stats
 
 from irpe_bench.report.findings import check_claims, main
+
+from ._independent import holm
+from ._independent_power import power_at, tost_p, tost_power_simulated
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "results" / "sweeps" / "digits_quick"
@@ -29,6 +35,18 @@ def _by_seed(variant):
                 if r["variant"] == variant and r["state"] == "COMPLETE"}
 
 
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def test_claims_recomputed_with_scipy_and_holm_over_the_file(root):
     spec = {"claims": [
         {"claim": "iRPE supplies position", "study": "quick", "a": IRPE, "b": NONE, "direction": "greater",
@@ -45,10 +63,80 @@ def test_claims_recomputed_with_scipy_and_holm_over_the_file(root):
     first = found[0].comparison
     assert first.test == "paired t" and first.n_pairs == 4
     assert first.delta_ci95 == pytest.approx([ci.low, ci.high]) and first.p_value == pytest.approx(r.pvalue)
-    assert [f.p_holm for f in found] == pytest.approx([min(1.0, 3 * r.pvalue)] * 3)  # equal p: Holm = 3p
-    assert [f.verdict for f in found][:2] == ["holds", "contradicted"]
-    assert found[2].verdict == "contradicted"  # a CI of +10.7..+22.9 lies outside ±1
-    assert found[0].mdd == pytest.approx(8.15, abs=0.01)  # the leaderboard's figure for this study
+    p_tost = tost_p([a[s] for s in seeds], [b[s] for s in seeds], 1.0)
+    assert found[2].p_tost == pytest.approx(p_tost, rel=1e-9)
+    assert [f.p_holm for f in found] == pytest.approx(holm([r.pvalue, r.pvalue, p_tost]))  # one family of 3
+    assert {f.family for f in found} == {"exploratory"} and {f.family_size for f in found} == {3}
+    assert [f.verdict for f in found] == ["holds", "contradicted", "not equivalent"]  # CI +10.7..+22.9 outside ±1
+    assert found[2].p_holm_diff == pytest.approx(holm([r.pvalue] * 3)[2])
+    d = [a[s] - b[s] for s in seeds]
+    assert found[0].alpha == pytest.approx(0.05 / 3)
+    assert power_at(found[0].mdd, stats.tstd(d), 4, 0.05 / 3) == pytest.approx(0.8, abs=1e-6)  # Holm-aware
+
+
+def test_tost_decides_equivalence_with_its_power_beside_it(root):
+    """A wide margin that the data meet: equivalent; a narrow one: not resolved, with TOST power and seeds, both
+    recomputed here (the power by a seeded simulation of 200,000 paired studies)."""
+    a, b = _by_seed(IRPE), _by_seed(NONE)
+    seeds = sorted(a)
+    d = [a[s] - b[s] for s in seeds]
+    spec = {"claims": [{"claim": "within 40", "study": "quick", "a": IRPE, "b": NONE, "direction": "equal",
+                        "margin": 40.0, "primary": True},
+                       {"claim": "within 15", "study": "quick", "a": IRPE, "b": NONE, "direction": "equal",
+                        "margin": 15.0, "primary": True}]}
+    wide, narrow = check_claims(spec, root)
+    ps = [tost_p([a[s] for s in seeds], [b[s] for s in seeds], m) for m in (40.0, 15.0)]
+    assert [wide.p_holm, narrow.p_holm] == pytest.approx(holm(ps))
+    assert wide.verdict == "equivalent within ±40" and wide.family == "primary"
+    assert narrow.verdict.startswith("not resolved (±15 margin; TOST power ")
+    assert "α = 0.05/2 (Holm's first step over 2 primary claims)" in narrow.verdict
+    sd = stats.tstd(d)
+    assert narrow.tost_power == pytest.approx(tost_power_simulated(sd, 4, 15.0, 0.025), abs=0.004)
+    n = narrow.tost_seeds
+    assert f"{n} pairs for 80 %" in narrow.verdict
+    assert tost_power_simulated(sd, n, 15.0, 0.025) >= 0.795 and tost_power_simulated(sd, n - 1, 15.0, 0.025) < 0.805
+
+
+def test_primary_and_exploratory_claims_are_adjusted_in_their_own_families(root):
+    a, b = _by_seed(IRPE), _by_seed(NONE)
+    seeds = sorted(a)
+    p = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue
+    claim = {"study": "quick", "a": IRPE, "b": NONE, "direction": "greater"}
+    spec = {"claims": [dict(claim, claim="headline", primary=True)] +
+            [dict(claim, claim=f"secondary {i}") for i in range(3)]}
+    head, *rest = check_claims(spec, root)
+    assert head.family == "primary" and head.family_size == 1 and head.p_holm == pytest.approx(p)
+    assert [f.p_holm for f in rest] == pytest.approx(holm([p] * 3)) and {f.family_size for f in rest} == {3}
+    assert power_at(head.mdd, stats.tstd([a[s] - b[s] for s in seeds]), 4, 0.05) == pytest.approx(0.8, abs=1e-6)
+    with pytest.raises(ValueError, match="primary='yes'; allowed: true or false"):
+        check_claims({"claims": [dict(claim, claim="x", primary="yes")]}, root)
+
+
+def test_rows_are_config_keys_a_seed_trained_twice_is_one_sample_and_devices_are_flagged(root):
+    rows = _rows(root / "quick" / "trials.csv")
+    again = dict(next(r for r in rows if r["variant"] == IRPE and r["seed"] == "0" and r["state"] == "COMPLETE"))
+    again["number"], again["test_acc1"] = "99", str(float(again["test_acc1"]) - 10.0)
+    rows.append(again)  # seed 0 of iRPE trained a second time, 10 points lower: one sample, the mean
+    for r in rows:
+        if r["variant"] == NONE and r["seed"] == "1":
+            r["device"] = "cpu: Intel Xeon (2 cores, AVX512) / 32-true / 32"
+    _write(root / "quick" / "trials.csv", rows)
+    (f,) = check_claims({"claims": [{"claim": "x", "study": "quick", "a": IRPE, "b": NONE,
+                                     "direction": "greater"}]}, root)
+    a, b = _by_seed(IRPE), _by_seed(NONE)
+    a[0] -= 5.0  # the mean of the two runs of seed 0
+    seeds = sorted(a)
+    r = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
+    assert f.n_a == 4 and f.comparison.n_pairs == 4 and f.comparison.p_value == pytest.approx(r.pvalue)
+    assert f.key_a == again["config_key"]
+    assert f.devices.startswith("⚠ pairs span devices: seeds 1 (") and "Intel Xeon" in f.devices
+    # a slug naming two configurations is refused, naming both config keys
+    other = dict(again, number="100", config_key="0123456789ab", seed="7")
+    _write(root / "quick" / "trials.csv", rows + [other])
+    with pytest.raises(ValueError, match="a='deit_tiny_ctx_product_50_shared_k_noabs' names 2 configurations") as e:
+        check_claims({"claims": [{"claim": "x", "study": "quick", "a": IRPE, "b": NONE,
+                                  "direction": "greater"}]}, root)
+    assert "0123456789ab" in str(e.value) and again["config_key"] in str(e.value)
 
 
 def test_an_equal_claim_is_not_resolved_when_its_ci_straddles_the_margin(root):
@@ -56,7 +144,7 @@ def test_an_equal_claim_is_not_resolved_when_its_ci_straddles_the_margin(root):
                         "margin": 15.0}]}
     (f,) = check_claims(spec, root)
     assert f.comparison.delta_ci95[0] < 15.0 < f.comparison.delta_ci95[1]
-    assert f.verdict.startswith("not resolved (±15 margin; minimum detectable difference")
+    assert f.verdict.startswith("not resolved (±15 margin; TOST power")
 
 
 @pytest.mark.parametrize("claim, message", [
@@ -82,6 +170,9 @@ def test_the_command_writes_the_table(root, capsys):
     table = (root / "findings.md").read_text()
     assert table == capsys.readouterr().out
     assert "| iRPE supplies position | quick |" in table and "**holds**" in table and "+16.78 [+10.68, +22.87]" in table
+    assert "TOST" in table and "## Secondary claims (exploratory" in table
+    data = json.loads((root / "findings.json").read_text())
+    assert data["findings"][0]["verdict"] == "holds" and data["findings"][0]["family"] == "exploratory"
 
 
 def test_a_partial_run_lists_unfinished_cells_as_pending_and_leaves_them_out_of_holm(root):

@@ -241,8 +241,8 @@ def test_markdown_header_tables_and_no_secrets(report, board):
                                                             "deit_tiny_ctx_product_50_shared_k"))
     rows = {ln.split(" | ")[1]: ln for ln in md.splitlines() if ln.startswith("| ") and " | deit_" in ln}
     lo, hi = _ci([76.0, 77.0, 81.0])
-    assert f"| 78.00 [{lo:.2f}, {hi:.2f}] | +7.00 [" in rows[cross.variant]
-    assert f"| 74.50 [{ctx.ci95[0]:.2f}, {ctx.ci95[1]:.2f}] | +4.00 [" in rows[ctx.variant]
+    assert f"| 78.00 [{lo:.2f}, {hi:.2f}] | 0 of 3 stalled | +7.00 [" in rows[cross.variant]
+    assert f"| 74.50 [{ctx.ci95[0]:.2f}, {ctx.ci95[1]:.2f}] | — | +4.00 [" in rows[ctx.variant]  # n < 3: no rule
     assert "| 0.81× |" in rows[ctx.variant] and "| 810 (800–820) |" in rows[ctx.variant]
     assert f"| {bias.rank_band} | {bias.variant} | 2 |" in rows[bias.variant]
     assert "| not resolved |" in rows[bias.variant] and "| paired t |" in rows[bias.variant]
@@ -251,7 +251,7 @@ def test_markdown_header_tables_and_no_secrets(report, board):
     assert "no such baseline" in md
     assert "| 13 | deit_tiny_ctx_product_50_shared_q | 0 | 3 | 45.25 | pruned at epoch 2 |" in md
     assert "CUDA out of memory" in md and "worker killed" not in md and "trial(s) 4" in md
-    assert "| 1–5 | deit_tiny_ctx_product_50_shared_k\\<noabs\\> | 1 | 73.00 | — |" in md  # no bare <noabs>
+    assert "| 1–5 | deit_tiny_ctx_product_50_shared_k\\<noabs\\> | 1 | 73.00 | — | — |" in md  # no bare <noabs>
     assert "![forest](forest.png)" in md and "![accuracy_by_variant](accuracy_by_variant.png)" in md
 
 

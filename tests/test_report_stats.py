@@ -26,9 +26,10 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from irpe_bench.report import collect, recompute, to_latex, write_report
-from irpe_bench.report.stats import compare, holm, min_detectable_difference
+from irpe_bench.report.stats import compare, holm, holm_worst_alpha, min_detectable_difference, seeds_needed
 
 from ._independent import holm as independent_holm
+from ._independent_power import bounded_ci, power_at
 
 DEVICE = "Intel(R) Xeon(R) Platinum 8488C (2 cores, 2 threads)"
 BASE = [95.00, 95.83, 94.72, 96.11, 95.28]
@@ -201,8 +202,7 @@ def test_rank_bands_from_holm_adjusted_pairwise_tests(board):
 
 
 def test_minimum_detectable_difference(board):
-    from statsmodels.stats.power import TTestPower
-
+    """At the level of the verdicts: Holm's first step over the 5 rows tested vs baseline (α = 0.05/5)."""
     base = VALUES[BASELINE]
     sds, ns = [], []
     for v, s in VALUES.items():
@@ -211,15 +211,26 @@ def test_minimum_detectable_difference(board):
             sds.append(np.std([s[k] - base[k] for k in common], ddof=1))
             ns.append(len(common))
     sd, n = math.sqrt(np.mean(np.square(sds))), min(ns)
-    d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=0.05, power=0.8, alternative="two-sided")
-    assert (board.mdd_n, board.mdd_rows) == (n, 4) and board.mdd_sd == pytest.approx(sd)
-    assert board.mdd == pytest.approx(d * sd)
-    # the same d from the noncentral t directly: power of the two-sided paired t-test is 0.8 there
-    crit = stats.t.ppf(0.975, n - 1)
-    nc = board.mdd / sd * math.sqrt(n)
-    power = stats.nct.sf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc)
-    assert power == pytest.approx(0.8, abs=1e-6)
+    assert (board.mdd_n, board.mdd_rows, board.mdd_family) == (n, 4, 5) and board.mdd_sd == pytest.approx(sd)
+    assert board.mdd_alpha == pytest.approx(0.05 / 5)
+    # power integrated over the sample SD (not the package's noncentral t): 0.8 at the MDD, at α = 0.05/5
+    assert power_at(board.mdd, sd, n, 0.05 / 5) == pytest.approx(0.8, abs=1e-6)
+    assert board.mdd > min_detectable_difference(sd, n)  # the α = 0.05 figure overstated what Holm can detect
     assert min_detectable_difference(sd, 1) is None
+
+
+def test_holm_worst_alpha_and_seeds_needed_against_an_independent_power():
+    assert holm_worst_alpha(30) == pytest.approx(0.05 / 30) and holm_worst_alpha(1) == 0.05
+    with pytest.raises(ValueError, match="m=0"):
+        holm_worst_alpha(0)
+    # the issue's figures: at n = 5, 1.68·SD at α = 0.05 and 4.19·SD at Holm's first step over 30
+    assert min_detectable_difference(1.0, 5) == pytest.approx(1.68, abs=0.005)
+    assert min_detectable_difference(1.0, 5, alpha=0.05 / 30) == pytest.approx(4.19, abs=0.005)
+    for sd, target, alpha in ((3.2, 1.0, 0.05), (3.2, 1.0, 0.05 / 30), (2.0, 1.5, 0.05 / 9)):
+        n = seeds_needed(sd, target, alpha)
+        assert power_at(target, sd, n, alpha) >= 0.8 > power_at(target, sd, n - 1, alpha)
+    assert seeds_needed(1.0, 100.0, 0.05) == 2 and seeds_needed(None, 1.0, 0.05) is None
+    assert seeds_needed(1.0, 1e-4, 0.05) is None  # beyond MAX_SEEDS
 
 
 def test_json_keys_recompute_and_header(report, board):
@@ -304,3 +315,45 @@ def test_a_seed_trained_twice_is_one_sample():
     st = study_stats({"b": twice, "r": rpe}, {"b": None, "r": "b"})
     assert st.groups["b"].n == 3 and st.groups["r"].test == "paired t" and st.groups["r"].n_pairs == 3
     assert st.groups["r"].delta == pytest.approx((10 + 4 + 6) / 3)
+
+
+def test_bounded_intervals_and_stalls_on_a_real_storage(tmp_path):
+    """One seed far below the others: the t interval of the baseline would pass 100 %; the row gets scipy's BCa
+    bootstrap interval instead, named in the header, and the run counts as stalled (its best validation top-1 is
+    more than 10 points below the row's median) — kept, not dropped."""
+    study, url = _open(tmp_path, "bounded")
+    base = {0: 98.0, 1: 98.5, 2: 97.5, 3: 60.0, 4: 98.2}
+    prod = {0: 98.4, 1: 98.9, 2: 97.9, 3: 75.0, 4: 98.6}
+    for seed, v in base.items():
+        _add(study, BASELINE, seed, v)
+    for seed, v in prod.items():
+        _add(study, "deit_tiny_ctx_product_50_shared_k", seed, v)
+    for seed, v in {0: 90.0, 1: 91.0}.items():  # two runs: the stall rule needs three
+        _add(study, "deit_tiny_ctx_cross_16_shared_k", seed, v)
+    out = write_report(optuna.load_study(study_name="bounded", storage=url), tmp_path / "report")
+    board = out["board"]
+    g, p = _g(board, BASELINE), _g(board, "deit_tiny_ctx_product_50_shared_k")
+    c = _g(board, "deit_tiny_ctx_cross_16_shared_k")
+    t_ci = stats.ttest_1samp(list(base.values()), 0.0).confidence_interval()
+    assert t_ci.high > 100.0  # what the Student t interval would say
+    assert g.ci95 == pytest.approx(bounded_ci(list(base.values())), abs=1e-9) and g.ci_method == "BCa bootstrap"
+    assert 0.0 <= g.ci95[0] <= g.mean <= g.ci95[1] <= 100.0 and g.n == 5  # the stalled seed is still in
+    assert c.ci_method == "Student t" and c.ci95 == pytest.approx(bounded_ci([90.0, 91.0]))
+    assert (g.stalled, g.stalled_seeds) == (1, [3]) and (p.stalled, p.stalled_seeds) == (1, [3])  # 75.8 < 98.6 - 10
+    assert (c.stalled, c.stalled_seeds) == (None, [])
+    assert p.delta_ci95 == pytest.approx(list(stats.ttest_rel(list(prod.values()), list(base.values()))
+                                              .confidence_interval()))  # differences stay paired t
+    md = out["markdown"]
+    rows = {ln.split(" | ")[1]: ln for ln in md.splitlines() if ln.startswith("| ") and " | deit_" in ln}
+    assert f"| {g.mean:.2f} [{g.ci95[0]:.2f}, {g.ci95[1]:.2f}]‡ | 1 of 5 stalled (seed 3) |" in rows[BASELINE]
+    assert "BCa bootstrap 95 % CI of the mean (scipy.stats.bootstrap, 9,999 resamples, seed 0)" in md
+    assert "**stalls**: a run is stalled when its best validation top-1" in md and "2 of 10 runs in 2 row(s)" in md
+    data = json.loads(Path(out["json"]).read_text(encoding="utf-8"))
+    jg = next(x for x in data["groups"] if x["variant"] == BASELINE)
+    assert (jg["stalled"], jg["stalled_seeds"], jg["ci_method"]) == (1, [3], "BCa bootstrap")
+    assert data["stall_margin"] == 10.0
+    with open(out["csv"], encoding="utf-8") as fh:
+        header = fh.readline().strip().split(",")
+    assert {"stalled", "stalled_seeds", "ci_method"} <= set(header)
+    again = recompute(out["trials_csv"], out["json"])
+    assert again[g.config_key]["ci95"] == jg["ci95"]

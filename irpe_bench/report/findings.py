@@ -1,33 +1,49 @@
 """The paper's claims checked against committed studies: Δ with its 95 % CI, Holm-adjusted p, n and a verdict.
 
-A claim compares two rows (variants, by their slug) of one committed study — the leaderboard's own baseline
-rule is not needed, so a claim may compare any two cells, e.g. iRPE without absolute positions against the
-baseline with them (the paper's "RPE replaces absolute PE"). Seeds pair the two rows (:func:`.stats.compare`:
-paired t on the common seeds, Welch otherwise). The claims of one file share one Holm adjustment.
+A claim compares two rows of one committed study, named by variant slug and resolved to the ``config_key`` the
+leaderboard groups by (a slug that names several config keys in a study is an error naming them). As on the
+leaderboard, a seed trained twice in one row is one sample, the mean of its runs (:func:`.stats.one_per_seed`).
+The leaderboard's own baseline rule is not needed, so a claim may compare any two cells, e.g. iRPE without
+absolute positions against the baseline with them (the paper's "RPE replaces absolute PE"). Seeds pair the two
+rows (:func:`.stats.compare`: paired t on the common seeds, Welch otherwise). A comparison whose pairs ran on
+different device strings (CPU model and ISA, GPU, precision) is flagged: the same seed can train to another
+accuracy on another machine, so such pairs mix machine with method.
 
-Verdicts, for the claim's direction:
+**Families.** Claims marked ``primary: true`` are the confirmatory family; the others the exploratory one.
+Holm's adjustment runs inside each family over the claims that have a test; a claim's p is that of its own
+test: the two-sided paired t-test for ``greater``, TOST (:mod:`.equivalence`) for ``equal``. Power is planned
+at the level of Holm's first step over the family (α = 0.05/m: the smallest p must pass it), so the minimum
+detectable difference and the TOST power say what the verdict itself can detect.
 
-* ``greater`` (a > b): **holds** when Holm's p < 0.05 and Δ > 0; **contradicted** when p < 0.05 and Δ < 0;
-  otherwise **not resolved**, with the difference this comparison could detect (80 % power).
-* ``equal`` (a ≈ b within ``margin`` points): **holds** when the whole 95 % CI lies inside ±margin;
-  **contradicted** when Holm's p < 0.05 and the CI lies outside ±margin; otherwise **not resolved**.
+Verdicts:
+
+* ``greater`` (a > b): **holds** when Holm's p < 0.05 and Δ > 0; **contradicted** when Holm's p < 0.05 and
+  Δ < 0; otherwise **not resolved**, with the minimum detectable difference (80 % power) at the family's α.
+* ``equal`` (|a − b| < ``margin`` points): **equivalent within ±m** when TOST's Holm p < 0.05; **not equivalent**
+  when the 95 % CI of Δ lies entirely outside [−m, +m] and the two-sided difference test's Holm p < 0.05 (Holm
+  over the same family with this claim's TOST p replaced by its difference p); otherwise **not resolved**, with
+  TOST's power at this n and the seeds it needs for 80 % (true Δ = 0, the observed paired SD, the family's α).
 
 The claims file (YAML, read with ``yaml.safe_load``) lists ``claims:`` with ``claim`` (text), ``study`` (a folder
 holding ``trials.csv``, relative to the file), ``a`` and ``b`` (variant slugs), ``direction``, optional
-``margin`` and ``paper`` (the paper's number, as text). ``metric`` (a ``trials.csv`` column) defaults to
-``test_acc1``; ``min_seeds`` (default 5) is what a cell needs before a ``--partial`` run reports on it.
+``margin``, ``paper`` (the paper's number, as text) and ``primary`` (bool, default false). ``metric`` (a
+``trials.csv`` column) defaults to ``test_acc1``; ``min_seeds`` (default 5) is what a cell needs before a
+``--partial`` run reports on it.
 """
 from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .stats import ALPHA, Comparison, compare, holm, min_detectable_difference
+from .equivalence import tost_p, tost_p_welch, tost_power, tost_seeds_needed
+from .stats import ALPHA, PAIRED, Comparison, compare, holm, holm_worst_alpha, min_detectable_difference, one_per_seed
 
 DIRECTIONS = ("greater", "equal")
+PRIMARY, EXPLORATORY = "primary", "exploratory"
+PENDING = "pending (the study has not finished this cell)"
 
 
 @dataclass(frozen=True)
@@ -42,40 +58,119 @@ class Finding:
     n_a: int
     n_b: int
     comparison: Comparison
-    p_holm: Optional[float]
-    mdd: Optional[float]
+    p_holm: Optional[float]  # Holm over the claim's family, of its own test (TOST for ``equal``)
+    mdd: Optional[float]  # ``greater``: minimum detectable difference at ``alpha``
     verdict: str
+    family: str = EXPLORATORY  # PRIMARY | EXPLORATORY
+    family_size: int = 0  # claims with a test in the family: Holm's m
+    alpha: Optional[float] = None  # Holm's first step over the family, 0.05 / family_size
+    key_a: Optional[str] = None  # the config keys the slugs resolved to
+    key_b: Optional[str] = None
+    p_tost: Optional[float] = None  # ``equal``: TOST's unadjusted p
+    p_holm_diff: Optional[float] = None  # ``equal``: the difference test's Holm p (for "not equivalent")
+    tost_power: Optional[float] = None  # ``equal``: TOST's power at this n, true Δ = 0, the observed paired SD
+    tost_seeds: Optional[int] = None  # ``equal``: pairs for 80 % TOST power (None: beyond stats.MAX_SEEDS)
+    devices: Optional[str] = None  # the warning when pairs ran on different device strings
 
 
-def _values(trials_csv: Path, metric: str) -> Dict[str, List[Tuple[Optional[int], float]]]:
-    out: Dict[str, List[Tuple[Optional[int], float]]] = {}
+Runs = List[Tuple[Optional[int], float, str]]  # (seed, value, device) per COMPLETE trial
+
+
+@dataclass(frozen=True)
+class _Study:
+    runs: Dict[str, Runs]  # config key → its runs
+    keys_of: Dict[str, List[str]]  # variant slug → the config keys it names
+
+
+def _load(trials_csv: Path, metric: str) -> _Study:
+    runs: Dict[str, Runs] = {}
+    keys_of: Dict[str, List[str]] = {}
     with open(trials_csv, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             if row["state"] == "COMPLETE" and row.get(metric, "") != "":
+                key = row.get("config_key") or f"trial-{row['number']}"
                 seed = int(row["seed"]) if row["seed"] != "" else None
-                out.setdefault(row["variant"], []).append((seed, float(row[metric])))
-    return out
+                runs.setdefault(key, []).append((seed, float(row[metric]), row.get("device") or ""))
+                if key not in keys_of.setdefault(row["variant"], []):
+                    keys_of[row["variant"]].append(key)
+    return _Study(runs, {k: sorted(v) for k, v in keys_of.items()})
+
+
+def _pairs(runs: Runs) -> List[Tuple[Optional[int], float]]:
+    return one_per_seed([(s, v) for s, v, _ in runs])
+
+
+def _device_warning(a: Runs, b: Runs, c: Comparison) -> Optional[str]:
+    """"⚠ pairs span devices: …" when a seed's two runs (or, unpaired, the two rows) ran on different devices."""
+    dev_a: Dict[Optional[int], set] = {}
+    dev_b: Dict[Optional[int], set] = {}
+    for runs, out in ((a, dev_a), (b, dev_b)):
+        for s, _, d in runs:
+            out.setdefault(s, set()).add(d)
+    if c.test == PAIRED:
+        bad = sorted(s for s in set(dev_a) & set(dev_b) if s is not None and len(dev_a[s] | dev_b[s]) > 1)
+        if not bad:
+            return None
+        seen = sorted(set().union(*(dev_a[s] | dev_b[s] for s in bad)))
+        return f"⚠ pairs span devices: seeds {', '.join(map(str, bad))} ({' vs '.join(seen)})"
+    seen = sorted(set().union(*dev_a.values(), *dev_b.values()))
+    return f"⚠ pairs span devices: {' vs '.join(seen)}" if len(seen) > 1 else None
+
+
+def _resolve(where: str, study: str, data: _Study, side: str, slug: str) -> Optional[str]:
+    keys = data.keys_of.get(slug, [])
+    if len(keys) > 1:
+        raise ValueError(f"{where}: {side}={slug!r} names {len(keys)} configurations in {study!r} (config keys "
+                         f"{keys}); a claim compares two configurations: give the study one config per slug")
+    return keys[0] if keys else None
+
+
+def _diffs(a: Sequence[Tuple[Optional[int], float]], b: Sequence[Tuple[Optional[int], float]]) -> List[float]:
+    sa, sb = dict(a), dict(b)
+    return [sa[s] - sb[s] for s in sorted(set(sa) & set(sb), key=lambda x: (x is None, x or 0))]
 
 
 def _verdict(direction: str, c: Comparison, p_holm: Optional[float], margin: Optional[float],
-             mdd: Optional[float]) -> str:
+             f: Finding) -> str:
     if c.delta_ci95 is None or p_holm is None:
         return "not resolved (no test: fewer than 2 runs per row)"
-    low, high = c.delta_ci95
-    significant = p_holm < ALPHA
-    detect = f"minimum detectable difference {mdd:.2f}" if mdd is not None else "no paired spread"
+    level = _alpha_text(f)
     if direction == "greater":
-        if significant:
+        if p_holm < ALPHA:
             return "holds" if c.delta > 0 else "contradicted"
+        detect = f"minimum detectable difference {f.mdd:.2f} at {level}" if f.mdd is not None else "no paired spread"
         return f"not resolved ({detect})"
-    if -margin <= low and high <= margin:
-        return "holds"
-    if significant and (low > margin or high < -margin):
-        return "contradicted"
-    return f"not resolved (±{margin:g} margin; {detect})"
+    if p_holm < ALPHA:
+        return f"equivalent within ±{margin:g}"
+    low, high = c.delta_ci95
+    if (low > margin or high < -margin) and f.p_holm_diff is not None and f.p_holm_diff < ALPHA:
+        return "not equivalent"
+    if f.tost_power is None:
+        return f"not resolved (±{margin:g} margin; TOST power not estimated: no paired spread)"
+    need = f"{f.tost_seeds} pairs for 80 %" if f.tost_seeds is not None else "80 % needs more than any study runs"
+    return (f"not resolved (±{margin:g} margin; TOST power {f.tost_power:.2f} at n = {c.n_pairs}, {need}, "
+            f"at {level})")
 
 
-PENDING = "pending (the study has not finished this cell)"
+def _alpha_text(f: Finding) -> str:
+    what = "primary claims" if f.family == PRIMARY else "exploratory claims"
+    if f.family_size <= 1:
+        return f"α = 0.05 (one {what[:-1]})"
+    return f"α = 0.05/{f.family_size} (Holm's first step over {f.family_size} {what})"
+
+
+def _validate(i: int, c: Mapping[str, Any]) -> str:
+    where = f"claims[{i}] ({c.get('claim', '?')!r})"
+    missing = [k for k in ("claim", "study", "a", "b", "direction") if k not in c]
+    if missing:
+        raise ValueError(f"{where}: missing {missing}")
+    if c["direction"] not in DIRECTIONS:
+        raise ValueError(f"{where}: direction={c['direction']!r}; allowed: {list(DIRECTIONS)}")
+    if c["direction"] == "equal" and not (isinstance(c.get("margin"), (int, float)) and c["margin"] > 0):
+        raise ValueError(f"{where}: direction 'equal' needs margin: <points > 0>, got {c.get('margin')!r}")
+    if not isinstance(c.get("primary", False), bool):
+        raise ValueError(f"{where}: primary={c['primary']!r}; allowed: true or false")
+    return where
 
 
 def check_claims(spec: Mapping[str, Any], root: Path, partial: bool = False) -> List[Finding]:
@@ -90,42 +185,72 @@ def check_claims(spec: Mapping[str, Any], root: Path, partial: bool = False) -> 
     claims = spec.get("claims") or []
     if not claims:
         raise ValueError("claims: the file lists no claims")
-    loaded: Dict[str, Dict[str, List[Tuple[Optional[int], float]]]] = {}
+    loaded: Dict[str, _Study] = {}
     rows = []
     for i, c in enumerate(claims):
-        where = f"claims[{i}] ({c.get('claim', '?')!r})"
-        missing = [k for k in ("claim", "study", "a", "b", "direction") if k not in c]
-        if missing:
-            raise ValueError(f"{where}: missing {missing}")
-        if c["direction"] not in DIRECTIONS:
-            raise ValueError(f"{where}: direction={c['direction']!r}; allowed: {list(DIRECTIONS)}")
-        if c["direction"] == "equal" and not isinstance(c.get("margin"), (int, float)):
-            raise ValueError(f"{where}: direction 'equal' needs margin: <points>")
+        where = _validate(i, c)
         trials = root / c["study"] / "trials.csv"
         if not trials.is_file():
             raise ValueError(f"{where}: study={c['study']!r} has no trials.csv at {str(trials)!r}")
-        values = loaded.setdefault(c["study"], _values(trials, metric))
-        short = [side for side in ("a", "b") if len(values.get(c[side], [])) < (min_seeds if partial else 1)]
+        data = loaded.setdefault(c["study"], _load(trials, metric))
+        keys = {side: _resolve(where, c["study"], data, side, c[side]) for side in ("a", "b")}
+        pairs = {side: _pairs(data.runs[k]) if k else [] for side, k in keys.items()}
+        short = [side for side in ("a", "b") if len(pairs[side]) < (min_seeds if partial else 1)]
         if short and not partial:
             raise ValueError(f"{where}: {short[0]}={c[short[0]]!r} is not a complete variant of {c['study']!r}; "
-                             f"variants there: {sorted(values)}")
-        rows.append((c, None if short else values[c["a"]], None if short else values[c["b"]]))
-    comparisons = [None if a is None else compare(a, b) for _, a, b in rows]
-    tested = [i for i, cmp in enumerate(comparisons) if cmp is not None and cmp.p_value is not None]
-    adjusted = dict(zip(tested, holm([comparisons[i].p_value for i in tested])))
-    out = []
-    for i, ((c, a, b), cmp) in enumerate(zip(rows, comparisons)):
-        margin = float(c["margin"]) if c.get("margin") is not None else None
-        paper = None if c.get("paper") is None else str(c["paper"])
-        if cmp is None:
-            out.append(Finding(c["claim"], c["study"], c["a"], c["b"], c["direction"], margin, paper, 0, 0,
-                               Comparison(None, None, float("nan"), None, None, None), None, None, PENDING))
+                             f"variants there: {sorted(data.keys_of)}")
+        rows.append((c, keys, None if short else pairs, data))
+    findings = [_finding(c, keys, pairs, data) for c, keys, pairs, data in rows]
+    return _adjust(findings)
+
+
+def _finding(c: Mapping[str, Any], keys: Mapping[str, Optional[str]], pairs, data: _Study) -> Finding:
+    margin = float(c["margin"]) if c.get("margin") is not None else None
+    paper = None if c.get("paper") is None else str(c["paper"])
+    family = PRIMARY if c.get("primary", False) else EXPLORATORY
+    base = dict(claim=c["claim"], study=c["study"], a=c["a"], b=c["b"], direction=c["direction"], margin=margin,
+                paper=paper, family=family, key_a=keys["a"], key_b=keys["b"])
+    if pairs is None:
+        return Finding(**base, n_a=0, n_b=0, comparison=Comparison(None, None, float("nan"), None, None, None),
+                       p_holm=None, mdd=None, verdict=PENDING)
+    cmp = compare(pairs["a"], pairs["b"])
+    p_tost = None
+    if c["direction"] == "equal" and cmp.test == PAIRED:
+        p_tost = tost_p(_diffs(pairs["a"], pairs["b"]), margin)
+    elif c["direction"] == "equal" and cmp.test is not None:
+        p_tost = tost_p_welch([v for _, v in pairs["a"]], [v for _, v in pairs["b"]], margin)
+    return Finding(**base, n_a=len(pairs["a"]), n_b=len(pairs["b"]), comparison=cmp, p_holm=None, mdd=None,
+                   verdict="", p_tost=p_tost,
+                   devices=_device_warning(data.runs[keys["a"]], data.runs[keys["b"]], cmp))
+
+
+def _own_p(f: Finding) -> Optional[float]:
+    return f.p_tost if f.direction == "equal" else f.comparison.p_value
+
+
+def _adjust(findings: List[Finding]) -> List[Finding]:
+    """Holm inside each family; power at the family's first step; then the verdicts."""
+    out = list(findings)
+    for family in (PRIMARY, EXPLORATORY):
+        idx = [i for i, f in enumerate(out) if f.family == family and f.verdict != PENDING and _own_p(f) is not None]
+        if not idx:
             continue
-        mdd = min_detectable_difference(cmp.sd_diff, cmp.n_pairs) if cmp.sd_diff is not None else None
-        out.append(Finding(
-            claim=c["claim"], study=c["study"], a=c["a"], b=c["b"], direction=c["direction"], margin=margin,
-            paper=paper, n_a=len(a), n_b=len(b), comparison=cmp,
-            p_holm=adjusted.get(i), mdd=mdd, verdict=_verdict(c["direction"], cmp, adjusted.get(i), margin, mdd)))
+        own = holm([_own_p(out[i]) for i in idx])
+        diff = holm([out[i].comparison.p_value for i in idx])  # every slot holding the difference test's p
+        alpha = holm_worst_alpha(len(idx))
+        for i, p, pd in zip(idx, own, diff):
+            f, c = out[i], out[i].comparison
+            f = replace(f, p_holm=p, family_size=len(idx), alpha=alpha)
+            if f.direction == "greater":
+                f = replace(f, mdd=min_detectable_difference(c.sd_diff, c.n_pairs, alpha=alpha))
+            else:
+                f = replace(f, p_holm_diff=pd, tost_power=tost_power(c.sd_diff, c.n_pairs, f.margin, alpha),
+                            tost_seeds=tost_seeds_needed(c.sd_diff, f.margin, alpha) if c.sd_diff is not None
+                            else None)
+            out[i] = replace(f, verdict=_verdict(f.direction, c, p, f.margin, f))
+    for i, f in enumerate(out):
+        if not f.verdict:
+            out[i] = replace(f, verdict=_verdict(f.direction, f.comparison, None, f.margin, f))
     return out
 
 
@@ -133,24 +258,80 @@ def _num(x: Optional[float], fmt: str = "{:+.2f}") -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
-def to_markdown(findings: List[Finding], metric: str = "test_acc1") -> str:
-    """The findings table: claim, paper, ours (Δ [95 % CI], Holm p, n), verdict."""
-    lines = [f"| claim | study | a − b | paper (ImageNet) | Δ {metric} [95 % CI] | p (Holm) | test, n | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+METHOD_NOTE = (
+    "a − b of {metric} (%), paired over seeds (paired t; Welch where seeds do not pair), rows resolved from their "
+    "variant slugs to config keys, a seed trained twice averaged. Claims marked primary (the paper's headline "
+    "claims) form the confirmatory family; the others are exploratory and adjusted in their own family. Holm's "
+    "adjustment runs inside each family, over each claim's own test: the two-sided paired t-test for a > b, "
+    "TOST (two one-sided paired t-tests against ±margin, p = the larger) for a ≈ b. a > b holds when Holm's "
+    "p < 0.05 and Δ > 0; a ≈ b is equivalent within ±m when TOST's Holm p < 0.05, not equivalent when the 95 % CI "
+    "lies outside ±m and the difference test's Holm p < 0.05. Power is at Holm's first step over the family "
+    "(α = 0.05/m): the minimum detectable difference (80 % power) for a > b, and for a ≈ b TOST's power at this n "
+    "and the pairs it needs for 80 % (true Δ = 0, the observed paired SD; exact noncentral computation, "
+    "irpe_bench/report/equivalence.py). ⚠ marks pairs whose two runs ran on different devices."
+)
+
+
+def _table(findings: Sequence[Finding], metric: str) -> List[str]:
+    lines = [f"| claim | study | a − b | paper (ImageNet) | Δ {metric} [95 % CI] | p (Holm; TOST for ≈) | test, n | "
+             "verdict |", "|---|---|---|---|---|---|---|---|"]
     for f in findings:
         c = f.comparison
         ci = "" if c.delta_ci95 is None else f" [{c.delta_ci95[0]:+.2f}, {c.delta_ci95[1]:+.2f}]"
         n = f"{c.test or 'no test'}, n = {c.n_pairs} pairs" if c.n_pairs else f"{c.test or 'no test'}, " \
             f"n = {f.n_a} / {f.n_b}"
+        if f.devices:
+            n += f"; {f.devices}"
         if f.verdict == PENDING:
             n = "—"
+        p = _num(f.p_holm, "{:.3g}")
+        if f.direction == "equal" and f.p_holm is not None:
+            p = f"TOST {p}"
         lines.append(f"| {f.claim} | {f.study} | `{f.a}` − `{f.b}` | {f.paper or '—'} | {_num(c.delta)}{ci} | "
-                     f"{_num(f.p_holm, '{:.3g}')} | {n} | **{f.verdict}** |")
-    return "\n".join(lines) + "\n"
+                     f"{p} | {n} | **{f.verdict}** |")
+    return lines
+
+
+def _family_head(findings: Sequence[Finding], family: str) -> str:
+    members = [f for f in findings if f.family == family]
+    m = max((f.family_size for f in members), default=0)
+    if family == PRIMARY:
+        return f"## Primary claims (confirmatory; Holm over {m}, α = 0.05/{m} at its first step)"
+    return f"## Secondary claims (exploratory; Holm over {m} in their own family, α = 0.05/{m} at its first step)"
+
+
+def to_markdown(findings: List[Finding], metric: str = "test_acc1") -> str:
+    """The findings: the method note, then one table per family (primary first): claim, paper, ours
+    (Δ [95 % CI], Holm p, n), verdict."""
+    out = ["# The paper's claims against the committed studies", "", METHOD_NOTE.format(metric=metric)]
+    for family in (PRIMARY, EXPLORATORY):
+        members = [f for f in findings if f.family == family]
+        if members:
+            out += ["", _family_head(findings, family), ""] + _table(members, metric)
+    return "\n".join(out) + "\n"
+
+
+def to_json(findings: List[Finding], metric: str = "test_acc1") -> str:
+    """Every finding as data (``findings.json`` beside the table): what tests and READMEs check numbers against."""
+    import json
+    from dataclasses import asdict
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and math.isnan(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    data = {"metric": metric, "alpha": ALPHA, "findings": [clean(asdict(f)) for f in findings]}
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m irpe_bench.report.findings CLAIMS.yaml [OUT.md]``: print (and write) the findings table."""
+    """``python -m irpe_bench.report.findings CLAIMS.yaml [OUT.md]``: print (and write, with ``OUT.json`` beside
+    it) the findings."""
     import argparse
 
     import yaml
@@ -162,10 +343,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="studies still running: claims on unfinished cells are listed as pending")
     args = p.parse_args(argv)
     spec = yaml.safe_load(args.claims.read_text(encoding="utf-8")) or {}
-    table = to_markdown(check_claims(spec, args.claims.parent, partial=args.partial), spec.get("metric", "test_acc1"))
+    metric = spec.get("metric", "test_acc1")
+    findings = check_claims(spec, args.claims.parent, partial=args.partial)
+    table = to_markdown(findings, metric)
     print(table, end="")
     if args.out is not None:
         args.out.write_text(table, encoding="utf-8")
+        args.out.with_suffix(".json").write_text(to_json(findings, metric), encoding="utf-8")
     return 0
 
 

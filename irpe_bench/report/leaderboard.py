@@ -4,7 +4,9 @@ Why it is built the way it is:
 
 * **Groups, not trials.** A variant's accuracy is only meaningful across seeds, so COMPLETE trials are grouped
   by the ``config_key`` the objective stores (the resolved config minus the seed) and reported with n, mean and
-  Student-t 95 % CI (``stats``); none for a single seed, where a spread cannot be estimated.
+  Student-t 95 % CI (``stats``; the BCa bootstrap where a t interval would leave [0, 100]); none for a single
+  seed, where a spread cannot be estimated. Stalled runs (``stalls.py``: best validation top-1 more than 10
+  points below the row's median) are counted per row and named, never dropped.
 * **An unbiased metric.** Rows rank by ``test/acc1`` (the held-out test split at the epoch chosen on
   validation) when every complete trial has it; otherwise by the trial value, the best-over-epochs validation
   accuracy, and the board says it is optimistic. The order is mean, then config key (never speed); what the
@@ -13,7 +15,8 @@ Why it is built the way it is:
   equals its own on every key except ``model.rpe*`` and ``seed``. Anything else (a different epoch count,
   ``abs_pos``, dataset) would credit iRPE with an effect it did not cause, so then there is no Δ at all.
   The difference is a paired t-test over common seeds (Welch's where seeds do not pair), Holm-adjusted across
-  the study's rows. Speed ratios (medians) further need both groups timed on one and the same device key.
+  the study's rows; the minimum detectable difference is at Holm's first step over those rows (0.05 / m).
+  Speed ratios (medians) further need both groups timed on one and the same device key.
 * **Accuracy against cost** (several objectives, constraints, repeated seeds): read by ``objectives.py``; the
   Pareto front is over group means with the ranking metric for accuracy, and each seed of a repeated trial is one
   sample (one ``trials.csv`` row). A study without them gets the board it always got.
@@ -34,7 +37,9 @@ from .. import keys as K
 from ..keys import DISCARDED
 from ..redact import redact
 from . import objectives as O
-from .stats import GroupStats, study_stats
+from .intervals import ACCURACY_BOUNDS
+from .stalls import STALL_MARGIN, stalled
+from .stats import GroupStats, one_per_seed, study_stats
 
 IGNORED_FOR_BASELINE = ("model.rpe", "seed")  # keys (and their dotted children) a baseline may differ in
 
@@ -121,9 +126,12 @@ class GroupRow:
     seeds: List[int]
     mean: float  # the ranking metric over seeds
     sd: Optional[float]  # sample SD (n - 1); None when n == 1
-    ci95: Optional[List[float]]  # Student-t 95 % CI of the mean; None when n == 1
+    ci95: Optional[List[float]]  # 95 % CI of the mean (ci_method); None when n == 1
+    ci_method: Optional[str]  # "Student t", or "BCa bootstrap" where the t interval leaves [0, 100]
     acc1_best_mean: float  # the trial value: best-over-epochs validation acc1 (optimistic)
     acc1_best_std: Optional[float]
+    stalled: Optional[int]  # runs whose best val acc1 is > STALL_MARGIN below the row's median; None for n < 3
+    stalled_seeds: List[int]  # their seeds
     acc1_final_mean: Optional[float]  # validation acc1 at the final epoch
     test_acc5_mean: Optional[float]
     params: Optional[int]
@@ -165,10 +173,13 @@ class Leaderboard:
     optimistic: bool = False  # True when the metric is the validation accuracy that also chose the epoch
     metric_note: Optional[str] = None  # why the metric fell back
     has_uncertainty: bool = False  # False for a one-seed study: no CI, no test, every band 1–N
-    mdd: Optional[float] = None  # minimum detectable paired difference at 80 % power (metric units)
+    mdd: Optional[float] = None  # minimum detectable paired difference at 80 % power, level mdd_alpha (metric units)
+    mdd_alpha: Optional[float] = None  # Holm's first step over the rows tested vs baseline: 0.05 / mdd_family
+    mdd_family: int = 0  # rows with a p-value vs baseline (the family Holm adjusts over)
     mdd_sd: Optional[float] = None  # root-mean-square of the rows' paired-difference SDs vs baseline
     mdd_n: Optional[int] = None  # pairs assumed (smallest n_pairs of those rows)
     mdd_rows: int = 0  # rows pooled into mdd_sd
+    stall_margin: float = STALL_MARGIN  # the stall rule's margin (points of best val acc1 below the row median)
     # multi-objective studies only: [{key: GroupRow field, direction, metric, optimised}] (``objectives.py``)
     objectives: Optional[List[Dict[str, str]]] = None
     constraints: Optional[List[str]] = None  # constrained studies only: the constraint texts
@@ -322,8 +333,17 @@ def _verdict(s: GroupStats) -> Optional[str]:
     return "higher" if s.delta > 0 else "lower"
 
 
+def _stalls(rows: Sequence[TrialRow]) -> Tuple[Optional[int], List[int]]:
+    """Stalled runs of a row by the ``stalls`` rule, on best validation top-1, one sample per seed."""
+    runs = one_per_seed([(r.seed, r.acc1_best if r.acc1_best is not None else r.value) for r in rows
+                         if (r.acc1_best if r.acc1_best is not None else r.value) is not None])
+    seeds = stalled(runs)
+    return (None, []) if seeds is None else (len(seeds), [x for x in seeds if x is not None])
+
+
 def _group(key: str, trials: List[Tuple[FrozenTrial, TrialRow]], s: GroupStats) -> GroupRow:
     rows = [r for _, r in trials]
+    n_stalled, stalled_seeds = _stalls(rows)
     config = dict(trials[0][0].user_attrs.get("config") or {})
     best = [r.value for r in rows]
     devices = {r.device for r in rows}
@@ -333,7 +353,8 @@ def _group(key: str, trials: List[Tuple[FrozenTrial, TrialRow]], s: GroupStats) 
         rank=s.rank, rank_band=s.rank_band, band=list(s.band), variant=rows[0].variant, config_key=key,
         baseline=rows[0].baseline, **_rpe_columns(config), abs_pos=config.get("model.abs_pos"), n=s.n,
         seeds=list(dict.fromkeys(r.seed for r in rows if r.seed is not None)), mean=s.mean, sd=s.sd, ci95=s.ci95,
-        acc1_best_mean=statistics.fmean(best), acc1_best_std=_sample_std(best),
+        ci_method=s.ci_method, acc1_best_mean=statistics.fmean(best), acc1_best_std=_sample_std(best),
+        stalled=n_stalled, stalled_seeds=stalled_seeds,
         acc1_final_mean=_mean(r.acc1_final for r in rows), test_acc5_mean=_mean(r.test_acc5 for r in rows),
         params=_first(r.params for r in rows), macs=_first(r.macs for r in rows),
         train_img_s=train, train_img_s_range=train_range, infer_img_s=infer, infer_img_s_range=infer_range,
@@ -383,7 +404,7 @@ def collect(study: optuna.Study) -> Leaderboard:
         by_key.setdefault(r.config_key or f"trial-{t.number}", []).append((t, r))
     baseline_of = _baselines(by_key)
     st = study_stats({k: [(r.seed, metric_value(r, metric)) for _, r in v] for k, v in by_key.items()},
-                     baseline_of)
+                     baseline_of, ACCURACY_BOUNDS)
     groups = [_group(k, by_key[k], s) for k, s in st.groups.items()]  # rank order
     by_config = {g.config_key: g for g in groups}
     for g in groups:
@@ -414,6 +435,7 @@ def collect(study: optuna.Study) -> Leaderboard:
         sweep=dict(study.user_attrs.get("sweep") or {}), counts=counts, metric=metric,
         metric_label=METRIC_LABELS[metric], optimistic=metric == METRIC_VAL_BEST, metric_note=why,
         has_uncertainty=st.has_uncertainty, mdd=st.mdd, mdd_sd=st.mdd_sd, mdd_n=st.mdd_n, mdd_rows=st.mdd_rows,
+        mdd_alpha=st.mdd_alpha, mdd_family=st.mdd_family,
         objectives=[asdict(o) for o in goals.objectives] if goals.multi else None,
         constraints=list(goals.constraints) or None, repeats=goals.repeats if goals.repeats > 1 else None,
         groups=groups, trials=[r for _, r in samples if r.number not in {d.number for d in discarded}],

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from ..redact import redact
+from .intervals import N_RESAMPLES, SEED, T_CI
 from .leaderboard import GroupRow, Leaderboard, TrialRow
 from .objectives import objective_label
+from .stalls import STALL_MIN_RUNS, stall_text
 
 DASH = "—"
 REASON_CHARS = 160  # Markdown/HTML show the head of a traceback; CSV and JSON keep all of it
@@ -146,7 +148,8 @@ def ranking_table(board: Leaderboard) -> Table:
     show_val = not board.optimistic  # otherwise the metric column already is the optimistic number
     head = ["band", "variant", "n"] + (["Pareto"] if board.objectives else []) + (
         ["feasible"] if board.constraints else [])
-    head += [f"{board.metric_label} mean [95 % CI]", "Δ vs baseline [95 % CI]", "p (Holm)", "test", "vs baseline"]
+    head += [f"{board.metric_label} mean [95 % CI]", "stalled (val)", "Δ vs baseline [95 % CI]", "p (Holm)", "test",
+             "vs baseline"]
     head += ["val acc1 best (optimistic)"] if show_val else []
     head += ["params", "train img/s median (min–max)", "×base train"]
     extra = _extra_costs(board)
@@ -155,7 +158,7 @@ def ranking_table(board: Leaderboard) -> Table:
     rows = []
     for g in board.groups:
         delta = "reference" if g.config_key in refs else _signed(g.delta) + _ci(g.delta_ci95, signed=True)
-        row = [g.rank_band, g.variant, str(g.n), *_goal_cells(board, g), _f(g.mean) + _ci(g.ci95), delta,
+        row = [g.rank_band, g.variant, str(g.n), *_goal_cells(board, g), _mean_cell(g), _stall_cell(g), delta,
                _p(g.p_holm), _test(g), _text(g.verdict)]
         row += [_f(g.acc1_best_mean)] if show_val else []
         row += [_si(g.params), _spread(g.train_img_s, g.train_img_s_range), _ratio(g.train_speed)]
@@ -163,6 +166,45 @@ def ranking_table(board: Leaderboard) -> Table:
         row.append(" ".join(map(str, g.trials)))
         rows.append(row)
     return head, rows
+
+
+BOOT_MARK = "‡"  # a row whose CI is the bootstrap's (its t interval would leave [0, 100])
+
+
+def _mean_cell(g: GroupRow) -> str:
+    mark = BOOT_MARK if g.ci_method not in (None, T_CI) else ""
+    return _f(g.mean) + _ci(g.ci95) + mark
+
+
+def _stall_cell(g: GroupRow) -> str:
+    return _text(stall_text(g.stalled, g.n, g.stalled_seeds))
+
+
+def interval_text(board: Leaderboard) -> str:
+    """How the per-row and the difference intervals were made (named in the header)."""
+    boot = [g.variant for g in board.groups if g.ci_method not in (None, T_CI)]
+    text = ("per row, the Student-t 95 % CI of the mean where it lies inside [0, 100]; where it does not, the BCa "
+            f"bootstrap 95 % CI of the mean (scipy.stats.bootstrap, {N_RESAMPLES:,} resamples, seed {SEED}), "
+            f"marked {BOOT_MARK}: ")
+    text += (", ".join(boot) + " (at small n it under-covers: read it as descriptive)") if boot else "no row here"
+    return text + ". Δ: the paired t 95 % CI of the mean paired difference."
+
+
+def mdd_text(board: Leaderboard) -> str:
+    m = board.mdd_family
+    level = (f"α = 0.05/{m} = {board.mdd_alpha:.4g}, Holm's first step over the {m} rows tested vs baseline"
+             if m > 1 else "α = 0.05, one row tested vs baseline")
+    return (f"{board.mdd:.2f} points at 80 % power (paired t, two-sided, {level}; n = {board.mdd_n} pairs), from "
+            f"the root-mean-square ({board.mdd_sd:.2f}) of the paired-difference SDs of {board.mdd_rows} row(s) vs "
+            "baseline.")
+
+
+def stalls_item(board: Leaderboard) -> str:
+    rows = [g for g in board.groups if g.stalled is not None]
+    n_runs, n_stalled = sum(g.n for g in rows), sum(g.stalled for g in rows)
+    return (f"a run is stalled when its best validation top-1 (`acc1_best`) is more than {board.stall_margin:g} "
+            f"points below the median of its row's runs (rows of ≥ {STALL_MIN_RUNS} runs); stalled runs are "
+            f"counted and kept, never dropped: {n_stalled} of {n_runs} runs in {len(rows)} row(s).")
 
 
 def _n_text(board: Leaderboard) -> str:
@@ -190,12 +232,13 @@ def summary_items(board: Leaderboard) -> List[Tuple[str, str]]:
     if not board.has_uncertainty:
         items.append(("uncertainty", f"none — this study has no uncertainty estimate (n = 1 per group): no "
                                      f"confidence interval, no test, every rank band is 1–{n_rows}."))
-    elif board.mdd is not None:
-        items.append(("minimum detectable difference",
-                      f"{board.mdd:.2f} points at 80 % power (paired t, α = 0.05, two-sided, n = {board.mdd_n} "
-                      f"pairs), from the root-mean-square ({board.mdd_sd:.2f}) of the paired-difference SDs of "
-                      f"{board.mdd_rows} row(s) vs baseline."))
     else:
+        items.append(("intervals", interval_text(board)))
+        if any(g.stalled is not None for g in board.groups):
+            items.append(("stalls", stalls_item(board)))
+    if board.has_uncertainty and board.mdd is not None:
+        items.append(("minimum detectable difference", mdd_text(board)))
+    elif board.has_uncertainty:
         items.append(("minimum detectable difference", "not estimated: no row pairs with its baseline on ≥ 2 seeds."))
     resolved = [g for g in board.groups if g.verdict in ("higher", "lower")]
     unresolved = [g for g in board.groups if g.verdict and g.verdict.startswith("not resolved")]

@@ -3,7 +3,9 @@
 What is computed, and why this way:
 
 * **Per group**: ``n``, the mean and its Student-t 95 % CI (``scipy.stats.ttest_1samp(...).confidence_interval``;
-  none for n < 2, where a spread cannot be estimated).
+  none for n < 2, where a spread cannot be estimated). For a bounded metric (``bounds``: accuracies in [0, 100])
+  a t interval that leaves the range is replaced by the BCa bootstrap interval (``intervals.py``), and
+  ``ci_method`` says which one a row has. Differences keep the paired t interval.
 * **Two groups** (a variant and its baseline, or any two rows for the rank bands): seeds pair runs (same data
   order, same initial weights for the shared parameters), so the comparison is a **paired t-test**
   (``scipy.stats.ttest_rel``) on the seeds both groups completed (``n_pairs`` ≥ 2; a seed that failed in one
@@ -51,7 +53,8 @@ class Summary:
     n: int
     mean: float
     sd: Optional[float]  # sample SD (n - 1); None for n < 2
-    ci95: Optional[List[float]]  # Student-t [low, high]; None for n < 2
+    ci95: Optional[List[float]]  # [low, high]; None for n < 2
+    ci_method: Optional[str] = None  # intervals.T_CI | BCA_CI | PERCENTILE_CI; None for n < 2
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class GroupStats:
     mean: float
     sd: Optional[float]
     ci95: Optional[List[float]]
+    ci_method: Optional[str]
     baseline_key: Optional[str]
     test: Optional[str]
     n_pairs: Optional[int]
@@ -92,20 +96,25 @@ class GroupStats:
 @dataclass(frozen=True)
 class StudyStats:
     groups: Dict[str, GroupStats]  # in rank order
-    mdd: Optional[float]  # minimum detectable paired difference (metric units) at 80 % power
+    mdd: Optional[float]  # minimum detectable paired difference (metric units) at 80 % power, level mdd_alpha
     mdd_sd: Optional[float]  # the pooled (root-mean-square) paired-difference SD behind it
     mdd_n: Optional[int]  # the number of pairs it assumes (the smallest n_pairs of the rows vs baseline)
     mdd_rows: int  # how many rows' SDs were pooled
     has_uncertainty: bool  # False when no group has n ≥ 2 (a one-seed study)
+    mdd_alpha: Optional[float] = None  # the level behind mdd: Holm's first step over the rows tested vs baseline
+    mdd_family: int = 0  # how many rows Holm adjusts over (the m of mdd_alpha = 0.05 / m)
 
 
 def _f(x) -> float:
     return float(x)
 
 
-def summarize(values: Sequence[float]) -> Summary:
-    """n, mean, sample SD and the Student-t 95 % CI of the mean."""
+def summarize(values: Sequence[float], bounds: Optional[Tuple[float, float]] = None) -> Summary:
+    """n, mean, sample SD and the 95 % CI of the mean: Student t, or the bootstrap's where ``bounds`` are given
+    and the t interval leaves them (``intervals.bounded_ci``)."""
     from scipy import stats
+
+    from .intervals import bounded_ci
 
     vals = [float(v) for v in values]
     if not vals:
@@ -116,7 +125,8 @@ def summarize(values: Sequence[float]) -> Summary:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # zero spread: the CI is [mean, mean], p unused
         ci = stats.ttest_1samp(vals, 0.0).confidence_interval(1 - ALPHA)
-    return Summary(len(vals), mean, statistics.stdev(vals), [_f(ci.low), _f(ci.high)])
+    interval, method = bounded_ci([_f(ci.low), _f(ci.high)], vals, bounds)
+    return Summary(len(vals), mean, statistics.stdev(vals), interval, method)
 
 
 def _by_seed(pairs: Pairs) -> Optional[Dict[int, float]]:
@@ -276,14 +286,16 @@ def band_text(low: int, high: int) -> str:
     return str(low) if low == high else f"{low}–{high}"
 
 
-def study_stats(groups: Mapping[str, Pairs], baseline_of: Mapping[str, Optional[str]]) -> StudyStats:
+def study_stats(groups: Mapping[str, Pairs], baseline_of: Mapping[str, Optional[str]],
+                bounds: Optional[Tuple[float, float]] = None) -> StudyStats:
     """All statistics of one study.
 
     ``groups``: config key → [(seed, metric value)] of its COMPLETE trials; ``baseline_of``: config key → the
-    config key of its matched baseline (None for none, and for a baseline itself).
+    config key of its matched baseline (None for none, and for a baseline itself); ``bounds``: the metric's range
+    (``intervals.ACCURACY_BOUNDS`` for accuracies), which no per-group interval may leave.
     """
     groups = {k: one_per_seed(g) for k, g in groups.items()}
-    summaries = {k: summarize([v for _, v in g]) for k, g in groups.items()}
+    summaries = {k: summarize([v for _, v in g], bounds) for k, g in groups.items()}
     order = sorted(groups, key=lambda k: (-summaries[k].mean, k))
 
     vs_base: Dict[str, Comparison] = {}
@@ -312,20 +324,23 @@ def study_stats(groups: Mapping[str, Pairs], baseline_of: Mapping[str, Optional[
         band = [1 + better[k], n_rows - worse[k]]
         p_holm = adjusted.get(k)
         out[k] = GroupStats(
-            n=s.n, mean=s.mean, sd=s.sd, ci95=s.ci95, baseline_key=baseline_of.get(k) if c else None,
+            n=s.n, mean=s.mean, sd=s.sd, ci95=s.ci95, ci_method=s.ci_method,
+            baseline_key=baseline_of.get(k) if c else None,
             test=c.test if c else None, n_pairs=c.n_pairs if c else None, delta=c.delta if c else None,
             delta_ci95=c.delta_ci95 if c else None, p_value=c.p_value if c else None, p_holm=p_holm,
             significant=None if p_holm is None else p_holm < ALPHA, sd_diff=c.sd_diff if c else None,
             rank=rank, band=band, rank_band=band_text(*band))
 
     paired = [c for c in vs_base.values() if c.test == PAIRED and c.sd_diff is not None]
-    mdd = mdd_sd = mdd_n = None
-    if paired:
+    mdd = mdd_sd = mdd_n = mdd_alpha = None
+    if paired:  # at the level of the verdicts: Holm's worst-case (first) step over the rows it adjusts
+        mdd_alpha = holm_worst_alpha(len(tested))
         mdd_sd = math.sqrt(statistics.fmean([c.sd_diff ** 2 for c in paired]))
         mdd_n = min(c.n_pairs for c in paired)
-        mdd = min_detectable_difference(mdd_sd, mdd_n)
+        mdd = min_detectable_difference(mdd_sd, mdd_n, alpha=mdd_alpha)
     return StudyStats(groups=out, mdd=mdd, mdd_sd=mdd_sd, mdd_n=mdd_n, mdd_rows=len(paired),
-                      has_uncertainty=any(s.n >= 2 for s in summaries.values()))
+                      has_uncertainty=any(s.n >= 2 for s in summaries.values()), mdd_alpha=mdd_alpha,
+                      mdd_family=len(tested))
 
 
 def recompute(trials_csv: Path, leaderboard_json: Path) -> Dict[str, Dict[str, object]]:
@@ -346,5 +361,7 @@ def recompute(trials_csv: Path, leaderboard_json: Path) -> Dict[str, Dict[str, o
             groups.setdefault(key, []).append((int(row["seed"]) if row["seed"] != "" else None,
                                                float(row[metric])))
     baseline_of = {g["config_key"]: g.get("baseline_key") for g in board["groups"]}
-    stats = study_stats(groups, baseline_of)
+    from .intervals import ACCURACY_BOUNDS
+
+    stats = study_stats(groups, baseline_of, ACCURACY_BOUNDS)  # every ranking metric is an accuracy in percent
     return {k: asdict(v) for k, v in stats.groups.items()}
