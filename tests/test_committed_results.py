@@ -2,8 +2,10 @@
 
 * Every ``leaderboard.json`` that names its ranking ``metric`` agrees with a recomputation from the
   ``trials.csv`` beside it, done here with scipy directly (not through ``irpe_bench.report.stats``): n, mean and
-  Student-t CI per group; against the baseline the paired difference, its CI and the paired t-test's p-value;
-  Holm's adjustment (written out here, independently of statsmodels).
+  the CI per group (Student t, or scipy's BCa bootstrap where the t interval leaves [0, 100]: no interval of an
+  accuracy outside it); against the baseline the paired difference, its CI (inside [−100, 100]) and the paired
+  t-test's p-value; Holm's adjustment (written out here, independently of statsmodels); the minimum detectable
+  difference at Holm's first step (power integrated here over the sample SD); the stalled runs by the rule.
 * Every committed study storage (``optuna.db`` beside a leaderboard) rebuilds that leaderboard byte for byte
   (``python run.py leaderboard`` does the same from the sweep file).
 """
@@ -19,6 +21,7 @@ import pytest
 from scipy import stats
 
 from ._independent import holm
+from ._independent_power import bounded_ci, power_at, stalled
 
 ROOT = Path(__file__).resolve().parents[1]
 BOARDS = sorted(p for p in (ROOT / "results").rglob("leaderboard.json")
@@ -44,10 +47,15 @@ def _values(trials_csv: Path, metric: str):
     return groups
 
 
+def _best_val(trials_csv: Path):
+    return _values(trials_csv, "acc1_best")
+
+
 @pytest.mark.parametrize("board_path", BOARDS, ids=_ids(BOARDS))
 def test_committed_statistics_follow_from_trials_csv(board_path: Path):
     board = json.loads(board_path.read_text(encoding="utf-8"))
     values = _values(board_path.parent / "trials.csv", board["metric"])
+    best = _best_val(board_path.parent / "trials.csv")
     tested = []
     for g in board["groups"]:
         seeds = values[g["config_key"]]
@@ -55,8 +63,13 @@ def test_committed_statistics_follow_from_trials_csv(board_path: Path):
         assert g["n"] == len(xs)
         assert g["mean"] == pytest.approx(sum(xs) / len(xs), abs=1e-9)
         if len(xs) >= 2:
+            assert g["ci95"] == pytest.approx(bounded_ci(xs), abs=1e-7)
+            assert 0.0 <= g["ci95"][0] <= g["ci95"][1] <= 100.0
             half = stats.t.ppf(0.975, len(xs) - 1) * stats.sem(xs)
-            assert g["ci95"] == pytest.approx([g["mean"] - half, g["mean"] + half], abs=1e-7)
+            t_fits = g["mean"] - half >= 0.0 and g["mean"] + half <= 100.0
+            assert g["ci_method"] == ("Student t" if t_fits else "BCa bootstrap")
+        assert g["stalled_seeds"] == (stalled(best[g["config_key"]]) or [])
+        assert g["stalled"] == (None if len(xs) < 3 else len(g["stalled_seeds"]))
         for key in ("n", "rank_band"):
             assert key in g
         if g["baseline"] or g.get("baseline_key") is None:
@@ -71,11 +84,17 @@ def test_committed_statistics_follow_from_trials_csv(board_path: Path):
         half = stats.t.ppf(0.975, len(d) - 1) * stats.sem(d)
         assert g["delta"] == pytest.approx(mean_d, abs=1e-9)
         assert g["delta_ci95"] == pytest.approx([mean_d - half, mean_d + half], abs=1e-7)
+        assert -100.0 <= g["delta_ci95"][0] <= g["delta_ci95"][1] <= 100.0
         p = stats.ttest_rel([seeds[s] for s in common], [base[s] for s in common]).pvalue
         assert g["p_value"] == pytest.approx(p, rel=1e-6, abs=1e-12)
         tested.append(g)
     for g, adjusted in zip(tested, holm([g["p_value"] for g in tested])):
         assert g["p_holm"] == pytest.approx(adjusted, rel=1e-6, abs=1e-12)
+    if tested:  # Holm-aware: the level of Holm's first step over the rows tested vs baseline
+        sd = (sum(g["sd_diff"] ** 2 for g in tested) / len(tested)) ** 0.5
+        n = min(g["n_pairs"] for g in tested)
+        assert (board["mdd_family"], board["mdd_alpha"]) == (len(tested), pytest.approx(0.05 / len(tested)))
+        assert power_at(board["mdd"], sd, n, 0.05 / len(tested)) == pytest.approx(0.8, abs=1e-6)
 
 
 @pytest.mark.parametrize("folder", STORES, ids=_ids(STORES))
