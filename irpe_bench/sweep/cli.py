@@ -158,12 +158,15 @@ class Status:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        """How far a study has got: trials done of the budget, what runs where, an ETA, the best so far."""
+        """How far a study has got: trials done of the budget, what runs where, an ETA, the best so far; the
+        study's disk use and the free space where its runs are written."""
         from .budget import target_trials
+        from .disk import describe, disk_use
         from .status import study_status, to_text
 
         sweep, study = open_existing(args)
         print(to_text(study_status(study, target_trials(sweep, study))), end="")
+        print(describe(disk_use(sweep), sweep.config.study.checkpoints))
         return 0
 
 

@@ -66,6 +66,9 @@ class StudyConfig(_Frozen):
     constraints: Tuple[str, ...] = Field((), description="'<metric> <= <number>' / '>=': feasibility for the sampler")
     repeats: int = Field(1, ge=1, description="seeds per suggested point (base seed, +1, ...): the sampler sees "
                          "their mean")
+    checkpoints: Literal["keep-all", "keep-best", "keep-none"] = Field(
+        "keep-all", description="what a finished trial keeps: every checkpoint, only its best (the one tested), or "
+        "none (sweep/disk.py; never what a running, queued or retryable trial needs)")
 
     @field_validator("objectives", mode="before")
     @classmethod

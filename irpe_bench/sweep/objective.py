@@ -137,7 +137,7 @@ class Objective:
                     pruning, entries: List[Dict[str, Any]], what: str) -> Dict[str, Any]:
         """Train one seed of the trial in ``run_dir`` → its summary. A retry resumes the killed run's last
         checkpoint; with several seeds a retry also keeps the seeds the killed trial had finished."""
-        from ..train.run import CKPT_DIR, LAST_CKPT, TrainingDiverged, train
+        from ..train.run import TrainingDiverged, train
 
         several = self.sweep.config.study.repeats > 1
         done = run_dir / "summary.json"
@@ -146,12 +146,11 @@ class Objective:
             if summary.get("status") == K.FINISHED:
                 log.info("trial %d: seed %d finished before the retry, kept (%s)", trial.number, config.seed, run_dir)
                 return self._seed_done(trial, config.seed, run_dir, summary, entries)
-        ckpt = run_dir / CKPT_DIR / LAST_CKPT
-        resume = ckpt if retry_of is not None and ckpt.is_file() else None
+        resume = self._resume(trial, run_dir, config.seed if several else None) if retry_of is not None else None
         prefix = f"seed {config.seed}: " if several else ""
         with ddp_env.published_trial(trial._trial_id, resume), self.progress.quiet(run_dir):  # DDP ranks; train.log
             log.info("trial %d: %s%s%s", trial.number, what, f" seed {config.seed}" if several else "",
-                     f" (resuming {ckpt})" if resume else "")
+                     f" (resuming {resume})" if resume else "")
             try:
                 summary = train(config, run_dir=run_dir, wandb_id=None if several else trial.user_attrs.get("wandb_id"),
                                 resume_from=resume, callbacks=[*([pruning] if pruning is not None else []),
@@ -174,6 +173,23 @@ class Objective:
                              entries=entries if several else None, seed=config.seed)
                 raise
         return self._seed_done(trial, config.seed, run_dir, summary, entries) if several else summary
+
+    @staticmethod
+    def _resume(trial: optuna.Trial, run_dir: Path, seed: int | None) -> Path | None:
+        """The retried run's checkpoint to resume: ``last.ckpt``, or when it does not load (torn by a kill or a
+        full disk, garbage) the newest one that does, else a fresh start (:mod:`..train.checkpoint_io`).
+        Anything skipped is recorded in the trial's ``resume`` user attribute (``resume/seed<k>`` per seed)."""
+        from ..train.checkpoint_io import loadable_checkpoint
+        from ..train.run import CKPT_DIR, LAST_CKPT
+
+        found = loadable_checkpoint(run_dir / CKPT_DIR, LAST_CKPT)
+        if found.skipped:
+            log.warning("trial %d: %s; skipped %s", trial.number,
+                        f"resuming {found.path}" if found.path else "starting again from scratch",
+                        "; ".join(f"{f} ({e})" for f, e in found.skipped))
+        if found.skipped or found.path is not None:
+            trial.set_user_attr("resume" if seed is None else f"resume/seed{seed}", found.record())
+        return found.path
 
     def _callbacks(self, trial: optuna.Trial) -> List[Any]:
         """The progress line's epoch events and, with ``study.trial_timeout_s``, the time limit of one run."""

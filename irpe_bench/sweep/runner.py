@@ -7,7 +7,8 @@ waits for them, then writes the leaderboard;
 the same command on another machine with the same PostgreSQL ``storage`` joins the study.
 
 A grid study whose file gained choices (more seeds, another method) is extended when it is opened: only
-the new points run (:mod:`.extend`).
+the new points run (:mod:`.extend`). A study with ``study.seeds`` (seeds until decided) takes its due looks
+before each trial and while it waits, and enqueues the seeds they allot (:mod:`.decided`).
 
 The budget is counted in the storage, not per worker: a worker starts a trial only while
 ``finished + running < n_trials`` (finished = complete, pruned, or failed and not retried), so N workers
@@ -35,9 +36,11 @@ from typing import Dict, List, NoReturn, Optional, Sequence
 
 import optuna
 
+from ..train.checkpoint_io import environment_error
 from . import preempt
 from .budget import budget, target_trials
 from .config import Sweep
+from .disk import NoRoom, Retention, check_room, retain
 from .objective import Objective
 from .resilient import ResilientRDBStorage, StorageUnavailable
 from .storage import WORKER_ENV, fail_running, heartbeat_enabled, open_study, put_back
@@ -56,7 +59,13 @@ class _Tracked:
         self.trial = self.last = trial
         try:
             value = self.objective(trial)
-        except Exception:
+        except Exception as e:
+            fault = environment_error(e)
+            if fault is not None and preempt.requested() is None:
+                # NOTE: a full disk, a quota or a read-only run directory is not the trial's fault: stop like a
+                # preempted worker (the trial, RUNNING still, is put back by ``work``), not a FAIL told to Optuna
+                preempt.request_stop(str(fault))
+                raise preempt.Preempted() from e
             if preempt.requested() is None:  # NOTE: a stop's own errors keep the trial for put-back
                 self.trial = None
             raise
@@ -101,20 +110,32 @@ def _loop(sweep: Sweep, study: optuna.Study, devices: Optional[int], poll_s: Opt
     timeout = sweep.config.study.timeout_s
     beating = heartbeat_enabled(study)
     poll = poll_s if poll_s is not None else max(1.0, sweep.config.study.heartbeat_s / 2)
+    policy = sweep.config.study.checkpoints
+    retain(study, policy)  # trials finished by a worker killed before its retention ran
     while preempt.requested() is None:
         if beating:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 fail_stale_trials(study)
+        if sweep.config.study.seeds is not None:  # seeds until decided: take the due looks, enqueue their seeds
+            from .decided import step
+
+            step(sweep, study)
+            total = objective.objective.target = objective.progress.target = target_trials(sweep, study)
         c = budget(study)
         if timeout is not None and time.time() - started > timeout:
             log.info("timeout: %.0f s passed, no new trial", timeout)
             break
         if c["waiting"] > 0 or c["finished"] + c["running"] < total:
+            try:
+                check_room(sweep)
+            except NoRoom as e:  # no trial started: the worker stops resumably (work() says so, exit 75)
+                preempt.request_stop(str(e))
+                break
             objective.last = None
             try:
                 study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
-                               callbacks=[objective.progress])  # the trial's outcome on the progress line
+                               callbacks=[objective.progress, Retention(policy)])  # progress: the outcome
             except Exception as e:  # NOTE: a failed tell of a FAIL trial surfaces as Optuna's AssertionError
                 if not _finished_elsewhere(study, objective.last, e):
                     raise
@@ -261,7 +282,8 @@ def launch(sweep: Sweep, argv: List[str]) -> int:
         for s, h in previous.items():
             signal.signal(s, h)
     if received or stopped:
-        why = f"received {received[0]}, forwarded to the workers" if received else "a worker lost its storage"
+        why = f"received {received[0]}, forwarded to the workers" if received else \
+            "a worker stopped itself: storage unreachable, or no room to write (see its message)"
         preempt.say(f"sweep {c.study.name}: stopped ({why}): {stopped} of {len(procs)} worker(s) put their trial "
                     f"back{f', {failed} failed' if failed else ''}; run the same sweep command to resume (exit code "
                     f"{preempt.EXIT_PREEMPTED})")

@@ -78,14 +78,19 @@ def default_run_dir(config: TrainConfig, slug: str) -> Path:
 
 
 def find_checkpoint(run_dir: Union[str, Path]) -> Path:
-    """The checkpoint ``--resume RUN_DIR`` continues from; a clear error when there is none."""
+    """The checkpoint ``--resume RUN_DIR`` continues from: ``last.ckpt``, or when that does not load the newest
+    of the run's checkpoints that does (:func:`.checkpoint_io.loadable_checkpoint`); a clear error when none."""
+    from .checkpoint_io import loadable_checkpoint
+
     ckpt = Path(run_dir) / CKPT_DIR / LAST_CKPT
     if not Path(run_dir).is_dir():
         raise ValueError(f"--resume {str(run_dir)!r}: no such run directory")
-    if not ckpt.is_file():
-        raise ValueError(f"--resume {str(run_dir)!r}: holds no checkpoint (expected {str(ckpt)!r}); the run was "
-                         "killed before its first epoch ended — start it again instead")
-    return ckpt
+    found = loadable_checkpoint(ckpt.parent, LAST_CKPT)
+    if found.path is None:
+        why = "; ".join(f"{f}: {e}" for f, e in found.skipped)
+        raise ValueError(f"--resume {str(run_dir)!r}: holds no checkpoint that loads (expected {str(ckpt)!r}"
+                         f"{'; ' + why if why else ''}); start the run again instead")
+    return found.path
 
 
 @dataclass
@@ -234,6 +239,7 @@ def build_trainer(config: TrainConfig, run: Run, precision: str, callbacks: List
     """
     from lightning.pytorch.loggers import CSVLogger
 
+    from .checkpoint_io import AtomicCheckpointIO
     from .wandb_setup import make_wandb_logger
 
     loggers = [CSVLogger(str(run.run_dir), name="", version="csv")]
@@ -251,6 +257,7 @@ def build_trainer(config: TrainConfig, run: Run, precision: str, callbacks: List
         gradient_clip_val=config.optim.clip_grad, deterministic=deterministic, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0, use_distributed_sampler=False,
         callbacks=callbacks, logger=loggers, default_root_dir=str(run.run_dir), enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],  # NOTE: every checkpoint written atomically (checkpoint_io.py says why)
     )
 
 
