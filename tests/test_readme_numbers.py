@@ -1,0 +1,150 @@
+"""Every statistic quoted in README.md and results/README.md matches the committed JSON it comes from.
+
+The numbers are read from both sides — the README text and the committed ``leaderboard.json`` /
+``results/studies/findings.json`` — so the test keeps working when a study is rerun and its README sentences
+are updated with it, and fails when only one of them changes. Checked:
+
+* the first command's excerpt in README.md: each statistics line is the start of a line of
+  ``results/sweeps/digits_quick/leaderboard.md``, each table row's mean, CI, Δ, its CI and Holm p are the JSON's;
+* the first command's prose (Δ and CI, one decimal);
+* every quoted claim, “<claim text>”: Δ [low, high], (TOST) Holm p X, against findings.json;
+* every "`<study>`'s leaderboard: minimum detectable difference X points … α = 0.05/m" against that study's JSON;
+* the seeds-needed ranges of results/README.md's "What five seeds can resolve", recomputed from findings.json.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+
+from irpe_bench.report.stats import seeds_needed
+
+from ._independent_power import power_at
+
+ROOT = Path(__file__).resolve().parents[1]
+README, RESULTS = ROOT / "README.md", ROOT / "results" / "README.md"
+QUICK = ROOT / "results" / "sweeps" / "digits_quick"
+FINDINGS = ROOT / "results" / "studies" / "findings.json"
+NUM = r"[+\-−]?\d+(?:\.\d+)?"
+
+
+def _flat(path: Path) -> str:
+    """The text with line breaks and list indentation folded to single spaces, unicode minus as '-'."""
+    return " ".join(path.read_text(encoding="utf-8").split()).replace("−", "-")
+
+
+def _findings():
+    return {f["claim"]: f for f in json.loads(FINDINGS.read_text(encoding="utf-8"))["findings"]}
+
+
+def _board(study: str):
+    for folder in ("studies", "sweeps"):
+        path = ROOT / "results" / folder / study / "leaderboard.json"
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+    raise AssertionError(f"no committed leaderboard.json for {study!r}")
+
+
+def _excerpt() -> str:
+    blocks, current = [], None
+    for line in README.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            blocks, current = (blocks + ["\n".join(current)], None) if current is not None else (blocks, [])
+        elif current is not None:
+            current.append(line)
+    return next(b for b in blocks if "## Statistics" in b)
+
+
+def test_the_first_commands_excerpt_is_its_leaderboard():
+    excerpt = _excerpt()
+    md = [ln.replace("**", "").replace("\\<", "<").replace("\\>", ">")
+          for ln in (QUICK / "leaderboard.md").read_text(encoding="utf-8").splitlines()]
+    stat_lines = [ln for ln in excerpt.splitlines() if ln.startswith("- ")]
+    assert stat_lines, "the excerpt has no statistics lines"
+    for ln in stat_lines:
+        assert any(m.startswith(ln) for m in md), f"README excerpt line not in leaderboard.md: {ln}"
+    board = json.loads((QUICK / "leaderboard.json").read_text(encoding="utf-8"))
+    groups = {g["variant"]: g for g in board["groups"]}
+    table = [ln for ln in excerpt.splitlines() if ln.startswith("|")]
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in table[2:]]
+    assert rows
+    for row in rows:
+        cell = dict(zip(head, row))
+        g = groups[cell["variant"]]
+        assert cell["n"] == str(g["n"])
+        mean_col = next(h for h in head if h.endswith("mean [95 % CI]"))
+        assert cell[mean_col].rstrip("‡") == f"{g['mean']:.2f} [{g['ci95'][0]:.2f}, {g['ci95'][1]:.2f}]"
+        if g["delta"] is not None and "Δ vs baseline [95 % CI]" in cell:
+            lo, hi = g["delta_ci95"]
+            assert cell["Δ vs baseline [95 % CI]"] == f"{g['delta']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+        if g["p_holm"] is not None and "p (Holm)" in cell:
+            assert cell["p (Holm)"] == ("<0.001" if g["p_holm"] < 0.001 else f"{g['p_holm']:.3f}")
+
+
+def test_the_first_commands_prose():
+    board = json.loads((QUICK / "leaderboard.json").read_text(encoding="utf-8"))
+    (g,) = [g for g in board["groups"] if g["delta"] is not None]
+    text = _flat(README)
+    found = re.findall(rf"(?:is|iRPE-K is) ({NUM}) points (?:more accurate than|over) no position information at all "
+                       rf"\(paired 95 % CI ({NUM}) to ({NUM})", text)
+    assert len(found) >= 2, "the first command's two summary sentences were not found"
+    for d, lo, hi in found:
+        assert (float(d), float(lo), float(hi)) == (round(g["delta"], 1), round(g["delta_ci95"][0], 1),
+                                                   round(g["delta_ci95"][1], 1))
+
+
+@pytest.mark.parametrize("path", [README, RESULTS], ids=["README.md", "results/README.md"])
+def test_every_quoted_claim_is_the_committed_finding(path: Path):
+    findings = _findings()
+    quoted = re.findall(rf"“([^”]+)”(?: \(exploratory\))?: ({NUM}) \[({NUM}), ({NUM})\], (TOST )?Holm p ({NUM})",
+                        _flat(path))
+    assert quoted, f"{path.name} quotes no claim"
+    for claim, d, lo, hi, tost, p in quoted:
+        f = findings[claim]
+        c = f["comparison"]
+        assert [d, lo, hi] == [f"{c['delta']:+.2f}", f"{c['delta_ci95'][0]:+.2f}", f"{c['delta_ci95'][1]:+.2f}"], claim
+        assert bool(tost) == (f["direction"] == "equal"), claim
+        assert p == f"{f['p_holm']:.3g}", claim
+    resolved = re.search(r"Resolved: (\w+) primary claim", _flat(RESULTS))
+    if path == RESULTS and resolved:
+        n = sum(f["family"] == "primary" and f["verdict"] in ("holds", "contradicted") or
+                f["verdict"].startswith("equivalent") or f["verdict"] == "not equivalent"
+                for f in findings.values() if f["family"] == "primary")
+        assert resolved.group(1) == {1: "one", 2: "two", 3: "three"}.get(n, str(n))
+
+
+@pytest.mark.parametrize("path", [README, RESULTS], ids=["README.md", "results/README.md"])
+def test_every_quoted_minimum_detectable_difference_is_the_leaderboards(path: Path):
+    quoted = re.findall(r"`(\w+)`'s leaderboard: minimum detectable difference ([\d.]+) points[^α]*α = 0\.05/(\d+)",
+                        _flat(path))
+    assert quoted or path == README
+    for study, mdd, m in quoted:
+        board = _board(study)
+        assert mdd == f"{board['mdd']:.2f}" and int(m) == board["mdd_family"], study
+        assert power_at(board["mdd"], board["mdd_sd"], board["mdd_n"], 0.05 / int(m)) == pytest.approx(0.8, abs=1e-6)
+
+
+def test_seeds_needed_for_one_point_are_recomputed_from_the_findings():
+    findings = list(_findings().values())
+    greater = [seeds_needed(f["comparison"]["sd_diff"], 1.0, f["alpha"]) for f in findings
+               if f["direction"] == "greater"]
+    for f, n in zip([f for f in findings if f["direction"] == "greater"], greater):  # the package's n, checked
+        sd = f["comparison"]["sd_diff"]
+        assert power_at(1.0, sd, n, f["alpha"]) >= 0.8 > power_at(1.0, sd, n - 1, f["alpha"]), f["claim"]
+    equal = [f["tost_seeds"] for f in findings if f["direction"] == "equal"]
+    sds = [f["comparison"]["sd_diff"] for f in findings]
+    text = _flat(RESULTS)
+    m = re.search(r"own paired SD \(([\d.]+)–([\d.]+) points\).*?a > b claims need ([\d,]+)–([\d,]+) pairs.*?"
+                  r"median ([\d,]+) over the (\d+) such claims\), and ≈ claims need ([\d,]+)–([\d,]+) pairs", text)
+    assert m, "results/README.md: the seeds-needed sentence was not found"
+    got = [x.replace(",", "") for x in m.groups()]
+    assert got == [f"{min(sds):.2f}", f"{max(sds):.2f}", str(min(greater)), str(max(greater)),
+                   str(round(statistics.median(greater))), str(len(greater)), str(min(equal)), str(max(equal))]
+    readme = re.search(r"a 1-point difference needs ([\d,]+)–([\d,]+) pairs", _flat(README))
+    assert readme and [x.replace(",", "") for x in readme.groups()] == [str(min(greater)), str(max(greater))]
+    tost = re.search(r"TOST's power at n = 5 is below ([\d.]+) for every ±1 claim", text)
+    assert tost and all(f["tost_power"] < float(tost.group(1)) for f in findings if f["direction"] == "equal")
