@@ -100,22 +100,23 @@ def _weights(n: int, half: float) -> Tuple[np.ndarray, np.ndarray]:
     return s, w * (s[1] - s[0]) / 3.0
 
 
-def z_boundaries(fractions: Sequence[float], alpha: float = 0.05, spending: Spending = "obrien_fleming") -> List[float]:
+def z_boundaries(fractions: Sequence[float], alpha: float = 0.05, spending: Spending = "obrien_fleming",
+                 grid: int = _GRID) -> List[float]:
     """Two-sided standard-normal boundaries c_k at the information fractions (module docstring). The last
     fraction is taken as it is given (pass 1.0 to spend all of ``alpha``)."""
     t = _check(fractions, alpha, spending)
     if callable(spending):
-        return _boundaries(tuple(t), float(alpha), spending)
-    return list(_cached(tuple(round(float(x), 12) for x in t), float(alpha), spending))
+        return _boundaries(tuple(t), float(alpha), spending, grid)
+    return list(_cached(tuple(round(float(x), 12) for x in t), float(alpha), spending, grid))
 
 
 @lru_cache(maxsize=256)
-def _cached(t: Tuple[float, ...], alpha: float, spending: str) -> Tuple[float, ...]:
+def _cached(t: Tuple[float, ...], alpha: float, spending: str, grid: int) -> Tuple[float, ...]:
     """Every worker of a study asks for the same few designs at every look."""
-    return tuple(_boundaries(t, alpha, spending))
+    return tuple(_boundaries(t, alpha, spending, grid))
 
 
-def _boundaries(fractions: Tuple[float, ...], alpha: float, spending) -> List[float]:
+def _boundaries(fractions: Tuple[float, ...], alpha: float, spending, grid: int) -> List[float]:
     from scipy.optimize import brentq
     from scipy.stats import norm
 
@@ -142,7 +143,7 @@ def _boundaries(fractions: Tuple[float, ...], alpha: float, spending) -> List[fl
             c = float(brentq(lambda x: exit_prob(x) - target, 1e-6, hi, xtol=1e-10)) if target > 0 else math.inf
         bounds.append(c)
         half = c * math.sqrt(tk) if math.isfinite(c) else 10.0 * math.sqrt(tk)
-        s_new, w_new = _weights(_GRID, half)
+        s_new, w_new = _weights(grid, half)
         if k == 0:
             f = np.exp(-0.5 * s_new ** 2 / tk) / math.sqrt(2.0 * math.pi * tk)
         else:
@@ -185,9 +186,9 @@ def _inflation(t: Tuple[float, ...], alpha: float, target_power: float, spending
     from scipy.optimize import brentq
     from scipy.stats import norm
 
-    bounds = z_boundaries(t, alpha, spending)
+    bounds = z_boundaries(t, alpha, spending, grid=401)
     fixed = norm.isf(alpha / 2.0) + norm.isf(1.0 - target_power)
-    drift = brentq(lambda d: power(t, bounds, d, grid=401) - target_power, 0.5 * fixed, 2.0 * fixed, xtol=1e-6)
+    drift = brentq(lambda d: power(t, bounds, d, grid=201) - target_power, 0.5 * fixed, 2.0 * fixed, xtol=1e-5)
     return float((drift / fixed) ** 2)
 
 
@@ -282,6 +283,10 @@ def family_alpha(alpha: float, m: int) -> float:
     return alpha / m
 
 
+#: the planner evaluates the inflation at most at this many equally spaced looks (a study with more: ≈ the same R)
+MAX_PLANNED_LOOKS = 20
+
+
 def seeds_needed(sd: float, mdd: float, alpha: float, target_power: float, n_min: int, step: int,
                  fixed_n: Callable[[float, float, float, float], Optional[int]]) -> Optional[int]:
     """Maximum seeds of a seeds-until-decided design that detects ``mdd`` with ``target_power`` at level
@@ -294,6 +299,8 @@ def seeds_needed(sd: float, mdd: float, alpha: float, target_power: float, n_min
     n = max(n_min, n_fixed)
     for _ in range(50):  # the looks depend on max; iterate to a fixed point
         ns = looks(n_min, n, step)
+        if len(ns) > MAX_PLANNED_LOOKS:  # NOTE: R grows by < 1 % beyond 20 looks; keep the plan fast
+            ns = [round(n * (k + 1) / MAX_PLANNED_LOOKS) for k in range(MAX_PLANNED_LOOKS)]
         r = inflation(fractions_of(ns, n, True), alpha, target_power) if len(ns) > 1 else 1.0
         need = max(n_min, math.ceil(r * n_fixed - 1e-9))
         need = n_min + step * math.ceil((need - n_min) / step)

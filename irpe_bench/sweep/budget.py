@@ -70,13 +70,12 @@ def target_trials(sweep: Sweep, study: Optional[optuna.Study] = None) -> int:
     """``n_trials``, or the grid's number of points. With the ``study``, a grid also counts its trials at
     points the file no longer has (a removed choice; they are kept, see :mod:`.extend`), so that the budget
     is exactly one trial per point of the old and the new grid together."""
-    from .space import optuna_params, points
+    from .decided import grid_params
 
     st = sweep.config.study
     if st.n_trials:
         return st.n_trials
-    space, base = sweep.config.space, sweep.base_flat
-    grid = [optuna_params(space, p, base) for p in points(space, base)]
+    grid = grid_params(sweep, study)  # seeds until decided: the seeds allotted so far
     if study is None:
         return len(grid)
     return len(grid) + sum(1 for p in counted_points(study) if p not in grid)

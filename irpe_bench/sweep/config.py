@@ -26,11 +26,12 @@ from ..train.config import TrainConfig, build_config, flatten, format_errors, me
 from . import objectives as O
 from . import samplers as SM
 from . import space as S
+from .seeds import SeedsSpec
 
 #: environment variable that overrides ``study.storage`` (keeps a password out of the sweep file)
 STORAGE_ENV = "IRPE_BENCH_STORAGE"
 #: identity keys present only when a study has other than the single default objective (:meth:`Sweep.identity`)
-IDENTITY_EXTRA = ("objectives", "constraints", "repeats")
+IDENTITY_EXTRA = ("objectives", "constraints", "repeats", "seeds")
 #: validation enumerates at most this many combinations (large spaces: a prefix of them)
 _CHECK_LIMIT = 4096
 
@@ -66,6 +67,8 @@ class StudyConfig(_Frozen):
     constraints: Tuple[str, ...] = Field((), description="'<metric> <= <number>' / '>=': feasibility for the sampler")
     repeats: int = Field(1, ge=1, description="seeds per suggested point (base seed, +1, ...): the sampler sees "
                          "their mean")
+    seeds: Optional[SeedsSpec] = Field(None, description="grid: the seed axis generated, seeds until decided "
+                                       "({min, max, step, until: decided, margin}; seeds.py)")
     checkpoints: Literal["keep-all", "keep-best", "keep-none"] = Field(
         "keep-all", description="what a finished trial keeps: every checkpoint, only its best (the one tested), or "
         "none (sweep/disk.py; never what a running, queued or retryable trial needs)")
@@ -130,10 +133,33 @@ class SweepConfig(_Frozen):
                                     "GPU mostly idle (launch- and loader-bound), several trials fill it")
     out_dir: Optional[str] = Field(None, description="default results/sweeps/<study.name>")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_axis(cls, data: Any) -> Any:
+        """``study.seeds``: the seed axis is generated (``seed: {choices: [0 … max − 1]}``), never listed."""
+        study = data.get("study") if isinstance(data, Mapping) else None
+        seeds = study.get("seeds") if isinstance(study, Mapping) else getattr(study, "seeds", None)
+        if seeds is None:
+            return data
+        space = dict(data.get("space") or {})
+        if "seed" in space:
+            raise ValueError("space.seed: study.seeds generates the seed axis (0 … max − 1); remove space.seed")
+        spec = seeds if isinstance(seeds, SeedsSpec) else SeedsSpec(**seeds) if isinstance(seeds, Mapping) else None
+        if spec is None:
+            raise ValueError(f"study.seeds={seeds!r}: expected {{min, max, step, until: decided}}")
+        return {**data, "space": {**space, "seed": {"choices": spec.seed_choices()}}}
+
     @model_validator(mode="after")
     def _space(self) -> "SweepConfig":
         if not self.space:
             raise ValueError("space: must search at least one field")
+        st = self.study
+        if st.seeds is not None:
+            for field, value, need in (("sampler", st.sampler, "grid"), ("pruner", st.pruner, "none"),
+                                       ("repeats", st.repeats, 1)):
+                if value != need:
+                    raise ValueError(f"study.{field}={value!r} with study.seeds: seeds until decided needs "
+                                     f"study.{field}={need!r} (seeds.py says why)")
         S.check_derived(self.space)
         if self.study.sampler == "grid":
             ranged = [k for k, s in self.space.items() if not s.categorical and not s.derived]
@@ -177,6 +203,8 @@ class Sweep:
         if not st.default_objectives:  # NOTE: only then, so that older studies keep their identity
             ident.update(objectives=[[o.metric, o.direction] for o in st.objectives],
                          constraints=list(st.constraints), repeats=st.repeats)
+        if st.seeds is not None:  # the declared looks: the design's α-spending depends on them
+            ident["seeds"] = st.seeds.model_dump()
         return ident
 
     def fingerprint(self) -> str:

@@ -83,7 +83,8 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any], old_choices: Map
     for key, what in (("sampler", "study.sampler/seed"), ("pruner", "study.pruner/pruner_warmup_epochs")):
         if list(old.get(key) or []) != list(new.get(key) or []):
             out.append(f"{what} changed: {old.get(key)} -> {new.get(key)}")
-    defaults = {"objectives": [["val_acc1", "maximize"]], "constraints": [], "repeats": 1}  # when absent
+    defaults = {"objectives": [["val_acc1", "maximize"]], "constraints": [], "repeats": 1,  # when absent
+                "seeds": None}
     for key, default in defaults.items():
         if old.get(key, default) != new.get(key, default):
             out.append(f"study.{key} changed: {old.get(key, default)} -> {new.get(key, default)}")
@@ -165,11 +166,12 @@ def distributions(sweep: Sweep) -> Dict[str, CategoricalDistribution]:
 
 
 def missing_points(sweep: Sweep, study: optuna.Study) -> List[Dict[str, Any]]:
-    """The grid's points (as Optuna parameters) that no counting trial of the study has."""
-    space, base = sweep.config.space, sweep.base_flat
+    """The grid's points (as Optuna parameters) that no counting trial of the study has (seeds until decided:
+    of the seeds allotted so far, :func:`.decided.grid_params`)."""
+    from .decided import grid_params
+
     present = counted_points(study)
-    grid = [S.optuna_params(space, p, base) for p in S.points(space, base)]
-    return [p for p in grid if p not in present]
+    return [p for p in grid_params(sweep, study) if p not in present]
 
 
 def _rewrite(storage: Any, study: optuna.Study, new: Mapping[str, CategoricalDistribution]) -> List[str]:

@@ -139,7 +139,6 @@ def open_study(sweep: Sweep, meta: dict) -> Tuple[optuna.Study, bool]:
     a grid study whose file gained choices (seeds, methods) grows: only its new points are enqueued
     (:mod:`.extend` has the rules). ``meta`` (stored as the study's ``sweep`` attribute: file, space,
     command — never the storage URL) is written by the creator, and updated by an extension."""
-    from . import space as S
     from .extend import CHOICES_ATTR, IDENTITY_ATTR, differences, extend, refuse, stored_state
 
     storage = open_storage(sweep)
@@ -175,9 +174,10 @@ def open_study(sweep: Sweep, meta: dict) -> Tuple[optuna.Study, bool]:
             study = extend(sweep, study, storage, meta, choices, lambda: optuna.load_study(**kw))
     if grid and not study.user_attrs.get("grid_enqueued"):
         if created or not study.trials:  # the creator, or a creator killed before it enqueued
-            for point in S.points(sweep.config.space, sweep.base_flat):
-                study.enqueue_trial(S.optuna_params(sweep.config.space, point, sweep.base_flat),
-                                    skip_if_exists=True)
+            from .decided import grid_params
+
+            for params in grid_params(sweep, study):  # seeds until decided: the first look's seeds only
+                study.enqueue_trial(params, skip_if_exists=True)
             study.set_user_attr("grid_enqueued", True)
     return study, created
 

@@ -1,0 +1,223 @@
+"""Seeds until decided in a running study: the looks, their decisions, and the seeds each row is allotted.
+
+The design is :mod:`.seeds` (the YAML) and :mod:`irpe_bench.report.sequential` (the statistics). Here:
+
+* **A look** at a row happens when every seed it is allotted (``0 … n − 1``) and the same seeds of its baseline
+  have a finished trial (complete, or failed for good: a failed seed is a missing pair, never re-run). The row's
+  comparison — validation accuracy (the trial value the objective returns; the test split never decides
+  anything) minus its config-matched baseline's (:func:`irpe_bench.report.leaderboard.collect`), paired by seed —
+  is analysed at all its looks so far at level α / m (m = the grid's rows that are not a baseline). Decided
+  (higher, lower, equivalent within ±margin) or not resolved at ``max``: the row stops; else it is allotted the
+  next ``step`` seeds. A baseline is allotted as many seeds as its furthest row.
+* **The test metric** is analysed at the same looks with the same boundaries and recorded beside (its repeated CI
+  at the look where the row stopped is valid whatever stopped it: the CIs cover at all looks at once).
+* **Storage as the source of truth**: the looks live in the study's user attribute :data:`ATTR`
+  (``{method, spec, family, alpha_row, rows: {row: {status, allotted, baseline_row, looks: [...]}}}``). A look is
+  recorded once and never revised; a new look is a pure function of finished trials, so workers on several
+  machines that take the same look at once write the same thing, and a killed sweep resumes from the record.
+  The next seeds are enqueued with ``skip_if_exists``; a rare duplicate from two workers enqueuing at the same
+  instant is discarded before training by the budget's own check (:mod:`.budget`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import optuna
+
+from . import space as S
+from .config import Sweep
+
+log = logging.getLogger(__name__)
+#: study user attribute holding the design and every look
+ATTR = "seeds_until_decided"
+BASELINE, NO_BASELINE = "baseline", "no baseline"
+
+
+def row_key(params: Mapping[str, Any]) -> str:
+    """A row: a grid point's Optuna parameters without its seed."""
+    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, default=str)
+
+
+def _grid(sweep: Sweep) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """(point, Optuna parameters) of every point of the whole grid (all seeds up to ``max``)."""
+    space, base = sweep.config.space, sweep.base_flat
+    return [(p, S.optuna_params(space, p, base)) for p in S.points(space, base)]
+
+
+def record_of(study: Optional[optuna.Study]) -> Dict[str, Any]:
+    return dict((study.user_attrs.get(ATTR) or {}) if study is not None else {})
+
+
+def grid_params(sweep: Sweep, study: Optional[optuna.Study] = None) -> List[Dict[str, Any]]:
+    """The grid points that should exist now, as Optuna parameters: all of them, or with ``study.seeds`` each
+    row's allotted seeds (``min`` before the first look)."""
+    spec = sweep.config.study.seeds
+    grid = [params for _, params in _grid(sweep)]
+    if spec is None:
+        return grid
+    rows = record_of(study).get("rows", {})
+    return [p for p in grid if int(p["seed"]) < int(rows.get(row_key(p), {}).get("allotted", spec.min))]
+
+
+def _rows(sweep: Sweep) -> Dict[str, bool]:
+    """row → whether it is a no-RPE baseline (its training config has no ``model.rpe``)."""
+    out: Dict[str, bool] = {}
+    for point, params in _grid(sweep):
+        key = row_key(params)
+        if key not in out:
+            out[key] = sweep.trial_config(point).model.rpe is None
+    return out
+
+
+def _finished(study: optuna.Study) -> Tuple[Dict[str, set], Dict[str, str]]:
+    """row → seeds with a finished trial (complete, pruned, failed for good); row → its config key."""
+    from .budget import _kinds, point_of  # NOTE: the budget's own notion of which trials count
+
+    kinds = dict(_kinds(study))
+    done: Dict[str, set] = {}
+    keys: Dict[str, str] = {}
+    for t in study.get_trials(deepcopy=False):
+        params = point_of(t)
+        if "seed" not in params:
+            continue
+        row = row_key(params)
+        if t.user_attrs.get("config_key"):
+            keys.setdefault(row, t.user_attrs["config_key"])
+        if kinds[t.number] in ("complete", "pruned", "failed"):
+            done.setdefault(row, set()).add(int(params["seed"]))
+    return done, keys
+
+
+def _values(board) -> Dict[str, Dict[int, Tuple[float, Optional[float]]]]:
+    """config key → seed → (validation value, test acc1), percent; a seed trained twice is its mean."""
+    import statistics
+
+    acc: Dict[str, Dict[int, List[Tuple[float, Optional[float]]]]] = {}
+    for r in board.trials:
+        if r.state == "COMPLETE" and r.value is not None and r.config_key and r.seed is not None:
+            acc.setdefault(r.config_key, {}).setdefault(int(r.seed), []).append((r.value, r.test_acc1))
+    out: Dict[str, Dict[int, Tuple[float, Optional[float]]]] = {}
+    for key, seeds in acc.items():
+        out[key] = {}
+        for s, vs in seeds.items():
+            tests = [t for _, t in vs if t is not None]
+            out[key][s] = (statistics.fmean(v for v, _ in vs), statistics.fmean(tests) if len(tests) == len(vs)
+                           else None)
+    return out
+
+
+def _analyse(row_vals, base_vals, ns: List[int], which: int, spec, alpha: float, final: bool):
+    from ..report import sequential as Q
+
+    def diffs(n: int) -> List[float]:
+        common = sorted(s for s in row_vals if s < n and s in base_vals
+                        and row_vals[s][which] is not None and base_vals[s][which] is not None)
+        return [row_vals[s][which] - base_vals[s][which] for s in common]
+
+    looks = Q.analyse([diffs(n) for n in ns], spec.max, alpha, spec.margin, final, spec.spending)
+    return looks[-1] if looks and looks[-1].n == len(diffs(ns[-1])) else None
+
+
+def _entry(look, n_pairs_when_none: int = 0) -> Dict[str, Any]:
+    from ..report import sequential as Q
+
+    if look is None:
+        return {"n_pairs": n_pairs_when_none, "delta": None, "ci": None, "decision": Q.CONTINUE}
+    return {"n_pairs": look.n, "delta": look.delta, "sd": look.sd, "ci": look.ci, "t_bound": look.t_bound,
+            "fraction": look.fraction, "decision": look.decision}
+
+
+def step(sweep: Sweep, study: optuna.Study) -> Dict[str, Any]:
+    """Take every look that is due, record it, enqueue the seeds it allots; returns the record. Idempotent."""
+    from ..report import sequential as Q
+
+    spec = sweep.config.study.seeds
+    if spec is None:
+        return {}
+    record = record_of(study)
+    rows = {k: dict(v) for k, v in (record.get("rows") or {}).items()}
+    is_base = _rows(sweep)
+    family = max(1, sum(1 for b in is_base.values() if not b))
+    alpha_row = Q.family_alpha(spec.alpha, family)
+    for r, b in is_base.items():
+        rows.setdefault(r, {"status": BASELINE if b else Q.CONTINUE, "allotted": spec.min, "looks": []})
+    done, keys = _finished(study)
+
+    def ready(r: Optional[str], n: int) -> bool:
+        return r is not None and all(s in done.get(r, ()) for s in range(n))
+
+    due = [r for r, rec in rows.items() if rec["status"] == Q.CONTINUE and ready(r, rec["allotted"])
+           and (not rec["looks"] or rec["looks"][-1]["n_seeds"] < rec["allotted"])]
+    changed = False
+    if due:
+        from ..report.leaderboard import collect
+
+        board = collect(study)
+        row_of_key = {k: r for r, k in keys.items()}
+        base_key = {g.config_key: g.baseline_key for g in board.groups}
+        vals = _values(board)
+        bases = [r for r, b in is_base.items() if b]
+        for r in due:
+            rec, n = rows[r], rows[r]["allotted"]
+            br = rec.get("baseline_row") or row_of_key.get(base_key.get(keys.get(r)))
+            if br is None:
+                if all(ready(b, n) for b in bases) and keys.get(r) in base_key:
+                    rec["status"], changed = NO_BASELINE, True  # nothing to compare with: it stops at min
+                continue
+            if not ready(br, n):
+                continue
+            ns = [lk["n_seeds"] for lk in rec["looks"]] + [n]
+            final = n >= spec.max
+            rv, bv = vals.get(keys[r], {}), vals.get(keys[br], {})
+            val = _analyse(rv, bv, ns, 0, spec, alpha_row, final)
+            test = _analyse(rv, bv, ns, 1, spec, alpha_row, final)
+            entry = {"n_seeds": n, **_entry(val), "test": _entry(test), "family": family, "alpha": alpha_row,
+                     "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            if val is None and final:
+                entry["decision"] = Q.NOT_RESOLVED
+            rec["looks"].append(entry)
+            rec["baseline_row"] = br
+            decision = entry["decision"]
+            if decision == Q.CONTINUE:
+                rec["allotted"] = spec.next_look(n) or n
+            else:
+                rec["status"] = decision
+            changed = True
+            log.info("seeds until decided: %s at %d seeds: %s (Δ %s, CI %s)", r, n, decision, entry["delta"],
+                     entry["ci"])
+    for b in (r for r, flag in is_base.items() if flag):
+        want = max([spec.min] + [rec["allotted"] for rec in rows.values() if rec.get("baseline_row") == b])
+        if rows[b]["allotted"] != want:
+            rows[b]["allotted"], changed = want, True
+    if changed or ATTR not in study.user_attrs:
+        record = {"method": Q.METHOD, "spec": spec.model_dump(), "family": family, "alpha_row": alpha_row,
+                  "metric": "validation (the trial value); test recorded beside", "rows": rows}
+        study.set_user_attr(ATTR, record)
+    if changed:
+        from .extend import missing_points
+
+        for params in missing_points(sweep, study):
+            study.enqueue_trial(params, skip_if_exists=True)
+    return record
+
+
+def summary(record: Mapping[str, Any]) -> List[str]:
+    """One line per row: its status, seeds and the last look's Δ and repeated CI (validation; test beside)."""
+    out = []
+    for r, rec in sorted((record.get("rows") or {}).items()):
+        last = (rec.get("looks") or [None])[-1]
+        what = ""
+        if last:
+            ci = last.get("ci")
+            t = last.get("test") or {}
+            tci = t.get("ci")
+            what = (f": val Δ {last['delta']:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ": no CI yet") + \
+                   (f", test Δ {t['delta']:+.2f} [{tci[0]:+.2f}, {tci[1]:+.2f}] ({t['decision']})" if tci else "")
+        out.append(f"{r} — {rec['status']}, {rec['allotted']} seeds{what}")
+    return out
+
+
+__all__ = ["ATTR", "grid_params", "row_key", "step", "summary", "record_of"]
