@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -175,27 +176,50 @@ def test_a_worker_killed_inside_its_checkpoint_write_leaves_no_torn_checkpoint(t
     assert list(ckpts.rglob("checkpoints/*.tmp")) == []  # the leftover removed when the run started again
 
 
+def _fill_after_first_epoch(url: str, out: Path, leave: int, done: threading.Event) -> None:
+    """Once the trial has written its first epoch's checkpoints, fill the filesystem up to ``leave`` bytes."""
+    deadline = time.time() + 240
+    while time.time() < deadline and not done.is_set():
+        try:
+            running = [t for t in _trials(url) if t.state == TrialState.RUNNING and t.intermediate_values]
+        except Exception:  # noqa: BLE001 - not created yet
+            running = []
+        ckpts = [Path(t.user_attrs["run_dir"]) / "checkpoints" for t in running]
+        if ckpts and (ckpts[0] / "last.ckpt").is_file():
+            with (out / "filler").open("wb") as f:
+                f.write(b"\0" * max(0, shutil.disk_usage(out).free - leave))
+            done.set()
+            return
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
 def test_a_full_filesystem_stops_the_worker_resumably_and_the_trial_resumes(tmp_path, capsys):
-    """The run directories on a full filesystem: the write of epoch 2's checkpoint fails; the previous one stays
-    intact, the worker stops with the resumable exit code and says "no space left on …"; started again while
-    the filesystem is still full it starts no trial (too little room for one epoch's checkpoints); with room
-    again the same command resumes the trial from epoch 1's checkpoint. Without a tmpfs (not root): the
-    kernel's EFBIG at the first checkpoint write (``RLIMIT_FSIZE``), the same stop and the same recovery."""
+    """The run directories' filesystem fills up after the first epoch (a tmpfs, another job's files): the next
+    checkpoint write fails; the previous one stays intact, the worker stops with the resumable exit code and
+    says "no space left on …" (before: ``last.ckpt`` torn, the trial failed and every retry failed again);
+    started again while the filesystem is still full it starts no trial (too little room for one epoch's
+    checkpoints); with room again the same command resumes the trial from its last good checkpoint. Without a
+    tmpfs (not root): the kernel's EFBIG at the first checkpoint write (``RLIMIT_FSIZE``), the same stop and
+    the same recovery."""
     url = f"sqlite:///{tmp_path}/optuna.db"
     out = tmp_path / "out"
-    # NOTE: 760 KB hold epoch 1 (its best checkpoint and last.ckpt, ~300 KB each, and small files), not epoch 2's
-    if _mount_tmpfs(out, "760k"):
+    if _mount_tmpfs(out, "8m"):
+        filled = threading.Event()
         try:
-            path = _sweep(tmp_path, [0], url, out)
+            path = _sweep(tmp_path, [0], url, out, batches=8)
+            filler = threading.Thread(target=_fill_after_first_epoch, args=(url, out, 100_000, filled), daemon=True)
+            filler.start()
             with pytest.raises(SystemExit) as stop:
                 main(["sweep", str(path), "--no-leaderboard"])
+            filled.set()
+            filler.join(timeout=10)
             err = capsys.readouterr().err
             assert stop.value.code == EXIT_PREEMPTED, err[-3000:]
             assert "no space left on " in err and "is queued again as trial 1" in err, err[-3000:]
             (run_dir,) = (out / "runs").iterdir()
             last = run_dir / "checkpoints" / "last.ckpt"
-            assert _loads(last) and torch.load(last, weights_only=True)["epoch"] == 0  # epoch 1 (index 0), intact
+            assert _loads(last) and torch.load(last, weights_only=True)["epoch"] < EPOCHS - 1  # intact, earlier
             assert list(run_dir.rglob("*.tmp")) == []
 
             with pytest.raises(SystemExit) as stop:  # still full: no trial starts
@@ -204,13 +228,13 @@ def test_a_full_filesystem_stops_the_worker_resumably_and_the_trial_resumes(tmp_
             assert stop.value.code == EXIT_PREEMPTED and "for another trial" in err, err[-3000:]
             assert [t.state for t in _trials(url)] == [TrialState.FAIL, TrialState.WAITING]
 
-            _remount(out, "size=16m")  # room again (a quota raised, files freed)
+            (out / "filler").unlink()  # room again (the other job's files gone, a quota raised)
             assert main(["sweep", str(path), "--no-leaderboard"]) == 0
         finally:
             _umount(out)
         (done,) = _each_point_complete_once(url, [0])
         assert done.number == 1 and done.user_attrs["resume"]["from"] == str(last)
-        assert done.intermediate_values.keys() == {0, 1, 2}
+        assert done.intermediate_values.keys() == set(range(EPOCHS))
         return
     url = f"journal:///{tmp_path}/optuna.log"  # no tmpfs here: the kernel refuses the write (EFBIG)
     path = _sweep(tmp_path, [0], url, out)
