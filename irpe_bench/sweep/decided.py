@@ -16,7 +16,8 @@ The design is :mod:`.seeds` (the YAML) and :mod:`irpe_bench.report.sequential` (
   recorded once and never revised; a new look is a pure function of finished trials, so workers on several
   machines that take the same look at once write the same thing, and a killed sweep resumes from the record.
   The next seeds are enqueued with ``skip_if_exists``; a rare duplicate from two workers enqueuing at the same
-  instant is discarded before training by the budget's own check (:mod:`.budget`).
+  instant is normally discarded before training by the budget's own check (:mod:`.budget`; the runner keeps its
+  target at the allotted count), and where it is not, that seed trains twice and counts once (its mean).
 """
 from __future__ import annotations
 
