@@ -357,3 +357,6 @@ def test_bounded_intervals_and_stalls_on_a_real_storage(tmp_path):
     assert {"stalled", "stalled_seeds", "ci_method"} <= set(header)
     again = recompute(out["trials_csv"], out["json"])
     assert again[g.config_key]["ci95"] == jg["ci95"]
+    tex = Path(out["tex"]).read_text(encoding="utf-8")
+    assert f"${g.mean:.2f}\\ [{g.ci95[0]:.2f}, {g.ci95[1]:.2f}]^\\ddagger$" in tex and "BCa bootstrap CI" in tex
+    assert board.mdd_family == 2 and "$\\alpha = 0.05/2$, Holm's first step over 2 rows" in tex

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+from .intervals import T_CI
 from .leaderboard import GroupRow, Leaderboard
 from .objectives import objective_label
 
@@ -29,6 +30,8 @@ def _num(x: float, signed: bool = False) -> str:
 def _mean_ci(g: GroupRow) -> str:
     if g.ci95 is None:
         return f"${_num(g.mean)}$"
+    if g.ci_method not in (None, T_CI):  # a bootstrap interval is not symmetric: print both ends
+        return f"${_num(g.mean)}\\ [{_num(g.ci95[0])}, {_num(g.ci95[1])}]^\\ddagger$"
     return f"${_num(g.mean)} \\pm {(g.ci95[1] - g.ci95[0]) / 2:.2f}$"
 
 
@@ -66,10 +69,14 @@ def to_latex(board: Leaderboard) -> str:
     if board.constraints:
         caption.append("$^\\dagger$ infeasible: a trial broke " + "; ".join(
             f"\\texttt{{{escape(c)}}}" for c in board.constraints) + ".")
+    if any(g.ci_method not in (None, T_CI) for g in board.groups):
+        caption.append("$^\\ddagger$ mean [95\\,\\% BCa bootstrap CI]: the $t$ interval would leave [0, 100].")
     if not board.has_uncertainty:
         caption.append("No uncertainty estimate: one seed per group.")
     elif board.mdd is not None:
-        caption.append(f"Minimum detectable difference at 80\\,\\% power: {board.mdd:.2f} points "
+        level = (f"$\\alpha = 0.05/{board.mdd_family}$, Holm's first step over {board.mdd_family} rows"
+                 if board.mdd_family > 1 else "$\\alpha = 0.05$")
+        caption.append(f"Minimum detectable difference at 80\\,\\% power ({level}): {board.mdd:.2f} points "
                        f"($n = {board.mdd_n}$ pairs).")
     lines: List[str] = [
         f"% irpe_bench leaderboard: {escape(board.study_name)} (metric: {escape(board.metric)})",
