@@ -109,3 +109,16 @@ def test_committed_storage_rebuilds_its_leaderboard_byte_identically(folder: Pat
     write_report(study, tmp_path / "out", None)
     for f in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "leaderboard.tex", "trials.csv"):
         assert (tmp_path / "out" / f).read_bytes() == (folder / f).read_bytes(), f
+
+
+def test_committed_findings_rebuild_from_the_claims_file(tmp_path: Path):
+    """results/studies/findings.{md,json} are what the findings command writes from claims.yaml and the committed
+    trials today (primary claims marked, TOST for the ±margin ones, MDDs at Holm's first step)."""
+    from irpe_bench.report.findings import main
+
+    studies = ROOT / "results" / "studies"
+    assert main([str(studies / "claims.yaml"), str(tmp_path / "findings.md")]) == 0
+    for name in ("findings.md", "findings.json"):
+        assert (tmp_path / name).read_bytes() == (studies / name).read_bytes(), name
+    data = json.loads((studies / "findings.json").read_text(encoding="utf-8"))["findings"]
+    assert sum(f["family"] == "primary" for f in data) >= 5 and "TOST" in (studies / "findings.md").read_text()
