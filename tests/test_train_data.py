@@ -14,7 +14,7 @@ from ._train_helpers import tiny_config
 
 
 def test_registry_names():
-    assert set(DATAMODULES) == {"digits", "cifar10", "cifar100", "imagefolder", "synthetic"}
+    assert set(DATAMODULES) == {"digits", "mnist", "relpos", "cifar10", "cifar100", "imagefolder", "synthetic"}
 
 
 def test_digits_split_is_stratified_fixed_by_split_seed_not_by_seed():
