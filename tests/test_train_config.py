@@ -68,7 +68,7 @@ def test_monitor_constant():
     ({"trainer": {"max_epochs": 0}}, ["trainer.max_epochs", "greater than or equal to 1", "0"]),
     ({"model": {"img_size": 18}}, ["img_size=18", "patch_size=4"]),
     ({"model": {"name": "deit_nano_patch3"}}, ["unknown model", "deit_nano_patch3", "deit_tiny_patch16_224"]),
-    ({"data": {"name": "mnist"}}, ["unknown dataset", "'mnist'", "digits"]),
+    ({"data": {"name": "fashion"}}, ["unknown dataset", "'fashion'", "digits", "mnist"]),
     ({"data": {"name": "cifar10"}}, ["data.root is required", "cifar10"]),
     ({"model": {"rpe": {"method": "hexagon"}}}, ["model.rpe.method", "hexagon", "product"]),
     ({"model": {"rpe": {"layers": [5]}}}, ["layer", "5"]),
