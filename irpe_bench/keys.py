@@ -30,3 +30,7 @@ FINISHED, DIVERGED, STOPPED = "finished", "diverged", "stopped"  # a run (``trai
 RUNNING, PRUNED, FAILED, INVALID = "running", "pruned", "failed", "invalid"  # a trial (the objective) adds these
 #: a trial created over the budget by a worker race: never trained, not counted, left out of the leaderboard
 DISCARDED = "discarded"
+
+#: the study's user attribute naming the reference row (``study.reference``, a variant slug); None: each iRPE row
+#: against its config-matched no-RPE row
+REFERENCE_ATTR = "reference"

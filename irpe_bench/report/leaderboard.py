@@ -173,6 +173,7 @@ class Leaderboard:
     optimistic: bool = False  # True when the metric is the validation accuracy that also chose the epoch
     metric_note: Optional[str] = None  # why the metric fell back
     has_uncertainty: bool = False  # False for a one-seed study: no CI, no test, every band 1–N
+    reference: Optional[str] = None  # study.reference: the variant every row is compared with (None: matched)
     mdd: Optional[float] = None  # minimum detectable paired difference at 80 % power, level mdd_alpha (metric units)
     mdd_alpha: Optional[float] = None  # Holm's first step over the rows tested vs baseline: 0.05 / mdd_family
     mdd_family: int = 0  # rows with a p-value vs baseline (the family Holm adjusts over)
@@ -387,6 +388,16 @@ def _baselines(built: Dict[str, List[Tuple[FrozenTrial, TrialRow]]]) -> Dict[str
     return {k: next((b for b in bases if cfg[b] == cfg[k]), None) for k in built}
 
 
+def _reference(built: Dict[str, List[Tuple[FrozenTrial, TrialRow]]], variant: str) -> Dict[str, Optional[str]]:
+    """``study.reference``: config key → the reference row's key for every other row (the reference: None)."""
+    keys = sorted(k for k, v in built.items() if v[0][1].variant == variant)
+    if len(keys) != 1:
+        found = "no complete row" if not keys else f"{len(keys)} rows ({keys})"
+        raise ValueError(f"study.reference={variant!r}: {found} of this study has that variant; rows: "
+                         f"{sorted({v[0][1].variant for v in built.values()})}")
+    return {k: None if k == keys[0] else keys[0] for k in built}
+
+
 def collect(study: optuna.Study) -> Leaderboard:
     """Read every trial of ``study`` and build the ranked, baseline-compared board."""
     goals = O.study_goals(study)
@@ -402,7 +413,8 @@ def collect(study: optuna.Study) -> Leaderboard:
     by_key: Dict[str, List[Tuple[FrozenTrial, TrialRow]]] = {}
     for t, r in done:
         by_key.setdefault(r.config_key or f"trial-{t.number}", []).append((t, r))
-    baseline_of = _baselines(by_key)
+    reference = study.user_attrs.get(K.REFERENCE_ATTR)
+    baseline_of = _reference(by_key, reference) if reference else _baselines(by_key)
     st = study_stats({k: [(r.seed, metric_value(r, metric)) for _, r in v] for k, v in by_key.items()},
                      baseline_of, ACCURACY_BOUNDS)
     groups = [_group(k, by_key[k], s) for k, s in st.groups.items()]  # rank order
@@ -435,7 +447,7 @@ def collect(study: optuna.Study) -> Leaderboard:
         sweep=dict(study.user_attrs.get("sweep") or {}), counts=counts, metric=metric,
         metric_label=METRIC_LABELS[metric], optimistic=metric == METRIC_VAL_BEST, metric_note=why,
         has_uncertainty=st.has_uncertainty, mdd=st.mdd, mdd_sd=st.mdd_sd, mdd_n=st.mdd_n, mdd_rows=st.mdd_rows,
-        mdd_alpha=st.mdd_alpha, mdd_family=st.mdd_family,
+        mdd_alpha=st.mdd_alpha, mdd_family=st.mdd_family, reference=reference or None,
         objectives=[asdict(o) for o in goals.objectives] if goals.multi else None,
         constraints=list(goals.constraints) or None, repeats=goals.repeats if goals.repeats > 1 else None,
         groups=groups, trials=[r for _, r in samples if r.number not in {d.number for d in discarded}],

@@ -190,6 +190,8 @@ def omitted_fields(board: Any) -> Dict[str, Tuple[str, ...]]:
         trial += ["feasible", "violated"]
     if board.repeats is None:
         top.append("repeats")
+    if getattr(board, "reference", None) is None:
+        top.append("reference")
     return {"board": tuple(top), "group": tuple(group), "trial": tuple(trial)}
 
 

@@ -23,6 +23,10 @@ DASH = "—"
 REASON_CHARS = 160  # Markdown/HTML show the head of a traceback; CSV and JSON keep all of it
 Table = Tuple[List[str], List[List[str]]]
 
+REFERENCE_NOTE = (
+    " Here Δ, p (Holm) and the minimum detectable difference compare each row with the reference row `{ref}` "
+    "(study.reference), over the seeds both ran, instead of a config-matched no-RPE baseline."
+)
 RANKING_NOTE = (
     "Rows are ordered by mean {label}, then config key; the band is what the data support: rows that no "
     "Holm-adjusted pairwise t-test (paired over common seeds, Welch where seeds do not pair; p < 0.05) separates "
@@ -239,7 +243,9 @@ def summary_items(board: Leaderboard) -> List[Tuple[str, str]]:
     if board.has_uncertainty and board.mdd is not None:
         items.append(("minimum detectable difference", mdd_text(board)))
     elif board.has_uncertainty:
-        items.append(("minimum detectable difference", "not estimated: no row pairs with its baseline on ≥ 2 seeds."))
+        items.append(("minimum detectable difference", "not estimated: no row pairs with its baseline on ≥ 2 seeds "
+                      "(add a no-RPE row, model.rpe.method: none, trained with the same config, or compare with "
+                      "any row: study.reference: <variant>)."))
     resolved = [g for g in board.groups if g.verdict in ("higher", "lower")]
     unresolved = [g for g in board.groups if g.verdict and g.verdict.startswith("not resolved")]
     if resolved:
@@ -318,7 +324,7 @@ def sections(board: Leaderboard) -> List[Tuple[str, Table, str, str]]:
                    "the outcome.")
     infeasible = [("Infeasible", infeasible_table(board), "No infeasible trials.", "")] if board.constraints else []
     return [
-        ("Ranking", ranking_table(board), "No trial has completed yet.", RANKING_NOTE.format(label=board.metric_label)),
+        ("Ranking", ranking_table(board), "No trial has completed yet.", ranking_note(board)),
         *infeasible,
         ("Failed", failed_table(board), "No failed trials.", retried),
         ("Pruned", pruned_table(board), "No pruned trials.", ""),
@@ -392,3 +398,9 @@ def to_csv(board: Leaderboard, path: Path) -> Tuple[Path, Path]:
     omit = board.omitted()
     return (_write_rows(path / "leaderboard.csv", board.groups, GroupRow, omit["group"]),
             _write_rows(path / "trials.csv", board.trials, TrialRow, omit["trial"]))
+
+
+def ranking_note(board: Leaderboard) -> str:
+    """The note under the ranking: how rows are ordered and banded, and what Δ compares with."""
+    note = RANKING_NOTE.format(label=board.metric_label)
+    return note + REFERENCE_NOTE.format(ref=board.reference) if board.reference else note

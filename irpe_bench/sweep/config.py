@@ -69,6 +69,9 @@ class StudyConfig(_Frozen):
                          "their mean")
     seeds: Optional[SeedsSpec] = Field(None, description="grid: the seed axis generated, seeds until decided "
                                        "({min, max, step, until: decided, margin}; seeds.py)")
+    reference: Optional[str] = Field(None, description="the row (a variant slug) every other row is compared "
+                                     "with (Δ, paired test, MDD); None: each iRPE row against its config-matched "
+                                     "no-RPE row. A reporting choice, not part of the study's identity")
     checkpoints: Literal["keep-all", "keep-best", "keep-none"] = Field(
         "keep-all", description="what a finished trial keeps: every checkpoint, only its best (the one tested), or "
         "none (sweep/disk.py; never what a running, queued or retryable trial needs)")

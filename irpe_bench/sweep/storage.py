@@ -23,6 +23,7 @@ from typing import Optional, Tuple
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from ..keys import REFERENCE_ATTR
 from .config import StudyConfig, Sweep, redact
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,8 @@ def open_study(sweep: Sweep, meta: dict) -> Tuple[optuna.Study, bool]:
             _set_objective_attrs(sweep, study)
         if grid and study.user_attrs.get("grid_enqueued"):
             study = extend(sweep, study, storage, meta, choices, lambda: optuna.load_study(**kw))
+    if study.user_attrs.get(REFERENCE_ATTR) != sweep.config.study.reference:  # the leaderboard reads it
+        study.set_user_attr(REFERENCE_ATTR, sweep.config.study.reference)
     if grid and not study.user_attrs.get("grid_enqueued"):
         if created or not study.trials:  # the creator, or a creator killed before it enqueued
             from .decided import grid_params
