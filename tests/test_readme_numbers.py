@@ -26,7 +26,7 @@ from ._independent_power import power_at
 
 ROOT = Path(__file__).resolve().parents[1]
 README, RESULTS = ROOT / "README.md", ROOT / "results" / "README.md"
-QUICK = ROOT / "results" / "sweeps" / "digits_quick"
+QUICK = ROOT / "results" / "sweeps" / "mnist_quick"
 FINDINGS = ROOT / "results" / "studies" / "findings.json"
 NUM = r"[+\-−]?\d+(?:\.\d+)?"
 
@@ -89,12 +89,13 @@ def test_the_first_commands_prose():
     board = json.loads((QUICK / "leaderboard.json").read_text(encoding="utf-8"))
     (g,) = [g for g in board["groups"] if g["delta"] is not None]
     text = _flat(README)
-    found = re.findall(rf"(?:is|iRPE-K is) ({NUM}) points (?:more accurate than|over) no position information at all "
-                       rf"\(paired 95 % CI ({NUM}) to ({NUM})", text)
-    assert len(found) >= 2, "the first command's two summary sentences were not found"
-    for d, lo, hi in found:
+    found = re.findall(rf"is ({NUM}) points more accurate than no position information at all \(paired 95 % CI "
+                       rf"({NUM}) to ({NUM}), four seeds, Holm p ({NUM})\)", text)
+    assert found, "the first command's summary sentence was not found"
+    for d, lo, hi, p in found:
         assert (float(d), float(lo), float(hi)) == (round(g["delta"], 1), round(g["delta_ci95"][0], 1),
                                                    round(g["delta_ci95"][1], 1))
+        assert float(p) == round(g["p_holm"], 3)
 
 
 @pytest.mark.parametrize("path", [README, RESULTS], ids=["README.md", "results/README.md"])
