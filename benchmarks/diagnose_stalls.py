@@ -43,9 +43,11 @@ from typing import Dict, List
 
 import numpy as np
 
+from irpe_bench.report.stalls import STALL_MARGIN, STALL_MIN_RUNS
+from irpe_bench.report.stalls import stalled as stalled_seeds
+
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ["paper_table1", "paper_table2", "paper_table3", "paper_fig3", "paper_layers", "paper_shapes"]
-STALL_POINTS = 10.0  # the leaderboard's rule: more than 10 points below the row's median best validation top-1
 EARLY_STALL = 30.0  # fresh runs: best validation top-1 over the first 10 epochs below this (%)
 
 
@@ -65,12 +67,12 @@ def committed_curves(studies: List[str]) -> List[Dict]:
             rows.setdefault(t.user_attrs["config_key"], []).append(t)
         for key, trials in rows.items():
             best = [100 * max(t.intermediate_values.values()) for t in trials]
-            median = float(np.median(best)) if len(trials) >= 3 else math.nan
-            for t, b in zip(trials, best):
+            median = float(np.median(best)) if len(trials) >= STALL_MIN_RUNS else math.nan
+            flagged = set(stalled_seeds(list(enumerate(best))) or ())  # the leaderboard's own rule, by run index
+            for i, (t, b) in enumerate(zip(trials, best)):
                 iv = t.intermediate_values
                 runs.append({"study": name, "row": key, "variant": t.user_attrs["variant"],
-                             "seed": t.user_attrs["seed"], "best": b, "median": median,
-                             "stalled": b < median - STALL_POINTS,
+                             "seed": t.user_attrs["seed"], "best": b, "median": median, "stalled": i in flagged,
                              "curve": [100 * iv[e] for e in sorted(iv)]})
     unique: Dict = {}  # a run that several studies share (the same cached trial) is shown once
     for r in runs:
@@ -108,7 +110,7 @@ def plot_epochs(out: Path, studies: List[str]) -> None:
     for ax in axes[:, 0]:
         ax.set_ylabel("val top-1 (%)")
     fig.suptitle(f"Committed digits studies (5 warm-up epochs, clip 1.0, no absolute positions): {len(stalled)} "
-                 f"stalled runs (red; > {STALL_POINTS:g} points below the row median) against the row's other seeds "
+                 f"stalled runs (red; > {STALL_MARGIN:g} points below the row median) against the row's other seeds "
                  "(grey); dotted: chance", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

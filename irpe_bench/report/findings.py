@@ -32,14 +32,23 @@ holding ``trials.csv``, relative to the file), ``a`` and ``b`` (variant slugs), 
 """
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .equivalence import tost_p, tost_p_welch, tost_power, tost_seeds_needed
-from .stats import ALPHA, PAIRED, Comparison, compare, holm, holm_worst_alpha, min_detectable_difference, one_per_seed
+from .stats import (
+    ALPHA,
+    PAIRED,
+    Comparison,
+    compare,
+    complete_runs,
+    holm,
+    holm_worst_alpha,
+    min_detectable_difference,
+    one_per_seed,
+)
 
 DIRECTIONS = ("greater", "equal")
 PRIMARY, EXPLORATORY = "primary", "exploratory"
@@ -85,14 +94,10 @@ class _Study:
 def _load(trials_csv: Path, metric: str) -> _Study:
     runs: Dict[str, Runs] = {}
     keys_of: Dict[str, List[str]] = {}
-    with open(trials_csv, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            if row["state"] == "COMPLETE" and row.get(metric, "") != "":
-                key = row.get("config_key") or f"trial-{row['number']}"
-                seed = int(row["seed"]) if row["seed"] != "" else None
-                runs.setdefault(key, []).append((seed, float(row[metric]), row.get("device") or ""))
-                if key not in keys_of.setdefault(row["variant"], []):
-                    keys_of[row["variant"]].append(key)
+    for key, row, seed, value in complete_runs(trials_csv, metric):
+        runs.setdefault(key, []).append((seed, value, row.get("device") or ""))
+        if key not in keys_of.setdefault(row["variant"], []):
+            keys_of[row["variant"]].append(key)
     return _Study(runs, {k: sorted(v) for k, v in keys_of.items()})
 
 

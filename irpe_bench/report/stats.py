@@ -37,7 +37,7 @@ import statistics
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 ALPHA = 0.05
 POWER = 0.8
@@ -343,6 +343,16 @@ def study_stats(groups: Mapping[str, Pairs], baseline_of: Mapping[str, Optional[
                       mdd_family=len(tested))
 
 
+def complete_runs(trials_csv: Path, metric: str) -> Iterator[Tuple[str, Dict[str, str], Optional[int], float]]:
+    """The COMPLETE rows of a report's ``trials.csv`` that have ``metric``: (config key, the row, seed, value).
+    The one reading of that file that the recomputation and the findings share (grouping by config key)."""
+    with open(trials_csv, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row["state"] == "COMPLETE" and row.get(metric, "") != "":
+                key = row.get("config_key") or f"trial-{row['number']}"
+                yield key, row, int(row["seed"]) if row["seed"] != "" else None, float(row[metric])
+
+
 def recompute(trials_csv: Path, leaderboard_json: Path) -> Dict[str, Dict[str, object]]:
     """The per-group statistics again from a report's own files: values from ``trials.csv`` (COMPLETE rows, the
     column named by ``leaderboard.json``'s ``metric``), baselines from its groups' ``baseline_key``.
@@ -353,13 +363,8 @@ def recompute(trials_csv: Path, leaderboard_json: Path) -> Dict[str, Dict[str, o
     board = json.loads(Path(leaderboard_json).read_text(encoding="utf-8"))
     metric = board["metric"]
     groups: Dict[str, List[Tuple[Optional[int], float]]] = {}
-    with open(trials_csv, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            if row["state"] != "COMPLETE" or row.get(metric, "") == "":
-                continue
-            key = row["config_key"] or f"trial-{row['number']}"
-            groups.setdefault(key, []).append((int(row["seed"]) if row["seed"] != "" else None,
-                                               float(row[metric])))
+    for key, _, seed, value in complete_runs(trials_csv, metric):
+        groups.setdefault(key, []).append((seed, value))
     baseline_of = {g["config_key"]: g.get("baseline_key") for g in board["groups"]}
     from .intervals import ACCURACY_BOUNDS
 
