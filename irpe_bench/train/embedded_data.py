@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 import numpy as np
 from torch.utils.data import Dataset
 
-from .data import ImageDataModule, register_datamodule, stratified_split
+from .datamodule import ImageDataModule, register_datamodule, stratified_split
 
 
 class _ArrayImages(Dataset):
