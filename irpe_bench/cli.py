@@ -25,7 +25,7 @@ COMMANDS: Dict[str, str] = {
     "studies": "irpe_bench.sweep.cli:Studies",
     "delete": "irpe_bench.sweep.cli:Delete",
     "dashboard": "irpe_bench.sweep.cli:Dashboard",
-    "plan": "irpe_bench.sweep.plan",
+    "plan": "irpe_bench.sweep.cli:Plan",
 }
 
 

@@ -16,13 +16,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..keys import DISCARDED
+from .allotted import grid_params
 from .config import Sweep
 
-#: Kinds of trial (:func:`_kind`) that count towards the budget.
+#: Kinds of trial (:func:`kinds`) that count towards the budget.
 COUNTED = ("complete", "pruned", "failed", "running", "waiting")
 
 
-def _kinds(study: optuna.Study) -> List[Tuple[int, str]]:
+def kinds(study: optuna.Study) -> List[Tuple[int, str]]:
     """(number, kind) of every trial: its state's name, except that a FAIL is ``retried`` (a retry carries its
     outcome), ``discarded`` (over the budget) or ``failed``."""
     trials = study.get_trials(deepcopy=False)
@@ -41,7 +42,7 @@ def _kinds(study: optuna.Study) -> List[Tuple[int, str]]:
 def budget(study: optuna.Study) -> Dict[str, int]:
     """Trial counts that decide whether to start another: ``finished`` excludes retried and discarded trials."""
     count = {s: 0 for s in (*COUNTED, "retried", DISCARDED)}
-    for _, kind in _kinds(study):
+    for _, kind in kinds(study):
         if kind in count:
             count[kind] += 1
     count["finished"] = count["complete"] + count["pruned"] + count["failed"]
@@ -50,7 +51,7 @@ def budget(study: optuna.Study) -> Dict[str, int]:
 
 def over_budget(study: optuna.Study, number: int, target: int) -> bool:
     """Whether trial ``number`` has ``target`` or more counted trials before it (module docstring)."""
-    return sum(1 for n, kind in _kinds(study) if n < number and kind in COUNTED) >= target
+    return sum(1 for n, kind in kinds(study) if n < number and kind in COUNTED) >= target
 
 
 def point_of(t: FrozenTrial) -> Dict[str, object]:
@@ -62,16 +63,14 @@ def point_of(t: FrozenTrial) -> Dict[str, object]:
 def counted_points(study: optuna.Study) -> List[Dict[str, object]]:
     """The points of the trials that count (:data:`COUNTED`): a grid point among them needs no new trial —
     finished, running, queued, or failed for good (a failure is not re-run by extending the grid)."""
-    kinds = dict(_kinds(study))
-    return [point_of(t) for t in study.get_trials(deepcopy=False) if kinds[t.number] in COUNTED]
+    kind = dict(kinds(study))
+    return [point_of(t) for t in study.get_trials(deepcopy=False) if kind[t.number] in COUNTED]
 
 
 def target_trials(sweep: Sweep, study: Optional[optuna.Study] = None) -> int:
     """``n_trials``, or the grid's number of points. With the ``study``, a grid also counts its trials at
     points the file no longer has (a removed choice; they are kept, see :mod:`.extend`), so that the budget
     is exactly one trial per point of the old and the new grid together."""
-    from .decided import grid_params
-
     st = sweep.config.study
     if st.n_trials:
         return st.n_trials
@@ -81,4 +80,4 @@ def target_trials(sweep: Sweep, study: Optional[optuna.Study] = None) -> int:
     return len(grid) + sum(1 for p in counted_points(study) if p not in grid)
 
 
-__all__ = ["budget", "over_budget", "target_trials", "counted_points", "point_of"]
+__all__ = ["budget", "kinds", "over_budget", "target_trials", "counted_points", "point_of"]

@@ -244,3 +244,28 @@ class Dashboard:
               f"http://{args.host}:{args.port}/dashboard/", file=sys.stderr, flush=True)
         run_server(_existing_storage(sweep.storage_url), host=args.host, port=args.port)
         return 0
+
+
+class Plan:
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        add_study_arguments(p, "plan from (the pilot)")
+        p.add_argument("--mdd", type=float, default=1.0,
+                       help="the difference to detect, in metric points (default 1.0)")
+        p.add_argument("--power", type=float, default=0.8, help="the power to detect it with (default 0.8)")
+        p.add_argument("--alpha", type=float, default=0.05, help="family-wise error over the study's comparisons")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        """Seeds (and compute) each row needs to detect a given difference, from a pilot study."""
+        from .decided import ATTR, summary
+        from .plan import check, plan, to_text
+
+        check(args)  # before any work
+        sweep, study = open_existing(args)
+        print(to_text(plan(sweep, study, args.mdd, args.power, args.alpha)), end="")
+        record = study.user_attrs.get(ATTR)
+        if record:
+            print("seeds until decided, the looks so far (validation decides; test beside):")
+            print("\n".join("  " + line for line in summary(record)))
+        return 0

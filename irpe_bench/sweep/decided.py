@@ -21,52 +21,25 @@ The design is :mod:`.seeds` (the YAML) and :mod:`irpe_bench.report.sequential` (
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import optuna
 
-from . import space as S
+from .allotted import ATTR, grid, grid_params, record_of, row_key
+from .budget import kinds, point_of
 from .config import Sweep
+from .extend import missing_points
 
 log = logging.getLogger(__name__)
-#: study user attribute holding the design and every look
-ATTR = "seeds_until_decided"
 BASELINE, NO_BASELINE = "baseline", "no baseline"
-
-
-def row_key(params: Mapping[str, Any]) -> str:
-    """A row: a grid point's Optuna parameters without its seed."""
-    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, default=str)
-
-
-def _grid(sweep: Sweep) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
-    """(point, Optuna parameters) of every point of the whole grid (all seeds up to ``max``)."""
-    space, base = sweep.config.space, sweep.base_flat
-    return [(p, S.optuna_params(space, p, base)) for p in S.points(space, base)]
-
-
-def record_of(study: Optional[optuna.Study]) -> Dict[str, Any]:
-    return dict((study.user_attrs.get(ATTR) or {}) if study is not None else {})
-
-
-def grid_params(sweep: Sweep, study: Optional[optuna.Study] = None) -> List[Dict[str, Any]]:
-    """The grid points that should exist now, as Optuna parameters: all of them, or with ``study.seeds`` each
-    row's allotted seeds (``min`` before the first look)."""
-    spec = sweep.config.study.seeds
-    grid = [params for _, params in _grid(sweep)]
-    if spec is None:
-        return grid
-    rows = record_of(study).get("rows", {})
-    return [p for p in grid if int(p["seed"]) < int(rows.get(row_key(p), {}).get("allotted", spec.min))]
 
 
 def _rows(sweep: Sweep) -> Dict[str, bool]:
     """row → whether it is a no-RPE baseline (its training config has no ``model.rpe``)."""
     out: Dict[str, bool] = {}
-    for point, params in _grid(sweep):
+    for point, params in grid(sweep):
         key = row_key(params)
         if key not in out:
             out[key] = sweep.trial_config(point).model.rpe is None
@@ -75,9 +48,7 @@ def _rows(sweep: Sweep) -> Dict[str, bool]:
 
 def _finished(study: optuna.Study) -> Tuple[Dict[str, set], Dict[str, str]]:
     """row → seeds with a finished trial (complete, pruned, failed for good); row → its config key."""
-    from .budget import _kinds, point_of  # NOTE: the budget's own notion of which trials count
-
-    kinds = dict(_kinds(study))
+    kind = dict(kinds(study))  # NOTE: the budget's own notion of which trials count
     done: Dict[str, set] = {}
     keys: Dict[str, str] = {}
     for t in study.get_trials(deepcopy=False):
@@ -87,7 +58,7 @@ def _finished(study: optuna.Study) -> Tuple[Dict[str, set], Dict[str, str]]:
         row = row_key(params)
         if t.user_attrs.get("config_key"):
             keys.setdefault(row, t.user_attrs["config_key"])
-        if kinds[t.number] in ("complete", "pruned", "failed"):
+        if kind[t.number] in ("complete", "pruned", "failed"):
             done.setdefault(row, set()).add(int(params["seed"]))
     return done, keys
 
@@ -198,8 +169,6 @@ def step(sweep: Sweep, study: optuna.Study) -> Dict[str, Any]:
                   "metric": "validation (the trial value); test recorded beside", "rows": rows}
         study.set_user_attr(ATTR, record)
     if changed:
-        from .extend import missing_points
-
         for params in missing_points(sweep, study):
             study.enqueue_trial(params, skip_if_exists=True)
     return record

@@ -31,7 +31,7 @@ from typing import Iterable, Optional, Set
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..train.checkpoint_io import _size, free_bytes
+from ..train.checkpoint_io import free_bytes, hsize
 from .config import Sweep
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ def check_room(sweep: Sweep) -> None:
     where = runs_dir(sweep)
     free = free_bytes(where)
     if free < need:
-        raise NoRoom(f"no space left on {where} for another trial: {_size(free)} free, one epoch's checkpoints need "
-                     f"{_size(need)}; free some (or set study.checkpoints: keep-best or keep-none) and run the same "
+        raise NoRoom(f"no space left on {where} for another trial: {hsize(free)} free, one epoch's checkpoints need "
+                     f"{hsize(need)}; free some (or set study.checkpoints: keep-best or keep-none) and run the same "
                      "sweep command again")
 
 
@@ -101,8 +101,8 @@ def disk_use(sweep: Sweep) -> DiskUse:
 
 
 def describe(use: DiskUse, policy: str) -> str:
-    return (f"disk: {_size(use.total)} in the study's folder, of which {_size(use.checkpoints)} in {use.files} "
-            f"checkpoint file(s) (study.checkpoints: {policy}); {_size(use.free)} free on {use.where}")
+    return (f"disk: {hsize(use.total)} in the study's folder, of which {hsize(use.checkpoints)} in {use.files} "
+            f"checkpoint file(s) (study.checkpoints: {policy}); {hsize(use.free)} free on {use.where}")
 
 
 def _protected(trials: Iterable[FrozenTrial]) -> Set[str]:
@@ -151,7 +151,7 @@ def retain(study: optuna.Study, policy: str, numbers: Optional[Set[int]] = None)
                 p.unlink()
                 freed += size
     if freed:
-        log.info("study.checkpoints=%s: %s of finished trials' checkpoints deleted", policy, _size(freed))
+        log.info("study.checkpoints=%s: %s of finished trials' checkpoints deleted", policy, hsize(freed))
     return freed
 
 

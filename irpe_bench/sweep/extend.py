@@ -44,6 +44,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 
 from . import space as S
+from .allotted import grid_params
 from .budget import counted_points
 from .config import Sweep, redact
 
@@ -167,9 +168,7 @@ def distributions(sweep: Sweep) -> Dict[str, CategoricalDistribution]:
 
 def missing_points(sweep: Sweep, study: optuna.Study) -> List[Dict[str, Any]]:
     """The grid's points (as Optuna parameters) that no counting trial of the study has (seeds until decided:
-    of the seeds allotted so far, :func:`.decided.grid_params`)."""
-    from .decided import grid_params
-
+    of the seeds allotted so far, :func:`.allotted.grid_params`)."""
     present = counted_points(study)
     return [p for p in grid_params(sweep, study) if p not in present]
 

@@ -1,4 +1,5 @@
-"""``irpe-bench plan SWEEP.yaml [--mdd 1.0] [--power 0.8]``: how many seeds, and how much compute, a study needs.
+"""How many seeds, and how much compute, a study needs (``irpe-bench plan SWEEP.yaml [--mdd 1.0] [--power 0.8]``,
+the command in :mod:`.cli`).
 
 Read the sweep's study as a pilot and, for every row compared with its baseline, print: the pairs so far, the SD
 of the paired differences (the leaderboard's ranking metric: the noise scale a verdict faces), the seeds needed
@@ -23,17 +24,9 @@ import argparse
 import statistics
 from typing import Any, Dict, List, Optional
 
-from .cli import add_study_arguments, open_existing
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_study_arguments(p, "plan from (the pilot)")
-    p.add_argument("--mdd", type=float, default=1.0, help="the difference to detect, in metric points (default 1.0)")
-    p.add_argument("--power", type=float, default=0.8, help="the power to detect it with (default 0.8)")
-    p.add_argument("--alpha", type=float, default=0.05, help="family-wise error over the study's comparisons")
-
-
-def _check(args: argparse.Namespace) -> None:
+def check(args: argparse.Namespace) -> None:
+    """Refuse a bad ``--mdd``, ``--power`` or ``--alpha`` before any storage is opened."""
     if not args.mdd > 0:
         raise ValueError(f"--mdd={args.mdd:g}: the difference to detect must be > 0 (metric points)")
     if not 0 < args.power < 1:
@@ -122,15 +115,4 @@ def to_text(p: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    """Seeds (and compute) each row needs to detect a given difference, from a pilot study."""
-    _check(args)  # before any work
-    sweep, study = open_existing(args)
-    from .decided import ATTR, summary
-
-    print(to_text(plan(sweep, study, args.mdd, args.power, args.alpha)), end="")
-    record = study.user_attrs.get(ATTR)
-    if record:
-        print("seeds until decided, the looks so far (validation decides; test beside):")
-        print("\n".join("  " + line for line in summary(record)))
-    return 0
+__all__ = ["check", "plan", "to_text"]

@@ -24,6 +24,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from ..keys import REFERENCE_ATTR
+from .allotted import grid_params
 from .config import StudyConfig, Sweep, redact
 
 log = logging.getLogger(__name__)
@@ -177,8 +178,6 @@ def open_study(sweep: Sweep, meta: dict) -> Tuple[optuna.Study, bool]:
         study.set_user_attr(REFERENCE_ATTR, sweep.config.study.reference)
     if grid and not study.user_attrs.get("grid_enqueued"):
         if created or not study.trials:  # the creator, or a creator killed before it enqueued
-            from .decided import grid_params
-
             for params in grid_params(sweep, study):  # seeds until decided: the first look's seeds only
                 study.enqueue_trial(params, skip_if_exists=True)
             study.set_user_attr("grid_enqueued", True)

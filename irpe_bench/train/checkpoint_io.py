@@ -41,7 +41,8 @@ TMP_SUFFIX = ".tmp"
 UNLOADABLE_SUFFIX = ".unloadable"
 
 
-def _size(n: float) -> str:
+def hsize(n: float) -> str:
+    """A byte count as people read it (``512 B``, ``3.1 MB``), for the messages of a full disk."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -63,7 +64,7 @@ class CheckpointNotWritten(OSError):
     def __init__(self, path: Path, size: int, cause: OSError) -> None:
         where = path.parent
         if cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            what = f"no space left on {where}: {path.name} ({_size(size)}) not written, {_size(free_bytes(where))} free"
+            what = f"no space left on {where}: {path.name} ({hsize(size)}) not written, {hsize(free_bytes(where))} free"
         else:
             what = f"cannot write checkpoint {path}: {cause.strerror or cause}"
         super().__init__(cause.errno, f"{what}; the previous {path.name} (if any) is intact")
@@ -178,5 +179,5 @@ def loadable_checkpoint(ckpt_dir: Union[str, Path], preferred: str = "last.ckpt"
     return out
 
 
-__all__ = ["AtomicCheckpointIO", "CheckpointNotWritten", "Resume", "loadable_checkpoint", "write_atomic",
+__all__ = ["AtomicCheckpointIO", "hsize", "CheckpointNotWritten", "Resume", "loadable_checkpoint", "write_atomic",
            "environment_error", "free_bytes", "check_loads", "ENVIRONMENT_ERRNOS"]
