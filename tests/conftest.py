@@ -58,3 +58,11 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason=postgresql_missing())
         for item in needs_server:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_storage_from_an_earlier_test(monkeypatch):
+    """Each test starts without the storage URL a command moved into the environment (``--storage`` →
+    ``IRPE_BENCH_STORAGE``, :func:`irpe_bench.sweep.arguments.take_storage`) and leaves none behind: a test that
+    ran ``main([..., "--storage", url])`` in this process otherwise sent every later sweep to its storage."""
+    monkeypatch.delenv("IRPE_BENCH_STORAGE", raising=False)
