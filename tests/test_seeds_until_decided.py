@@ -106,6 +106,41 @@ def test_a_decided_row_stops_at_the_first_look_postgresql(tmp_path, postgresql_u
     optuna.delete_study(study_name=study.study_name, storage=study._storage)
 
 
+@pytest.mark.slow
+def test_rows_are_compared_with_the_study_reference_and_a_reference_that_is_no_row_is_refused(tmp_path, capsys):
+    """``study.reference`` names the iRPE row: it becomes the baseline (it follows its rows' seeds, it is never
+    looked at) and the no-RPE row is the compared one — the leaderboard's own pairing, so that the study stops a
+    row on the comparison it reports. Before, the reference was treated as a compared row without a baseline and
+    the no-RPE row as a baseline nobody followed. A reference that names no row is refused before any trial."""
+    from irpe_bench.sweep.config import load_sweep
+    from irpe_bench.sweep.objective import variant_of
+
+    path = _sweep(tmp_path, {"min": 2, "max": 6, "step": 2, "until": "decided", "margin": 1.0})
+    sweep = load_sweep(path)
+    slug = variant_of(sweep.trial_config({"model.rpe.method": "product", "seed": 0}))
+    bad = yaml.safe_load(path.read_text())
+    bad["study"] = {**bad["study"], "reference": "no_such_row", "name": "bad"}
+    bad_path = tmp_path / "bad.yaml"
+    bad_path.write_text(yaml.safe_dump(bad))
+    assert main(["sweep", str(bad_path), "--no-leaderboard"]) == 2
+    err = capsys.readouterr().err
+    assert "study.reference='no_such_row'" in err and slug in err, err
+    bad_study = optuna.load_study(study_name="bad", storage=f"sqlite:///{tmp_path}/out/optuna.db")
+    assert not [t for t in bad_study.trials if t.state != TrialState.WAITING]  # nothing ran
+
+    data = yaml.safe_load(path.read_text())
+    data["study"]["reference"] = slug
+    path.write_text(yaml.safe_dump(data))
+    assert main(["sweep", str(path), "--no-leaderboard"]) == 0
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/out/optuna.db")
+    rec = study.user_attrs[ATTR]
+    assert rec["family"] == 1 and rec["rows"][PRODUCT] == {"status": "baseline", "allotted": 2, "looks": []}
+    none = rec["rows"][NONE]
+    assert none["status"] == Q.EQUIVALENT and len(none["looks"]) == 1 and none["allotted"] == 2
+    _check_look(study, none["looks"][0], 0.05, 6)
+    assert _seeds_of(study, "product") == _seeds_of(study, "none") == [0, 1]
+
+
 def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
 

@@ -5,8 +5,8 @@ The design is :mod:`.seeds` (the YAML) and :mod:`irpe_bench.report.sequential` (
 * **A look** at a row happens when every seed it is allotted (``0 … n − 1``) and the same seeds of its baseline
   have a finished trial (complete, or failed for good: a failed seed is a missing pair, never re-run). The row's
   comparison — validation accuracy (the trial value the objective returns; the test split never decides
-  anything) minus its config-matched baseline's (:func:`irpe_bench.report.leaderboard.collect`), paired by seed —
-  is analysed at all its looks so far at level α / m (m = the grid's rows that are not a baseline). Decided
+  anything) minus its baseline's (the ``study.reference`` row, else its config-matched no-RPE row; the
+  leaderboard's own pairing, :func:`irpe_bench.report.leaderboard.collect`), paired by seed — is analysed at all its looks so far at level α / m (m = the grid's rows that are not a baseline). Decided
   (higher, lower, equivalent within ±margin) or not resolved at ``max``: the row stops; else it is allotted the
   next ``step`` seeds. A baseline is allotted as many seeds as its furthest row.
 * **The test metric** is analysed at the same looks with the same boundaries and recorded beside (its repeated CI
@@ -37,12 +37,27 @@ BASELINE, NO_BASELINE = "baseline", "no baseline"
 
 
 def _rows(sweep: Sweep) -> Dict[str, bool]:
-    """row → whether it is a no-RPE baseline (its training config has no ``model.rpe``)."""
+    """row → whether it is a baseline: the ``study.reference`` row when the study names one (every other row is
+    compared with it, as the leaderboard compares them), else each no-RPE row (its training config has no
+    ``model.rpe``; an iRPE row is compared with its config-matched one). A reference that names no row of the grid
+    is refused here, before the first look, naming the rows."""
+    from .objective import variant_of
+
+    reference = sweep.config.study.reference
     out: Dict[str, bool] = {}
+    names: Dict[str, str] = {}
     for point, params in grid(sweep):
         key = row_key(params)
         if key not in out:
-            out[key] = sweep.trial_config(point).model.rpe is None
+            config = sweep.trial_config(point)
+            if reference:
+                names[key] = variant_of(config)
+                out[key] = names[key] == reference
+            else:
+                out[key] = config.model.rpe is None
+    if reference and sum(out.values()) != 1:
+        raise ValueError(f"study.reference={reference!r}: {sum(out.values())} rows of the grid have that variant; "
+                         f"allowed: one of {sorted(set(names.values()))}")
     return out
 
 
@@ -123,6 +138,9 @@ def step(sweep: Sweep, study: optuna.Study) -> Dict[str, Any]:
 
     due = [r for r, rec in rows.items() if rec["status"] == Q.CONTINUE and ready(r, rec["allotted"])
            and (not rec["looks"] or rec["looks"][-1]["n_seeds"] < rec["allotted"])]
+    if sweep.config.study.reference:  # the one baseline: look only once it has the row's seeds (collect needs it)
+        ref = next(r for r, b in is_base.items() if b)
+        due = [r for r in due if ready(ref, rows[r]["allotted"])]
     changed = False
     if due:
         from ..report.leaderboard import collect
