@@ -6,9 +6,10 @@ The design is :mod:`.seeds` (the YAML) and :mod:`irpe_bench.report.sequential` (
   have a finished trial (complete, or failed for good: a failed seed is a missing pair, never re-run). The row's
   comparison — validation accuracy (the trial value the objective returns; the test split never decides
   anything) minus its baseline's (the ``study.reference`` row, else its config-matched no-RPE row; the
-  leaderboard's own pairing, :func:`irpe_bench.report.leaderboard.collect`), paired by seed — is analysed at all its looks so far at level α / m (m = the grid's rows that are not a baseline). Decided
-  (higher, lower, equivalent within ±margin) or not resolved at ``max``: the row stops; else it is allotted the
-  next ``step`` seeds. A baseline is allotted as many seeds as its furthest row.
+  leaderboard's own pairing, :func:`irpe_bench.report.leaderboard.collect`), paired by seed — is analysed at
+  all its looks so far at level α / m (m = the grid's rows that are not a baseline). Decided (higher, lower,
+  equivalent within ±margin) or not resolved at ``max``: the row stops; else it is allotted the next ``step``
+  seeds. A baseline is allotted as many seeds as its furthest row.
 * **The test metric** is analysed at the same looks with the same boundaries and recorded beside (its repeated CI
   at the look where the row stopped is valid whatever stopped it: the CIs cover at all looks at once).
 * **Storage as the source of truth**: the looks live in the study's user attribute :data:`ATTR`
