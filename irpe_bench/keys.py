@@ -7,6 +7,9 @@ Metric keys follow ``split/metric``; accuracies are fractions in [0, 1] (torchme
 """
 from __future__ import annotations
 
+import json
+from typing import Any, Mapping
+
 #: the metric that chooses: ``self.log``, checkpointing, pruning and the objective's value all read it
 MONITOR = "val/acc1"
 MONITOR_MODE = "max"
@@ -34,3 +37,13 @@ DISCARDED = "discarded"
 #: the study's user attribute naming the reference row (``study.reference``, a variant slug); None: each iRPE row
 #: against its config-matched no-RPE row
 REFERENCE_ATTR = "reference"
+
+#: the study's user attribute holding the seeds-until-decided design and every look (``study.seeds``; written by
+#: ``sweep/decided.py``, shown by the leaderboard)
+SEQUENTIAL_ATTR = "seeds_until_decided"
+
+
+def row_key(params: Mapping[str, Any]) -> str:
+    """A row of a grid study: a point's Optuna parameters without its seed (the looks of seeds until decided are
+    recorded per row under this key)."""
+    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, default=str)

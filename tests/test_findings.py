@@ -189,3 +189,74 @@ def test_a_partial_run_lists_unfinished_cells_as_pending_and_leaves_them_out_of_
     first, second = check_claims(spec, root, partial=True)
     assert first.verdict == "holds" and first.p_holm == pytest.approx(first.comparison.p_value)
     assert second.verdict.startswith("pending")
+
+
+def _key(variant):
+    return next(r["config_key"] for r in _rows(QUICK / "trials.csv") if r["variant"] == variant)
+
+
+def _sequential_study(root, looks, alpha, status="higher", n_max=4):
+    """digits_quick's real trials as a seeds-until-decided study: iRPE looked at against the no-RPE reference."""
+    design = {"method": "group-sequential paired t", "family": 1, "alpha_row": alpha,
+              "spec": {"min": looks[0], "max": n_max, "step": 2, "until": "decided", "margin": 1.0,
+                       "alpha": alpha, "spending": "obrien_fleming"},
+              "rows": [{"variant": NONE, "config_key": _key(NONE), "vs": None, "vs_key": None, "status": "baseline",
+                        "seeds": looks[-1], "looks": [], "val": {}, "test": {}},
+                       {"variant": IRPE, "config_key": _key(IRPE), "vs": NONE, "vs_key": _key(NONE),
+                        "status": status, "seeds": looks[-1], "looks": looks, "val": {"decision": status},
+                        "test": {}}]}
+    (root / "quick" / "leaderboard.json").write_text(json.dumps({"sequential": design}))
+
+
+def test_a_seeds_until_decided_study_is_read_by_its_repeated_ci_at_the_last_look(root):
+    """One look at max (4 seeds): the repeated CI is the t interval at level 1 − α (scipy, here); a claim with the
+    reference as a is the row's comparison negated; the verdict is the pre-registered reading of the CI; a claim
+    between two rows neither of which is the other's reference is refused."""
+    alpha = 0.01
+    _sequential_study(root, [4], alpha)
+    spec = {"claims": [
+        {"claim": "iRPE supplies position", "study": "quick", "a": IRPE, "b": NONE, "direction": "greater",
+         "primary": True},
+        {"claim": "reversed", "study": "quick", "a": NONE, "b": IRPE, "direction": "greater", "primary": True},
+        {"claim": "same", "study": "quick", "a": IRPE, "b": NONE, "direction": "equal", "margin": 30.0},
+    ]}
+    found = check_claims(spec, root)
+    a, b = _by_seed(IRPE), _by_seed(NONE)
+    d = [a[s] - b[s] for s in sorted(a)]
+    mean, sd = sum(d) / len(d), stats.tstd(d)
+    half = stats.t.ppf(1 - alpha / 2, len(d) - 1) * sd / len(d) ** 0.5
+    fwd, rev, same = found
+    assert fwd.comparison.delta == pytest.approx(mean) and fwd.comparison.delta_ci95 == pytest.approx(
+        [mean - half, mean + half]) and fwd.comparison.n_pairs == 4
+    assert rev.comparison.delta == pytest.approx(-mean) and rev.comparison.delta_ci95 == pytest.approx(
+        [-mean - half, -mean + half])
+    low = mean - half
+    expect = "holds" if low > 0 else "not resolved"
+    assert fwd.verdict.startswith(expect) and fwd.alpha == alpha and fwd.p_holm is None, fwd
+    assert rev.verdict.startswith("contradicted" if low > 0 else "not resolved")
+    inside = -30 < mean - half and mean + half < 30
+    assert same.verdict == ("equivalent within ±30" if inside else same.verdict) and inside
+    assert fwd.sequential["looks"] == [4] and fwd.sequential["validation_decision"] == "higher"
+    text = main_text(root, spec)
+    assert "seeds until decided, each comparison at α = 0.01, Bonferroni" in text and "repeated CI" in text
+
+    spec["claims"].append({"claim": "no reference", "study": "quick", "a": IRPE, "b": IRPE, "direction": "greater"})
+    with pytest.raises(ValueError, match="reference"):
+        check_claims(spec, root)
+
+
+def test_a_row_still_receiving_seeds_is_pending_with_its_valid_ci(root):
+    _sequential_study(root, [2], 0.05, status="continue")
+    spec = {"claims": [{"claim": "iRPE", "study": "quick", "a": IRPE, "b": NONE, "direction": "greater"}]}
+    (f,) = check_claims(spec, root)
+    assert f.verdict.startswith("pending (still adding seeds; at 2:") and f.comparison.n_pairs == 2
+
+
+def main_text(root, spec):
+    path = root / "claims.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = root / "findings.md"
+    assert main([str(path), str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert all("sequential" in f for f in data["findings"])
+    return out.read_text()

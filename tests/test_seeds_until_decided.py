@@ -10,6 +10,7 @@ fails with a message instead of passing for the wrong reason.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -139,6 +140,20 @@ def test_rows_are_compared_with_the_study_reference_and_a_reference_that_is_no_r
     assert none["status"] == Q.EQUIVALENT and len(none["looks"]) == 1 and none["allotted"] == 2
     _check_look(study, none["looks"][0], 0.05, 6)
     assert _seeds_of(study, "product") == _seeds_of(study, "none") == [0, 1]
+
+    # the leaderboard shows the looks beside its (descriptive) fixed-n ranking
+    assert main(["leaderboard", str(path)]) == 0
+    board = json.loads((tmp_path / "out" / "leaderboard.json").read_text())
+    seq = board["sequential"]
+    assert seq["alpha_row"] == pytest.approx(0.05) and seq["spec"]["max"] == 6
+    by_variant = {r["variant"]: r for r in seq["rows"]}
+    row = by_variant["deit_tiny_norpe"]
+    assert row["vs"] == slug and row["status"] == Q.EQUIVALENT and row["looks"] == [2]
+    assert row["val"]["ci"] == none["looks"][0]["ci"] and row["test"]["ci"] == none["looks"][0]["test"]["ci"]
+    assert by_variant[slug]["status"] == "baseline"
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "## Seeds until decided" in md and "descriptive, not decisions" in md
+    assert "| deit_tiny_norpe | " + slug + " | equivalent | 2 | 2 |" in md
 
 
 def _env() -> dict:

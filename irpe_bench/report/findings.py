@@ -80,6 +80,8 @@ class Finding:
     tost_power: Optional[float] = None  # ``equal``: TOST's power at this n, true Δ = 0, the observed paired SD
     tost_seeds: Optional[int] = None  # ``equal``: pairs for 80 % TOST power (None: beyond stats.MAX_SEEDS)
     devices: Optional[str] = None  # the warning when pairs ran on different device strings
+    # seeds-until-decided studies only: {status, looks, seeds, alpha, spec} of the row (the CI is its repeated CI)
+    sequential: Optional[Dict[str, Any]] = None
 
 
 Runs = List[Tuple[Optional[int], float, str]]  # (seed, value, device) per COMPLETE trial
@@ -191,6 +193,7 @@ def check_claims(spec: Mapping[str, Any], root: Path, partial: bool = False) -> 
     if not claims:
         raise ValueError("claims: the file lists no claims")
     loaded: Dict[str, _Study] = {}
+    designs: Dict[str, Optional[Dict[str, Any]]] = {}
     rows = []
     for i, c in enumerate(claims):
         where = _validate(i, c)
@@ -198,6 +201,8 @@ def check_claims(spec: Mapping[str, Any], root: Path, partial: bool = False) -> 
         if not trials.is_file():
             raise ValueError(f"{where}: study={c['study']!r} has no trials.csv at {str(trials)!r}")
         data = loaded.setdefault(c["study"], _load(trials, metric))
+        if c["study"] not in designs:
+            designs[c["study"]] = _design(root / c["study"] / "leaderboard.json")
         keys = {side: _resolve(where, c["study"], data, side, c[side]) for side in ("a", "b")}
         pairs = {side: _pairs(data.runs[k]) if k else [] for side, k in keys.items()}
         short = [side for side in ("a", "b") if len(pairs[side]) < (min_seeds if partial else 1)]
@@ -205,8 +210,100 @@ def check_claims(spec: Mapping[str, Any], root: Path, partial: bool = False) -> 
             raise ValueError(f"{where}: {short[0]}={c[short[0]]!r} is not a complete variant of {c['study']!r}; "
                              f"variants there: {sorted(data.keys_of)}")
         rows.append((c, keys, None if short else pairs, data))
-    findings = [_finding(c, keys, pairs, data) for c, keys, pairs, data in rows]
+    findings = [_sequential(c, keys, pairs, data, designs[c["study"]], partial) if designs[c["study"]] else
+                _finding(c, keys, pairs, data) for c, keys, pairs, data in rows]
     return _adjust(findings)
+
+
+def _design(board_json: Path) -> Optional[Dict[str, Any]]:
+    """The ``sequential`` section of a study's ``leaderboard.json`` (None: a fixed-n study)."""
+    import json
+
+    if not board_json.is_file():
+        return None
+    return json.loads(board_json.read_text(encoding="utf-8")).get("sequential")
+
+
+SEQUENTIAL = "group-sequential paired t"
+
+
+def _sequential(c: Mapping[str, Any], keys: Mapping[str, Optional[str]], pairs, data: _Study,
+                design: Mapping[str, Any], partial: bool) -> Finding:
+    """A claim on a seeds-until-decided study: the test metric's repeated 95 % CI at the row's last look,
+    recomputed from ``trials.csv`` with the study's design (``report.sequential.analyse``), and the pre-registered
+    verdict read from it (``docs/paper_claims.md``). One of a and b must be the study's reference: the design
+    compares every row with it, and no other pair has a valid sequential test."""
+    from . import sequential as Q
+
+    where = f"claim {c['claim']!r}"
+    margin = float(c["margin"]) if c.get("margin") is not None else None
+    family = PRIMARY if c.get("primary", False) else EXPLORATORY
+    base = dict(claim=c["claim"], study=c["study"], a=c["a"], b=c["b"], direction=c["direction"], margin=margin,
+                paper=None if c.get("paper") is None else str(c["paper"]), family=family, key_a=keys["a"],
+                key_b=keys["b"], alpha=design.get("alpha_row"))
+    rows = {r["config_key"]: r for r in design.get("rows", []) if r.get("config_key")}
+    ra, rb = rows.get(keys["a"] or ""), rows.get(keys["b"] or "")
+    if pairs is None or ra is None or rb is None:
+        if not partial:
+            raise ValueError(f"{where}: {c['a']!r} or {c['b']!r} has no row in {c['study']!r}'s seeds-until-decided "
+                             "record yet")
+        return Finding(**base, n_a=0, n_b=0, comparison=Comparison(None, None, float("nan"), None, None, None),
+                       p_holm=None, mdd=None, verdict=PENDING)
+    if rb.get("vs_key") == keys["a"]:
+        row, sign = rb, -1.0  # b is compared with a (the reference): Δ = a − b = −(b − a)
+    elif ra.get("vs_key") == keys["b"]:
+        row, sign = ra, 1.0
+    else:
+        raise ValueError(f"{where}: neither {c['a']!r} nor {c['b']!r} is the other's reference in {c['study']!r} "
+                         "(a seeds-until-decided study tests each row against its reference only)")
+    spec = design.get("spec") or {}
+    ref_side, row_side = ("a", "b") if sign < 0 else ("b", "a")
+    r_vals, b_vals = dict(pairs[row_side]), dict(pairs[ref_side])
+    ns = [int(n) for n in row.get("looks") or []]
+
+    def diffs(n: int) -> List[float]:
+        return [r_vals[s] - b_vals[s] for s in sorted(set(r_vals) & set(b_vals)) if s is not None and s < n]
+
+    look = None
+    if ns:
+        final = ns[-1] >= int(spec["max"])
+        looks = Q.analyse([diffs(n) for n in ns], int(spec["max"]), float(design["alpha_row"]), spec.get("margin"),
+                          final, spec.get("spending", "obrien_fleming"))
+        look = looks[-1] if looks else None
+    info = {"status": row.get("status"), "looks": ns, "seeds": row.get("seeds"), "spec": spec,
+            "method": design.get("method"), "validation_decision": (row.get("val") or {}).get("decision")}
+    if look is None or look.ci is None:
+        cmp = Comparison(SEQUENTIAL, len(diffs(ns[-1])) if ns else 0, float("nan"), None, None, None)
+        return Finding(**base, n_a=len(pairs["a"]), n_b=len(pairs["b"]), comparison=cmp, p_holm=None, mdd=None,
+                       verdict=PENDING if partial else "not resolved (no look yet)", sequential=info)
+    ci = sorted([sign * look.ci[0], sign * look.ci[1]])
+    cmp = Comparison(SEQUENTIAL, look.n, sign * look.delta, ci, None, look.sd)
+    verdict = _sequential_verdict(c["direction"], ci, margin if margin is not None else spec.get("margin"))
+    if row.get("status") == Q.CONTINUE:
+        verdict = f"pending (still adding seeds; at {ns[-1]}: {verdict})"
+    paired = Comparison(PAIRED, look.n, cmp.delta, ci, None, look.sd)
+    return Finding(**base, n_a=len(pairs["a"]), n_b=len(pairs["b"]), comparison=cmp, p_holm=None, mdd=None,
+                   verdict=verdict, sequential=info,
+                   devices=_device_warning(data.runs[keys["a"]], data.runs[keys["b"]], paired))
+
+
+def _sequential_verdict(direction: str, ci: Sequence[float], margin: Optional[float]) -> str:
+    """The pre-registered reading of a repeated CI of a − b (``docs/paper_claims.md``)."""
+    low, high = ci
+    inside = margin is not None and -margin < low and high < margin
+    if direction == "greater":
+        if low > 0:
+            return "holds" + (f" (and within ±{margin:g})" if inside else "")
+        if high < 0:
+            return "contradicted" + (f" (and within ±{margin:g})" if inside else "")
+        if inside:
+            return f"equivalent within ±{margin:g}"
+        return f"not resolved (repeated CI half-width {(high - low) / 2:.2f})"
+    if inside:
+        return f"equivalent within ±{margin:g}"
+    if low >= margin or high <= -margin:
+        return "not equivalent"
+    return f"not resolved (±{margin:g} margin; repeated CI half-width {(high - low) / 2:.2f})"
 
 
 def _finding(c: Mapping[str, Any], keys: Mapping[str, Optional[str]], pairs, data: _Study) -> Finding:
@@ -277,6 +374,18 @@ METHOD_NOTE = (
 )
 
 
+SEQUENTIAL_NOTE = (
+    "Claims on a seeds-until-decided study (`study.seeds`): Δ and its repeated CI (simultaneous level 1 − α over "
+    "the looks; group-sequential paired t, Lan–DeMets O'Brien–Fleming spending, irpe_bench/report/sequential.py) "
+    "are of the test metric at the look where validation stopped the row, recomputed from trials.csv with the "
+    "study's design; α is per comparison (Bonferroni over the pre-registered family), not Holm, whose step-down "
+    "needs every p-value at one time. a > b holds when the CI excludes 0 above, is contradicted when it excludes 0 "
+    "below, and is equivalent within ±m when it lies inside ±m; a ≈ b is equivalent within ±m when the CI lies "
+    "inside ±m and not equivalent when it lies outside; otherwise not resolved. A row still receiving seeds is "
+    "pending (its CI is valid now, the verdict may still change)."
+)
+
+
 def _table(findings: Sequence[Finding], metric: str) -> List[str]:
     lines = [f"| claim | study | a − b | paper (ImageNet) | Δ {metric} [95 % CI] | p (Holm; TOST for ≈) | test, n | "
              "verdict |", "|---|---|---|---|---|---|---|---|"]
@@ -292,6 +401,8 @@ def _table(findings: Sequence[Finding], metric: str) -> List[str]:
         p = _num(f.p_holm, "{:.3g}")
         if f.direction == "equal" and f.p_holm is not None:
             p = f"TOST {p}"
+        if f.sequential is not None:
+            p = f"α {f.alpha:.3g} (repeated CI at 1 − α)" if f.alpha is not None else "—"
         lines.append(f"| {f.claim} | {f.study} | `{f.a}` − `{f.b}` | {f.paper or '—'} | {_num(c.delta)}{ci} | "
                      f"{p} | {n} | **{f.verdict}** |")
     return lines
@@ -299,6 +410,10 @@ def _table(findings: Sequence[Finding], metric: str) -> List[str]:
 
 def _family_head(findings: Sequence[Finding], family: str) -> str:
     members = [f for f in findings if f.family == family]
+    if members and all(f.sequential is not None for f in members):
+        alphas = ", ".join(sorted({f"{f.alpha:.4g}" for f in members if f.alpha is not None}))
+        what = "Primary claims (confirmatory" if family == PRIMARY else "Secondary claims (exploratory"
+        return f"## {what}; seeds until decided, each comparison at α = {alphas}, Bonferroni)"
     m = max((f.family_size for f in members), default=0)
     if family == PRIMARY:
         return f"## Primary claims (confirmatory; Holm over {m}, α = 0.05/{m} at its first step)"
@@ -309,6 +424,8 @@ def to_markdown(findings: List[Finding], metric: str = "test_acc1") -> str:
     """The findings: the method note, then one table per family (primary first): claim, paper, ours
     (Δ [95 % CI], Holm p, n), verdict."""
     out = ["# The paper's claims against the committed studies", "", METHOD_NOTE.format(metric=metric)]
+    if any(f.sequential is not None for f in findings):
+        out += ["", SEQUENTIAL_NOTE]
     for family in (PRIMARY, EXPLORATORY):
         members = [f for f in findings if f.family == family]
         if members:
@@ -330,7 +447,11 @@ def to_json(findings: List[Finding], metric: str = "test_acc1") -> str:
             return [clean(v) for v in x]
         return x
 
-    data = {"metric": metric, "alpha": ALPHA, "findings": [clean(asdict(f)) for f in findings]}
+    rows = [clean(asdict(f)) for f in findings]
+    for r in rows:  # a fixed-n claim's record stays what it was
+        if r.get("sequential") is None:
+            r.pop("sequential", None)
+    data = {"metric": metric, "alpha": ALPHA, "findings": rows}
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 

@@ -38,6 +38,7 @@ from ..keys import DISCARDED
 from ..redact import redact
 from . import objectives as O
 from .intervals import ACCURACY_BOUNDS
+from .looks import summarise
 from .stalls import STALL_MARGIN, stalled
 from .stats import GroupStats, one_per_seed, study_stats
 
@@ -185,6 +186,8 @@ class Leaderboard:
     objectives: Optional[List[Dict[str, str]]] = None
     constraints: Optional[List[str]] = None  # constrained studies only: the constraint texts
     repeats: Optional[int] = None  # seeds per trial, when more than one (each seed is one sample)
+    # seeds-until-decided studies only: the design and each row's last look (``looks.summarise``)
+    sequential: Optional[Dict[str, Any]] = None
     groups: List[GroupRow] = field(default_factory=list)
     trials: List[TrialRow] = field(default_factory=list)
     failed: List[TrialRow] = field(default_factory=list)  # FAIL trials nobody retried
@@ -450,6 +453,7 @@ def collect(study: optuna.Study) -> Leaderboard:
         mdd_alpha=st.mdd_alpha, mdd_family=st.mdd_family, reference=reference or None,
         objectives=[asdict(o) for o in goals.objectives] if goals.multi else None,
         constraints=list(goals.constraints) or None, repeats=goals.repeats if goals.repeats > 1 else None,
+        sequential=summarise(study.user_attrs.get(K.SEQUENTIAL_ATTR) or {}, frozen),
         groups=groups, trials=[r for _, r in samples if r.number not in {d.number for d in discarded}],
         failed=failed, retried=retried, pruned=pruned, running=running,
     )

@@ -192,6 +192,8 @@ def omitted_fields(board: Any) -> Dict[str, Tuple[str, ...]]:
         top.append("repeats")
     if getattr(board, "reference", None) is None:
         top.append("reference")
+    if getattr(board, "sequential", None) is None:
+        top.append("sequential")
     return {"board": tuple(top), "group": tuple(group), "trial": tuple(trial)}
 
 

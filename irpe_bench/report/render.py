@@ -256,7 +256,37 @@ def summary_items(board: Leaderboard) -> List[Tuple[str, str]]:
         mdd = f"; minimum detectable difference {board.mdd:.2f}" if board.mdd is not None else ""
         items.append(("not resolved", ", ".join(g.variant for g in unresolved) +
                       f" (95 % CI of Δ includes 0, or not significant after Holm{mdd})"))
+    if board.sequential:
+        items.append(("seeds until decided", sequential_text(board.sequential)))
     return items + goal_items(board)
+
+
+def sequential_text(seq: Mapping[str, Any]) -> str:
+    """The design of a seeds-until-decided study, and why its ranking's p-values are descriptive."""
+    spec = seq.get("spec") or {}
+    margin = f", or its CI inside ±{spec['margin']:g}" if spec.get("margin") else ""
+    return (f"{seq.get('method')}; looks at {spec.get('min')}, {spec.get('min', 0) + spec.get('step', 0)}, … "
+            f"{spec.get('max')} seeds; each row at α = {seq.get('alpha_row', float('nan')):.4g} (its family of "
+            f"{seq.get('family')} rows, study alpha {spec.get('alpha', 0.05):g}), so its repeated CIs have the "
+            f"simultaneous level 1 − α. A row stops when its repeated CI on validation excludes 0{margin}; the "
+            "test Δ and its repeated CI at that look are the reported result (section 'Seeds until decided'). "
+            "The ranking's paired t, Holm p and verdicts ignore the looks: for this study they are descriptive, "
+            "not decisions.")
+
+
+def sequential_table(board: Leaderboard) -> Table:
+    """Each compared row of a seeds-until-decided study: where it stopped, why, and its repeated CIs."""
+    head = ["variant", "vs", "status", "seeds", "looks", "val Δ [repeated CI] (decides)",
+            "test Δ [repeated CI] (reported)", "test decision"]
+    rows = []
+    for r in (board.sequential or {}).get("rows", []):
+        if r["status"] == "baseline":
+            continue
+        val, test = r["val"], r["test"]
+        rows.append([r["variant"], _text(r["vs"]), _text(r["status"]), _text(r["seeds"]),
+                     ", ".join(map(str, r["looks"])) or DASH, _signed(val["delta"]) + _ci(val["ci"], signed=True),
+                     _signed(test["delta"]) + _ci(test["ci"], signed=True), _text(test["decision"])])
+    return head, rows
 
 
 def goal_items(board: Leaderboard) -> List[Tuple[str, str]]:
@@ -323,8 +353,12 @@ def sections(board: Leaderboard) -> List[Tuple[str, Table, str, str]]:
         retried = (f"Not listed: trial(s) {nums}, which failed and were retried; the retry's own row carries "
                    "the outcome.")
     infeasible = [("Infeasible", infeasible_table(board), "No infeasible trials.", "")] if board.constraints else []
+    sequential = [("Seeds until decided", sequential_table(board), "No look taken yet.",
+                   "Each row against its reference, paired by seed, at its last look; the repeated CIs cover at "
+                   "every look at once, so they stay valid where the row stopped.")] if board.sequential else []
     return [
         ("Ranking", ranking_table(board), "No trial has completed yet.", ranking_note(board)),
+        *sequential,
         *infeasible,
         ("Failed", failed_table(board), "No failed trials.", retried),
         ("Pruned", pruned_table(board), "No pruned trials.", ""),

@@ -7,21 +7,14 @@ it here, below all of them, so that none of them imports the module that takes t
 """
 from __future__ import annotations
 
-import json
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import optuna
 
+from ..keys import SEQUENTIAL_ATTR as ATTR
+from ..keys import row_key
 from . import space as S
 from .config import Sweep
-
-#: study user attribute holding the design and every look
-ATTR = "seeds_until_decided"
-
-
-def row_key(params: Mapping[str, Any]) -> str:
-    """A row: a grid point's Optuna parameters without its seed."""
-    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, default=str)
 
 
 def grid(sweep: Sweep) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
