@@ -36,12 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PRODUCT, NONE = row_key({"model.rpe.method": "product"}), row_key({"model.rpe.method": "none"})
 
 
-def _sweep(tmp_path: Path, seeds: dict, **study) -> Path:
+def _sweep(tmp_path: Path, seeds: dict, workers: int = 1, **study) -> Path:
     write_yaml(tmp_path / "base.yaml", tiny_dict(tmp_path, trainer={
         "benchmark_batches": 0, "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1,
         "limit_test_batches": 1}))
     data = {"study": {"name": "s", "sampler": "grid", "pruner": "none", "seeds": seeds, **study}, "base": "base.yaml",
-            "space": {"model.rpe.method": {"choices": ["none", "product"]}}, "out_dir": str(tmp_path / "out")}
+            "space": {"model.rpe.method": {"choices": ["none", "product"]}}, "out_dir": str(tmp_path / "out"),
+            "workers": workers}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -74,7 +75,9 @@ def _check_look(study: optuna.Study, look: dict, alpha: float, n_max: int) -> No
 def _run_decided_row(tmp_path: Path, storage: str | None) -> optuna.Study:
     name = f"s-{uuid.uuid4().hex[:8]}"
     extra = {"storage": storage} if storage else {}
-    path = _sweep(tmp_path, {"min": 2, "max": 6, "step": 2, "until": "decided", "margin": 1.0}, name=name, **extra)
+    # two workers take the looks and train the seeds at once (on SQLite and on PostgreSQL)
+    path = _sweep(tmp_path, {"min": 2, "max": 6, "step": 2, "until": "decided", "margin": 1.0}, workers=2, name=name,
+                  **extra)
     assert main(["sweep", str(path), "--no-leaderboard"]) == 0
     url = storage.replace("postgresql://", "postgresql+psycopg://") if storage else \
         f"sqlite:///{tmp_path}/out/optuna.db"
