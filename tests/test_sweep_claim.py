@@ -140,3 +140,29 @@ def test_a_worker_whose_trial_was_finished_elsewhere_goes_on(tmp_path):
     assert trials[2].system_attrs["retry_history"] == [0]
     assert Path(trials[2].user_attrs["run_dir"]) == Path(trials[0].user_attrs["run_dir"])  # the same run, resumed
     assert sorted(t.params["seed"] for t in trials[1:]) == [0, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("round_", [0, 1])
+def test_four_real_sweep_workers_on_a_fresh_study_run_each_point_once(tmp_path, round_):
+    """The issue's end-to-end race: one ``run.py sweep`` with four workers started at once on a fresh SQLite
+    study (the README's first command starts two): every grid point trains exactly once, in its own run directory,
+    no trial fails or is discarded untrained, and the sweep exits 0 (before the claim was atomic, two workers
+    trained trial 0 in one run directory, Lightning's CSV logger failed and a worker died with exit 2)."""
+    write_yaml(tmp_path / "base.yaml", tiny_dict(tmp_path, trainer={
+        "max_epochs": 1, "benchmark_batches": 0, "limit_train_batches": 2, "limit_val_batches": 1,
+        "limit_test_batches": 1}))
+    data = {"study": {"name": f"race{round_}", "sampler": "grid", "pruner": "none"}, "base": "base.yaml",
+            "space": {"model.rpe.method": {"choices": ["none", "product"]}, "seed": {"choices": [0, 1, 2, 3]}},
+            "out_dir": str(tmp_path / "out"), "workers": N_WORKERS}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["sweep", str(path), "--no-leaderboard"]) == 0
+    trials = optuna.load_study(study_name=f"race{round_}", storage=f"sqlite:///{tmp_path}/out/optuna.db").trials
+    assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state, t.user_attrs.get("error"))
+                                                                 for t in trials]
+    points = collections.Counter((t.params["model.rpe.method"], t.params["seed"]) for t in trials)
+    assert len(points) == 8 and set(points.values()) == {1}, points
+    dirs = [t.user_attrs["run_dir"] for t in trials]
+    assert len(set(dirs)) == len(dirs) == 8
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the workers did share the grid
