@@ -23,6 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", help="the sweep YAML whose study to report")
     add_set_argument(p, "dotted overrides of the sweep file (e.g. study.name=...)")
     add_storage_argument(p)
+    add_markdown_argument(p)
+
+
+def add_markdown_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--markdown", action="store_true",
+                   help="print the whole Markdown report (default: a short verdict and the report's path)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,13 +37,15 @@ def run(args: argparse.Namespace) -> int:
     from ..sweep.config import load_sweep
 
     take_storage(args)
-    write_leaderboard(load_sweep(args.sweep, parse_overrides(args.overrides)))
+    write_leaderboard(load_sweep(args.sweep, parse_overrides(args.overrides)), markdown=args.markdown)
     return 0
 
 
-def write_leaderboard(sweep: "Sweep", meta: Dict[str, Any] | None = None, study=None) -> Dict[str, Any]:
-    """The report of the study's current state: files under ``out_dir``, a W&B run, the table on stdout.
-    ``study``: the already opened study; None loads it (never creates it)."""
+def write_leaderboard(sweep: "Sweep", meta: Dict[str, Any] | None = None, study=None,
+                      markdown: bool = False) -> Dict[str, Any]:
+    """The report of the study's current state: files under ``out_dir``, a W&B run, and on stdout the verdict in
+    words (``report.verdict``; ``markdown``: the whole Markdown report instead). ``study``: the already opened
+    study; None loads it (never creates it)."""
     import optuna
 
     from ..sweep.storage import open_storage
@@ -58,6 +66,8 @@ def write_leaderboard(sweep: "Sweep", meta: Dict[str, Any] | None = None, study=
 
         out["wandb_id"] = log_leaderboard(out["board"], out, project=log_cfg.project, group=sweep.config.study.name,
                                           save_dir=sweep.out_dir, mode=resolve_mode(sweep.base_config))
-    print(out["markdown"])
+    from .verdict import verdict_text
+
+    print(out["markdown"] if markdown else verdict_text(out["board"], str(out["md"])), end="" if not markdown else "\n")
     print(f"leaderboard: {out['md']} (also .csv, .html, .json, .tex and plots in {sweep.out_dir})", file=sys.stderr)
     return out

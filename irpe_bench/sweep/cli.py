@@ -8,6 +8,7 @@ import time
 from typing import Any, Dict, List
 
 from ..overrides import add_set_argument, parse_overrides
+from ..report.cli import add_markdown_argument
 from .arguments import add_storage_argument, take_storage
 from .config import Sweep, load_sweep, redact
 
@@ -24,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="first list this study's failed trials (number, variant, reason) and queue each again with "
                         "the same parameters, resuming its checkpoint (invalid and diverged ones are not retried)")
     p.add_argument("--no-leaderboard", action="store_true", help="skip writing the leaderboard at the end")
+    add_markdown_argument(p)
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
 
 
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         failed_workers = launch(sweep, _argv_for_workers(args))
     if not args.no_leaderboard:
-        write_leaderboard(sweep, meta, study)
+        write_leaderboard(sweep, meta, study, markdown=args.markdown)
     return 1 if failed_workers else 0
 
 
