@@ -118,7 +118,7 @@ def _checkpoint_at(path: Path) -> tuple:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=["SIGTERM", "SIGUSR1", "SIGINT"])
 def test_a_signal_checkpoints_the_trial_and_the_restart_resumes_it_at_once(tmp_path, sig):
     seeds = (0, 1)
     path = _sweep(tmp_path, seeds)
@@ -146,6 +146,8 @@ def test_a_signal_checkpoints_the_trial_and_the_restart_resumes_it_at_once(tmp_p
     assert main(["sweep", str(path), "--no-leaderboard"]) == 0
     assert time.time() - t0 < GRACE_S / 2  # nothing waited for a heartbeat to go stale
     _check_resumed(load(), seeds, {0: (epoch, step)})
+    after = load().trials
+    assert after[2].datetime_start < after[1].datetime_start  # the interrupted trial resumed first, then seed 1
 
 
 @pytest.mark.slow

@@ -42,4 +42,19 @@ def claim(storage: RDBStorage, trial_id: int) -> bool:
         return False
 
 
-__all__ = ["claim"]
+def retries_first(storage: RDBStorage, trial_id: int) -> bool:
+    """Whether a worker may claim WAITING trial ``trial_id`` now: yes if it is a retry (a killed or preempted
+    trial queued again, ``retry_history``) or no retry waits in its study.
+
+    NOTE: Optuna pops the queue in trial-number order, and a retry's copy is the newest trial, so after a SIGTERM
+    the interrupted trial used to resume last, behind every grid point queued before it. Refusing the older
+    trials while a retry waits makes Optuna's pop move on to the retry: a resumed trial runs first."""
+    T, A = models.TrialModel, models.TrialSystemAttributeModel
+    with _create_scoped_session(storage.scoped_session) as session:
+        study_id = T.find_or_raise_by_id(trial_id, session).study_id
+        retries = {r for (r,) in session.query(A.trial_id).join(T, T.trial_id == A.trial_id).filter(
+            T.study_id == study_id, T.state == TrialState.WAITING, A.key == "retry_history")}
+    return not retries or trial_id in retries
+
+
+__all__ = ["claim", "retries_first"]

@@ -1,12 +1,15 @@
-"""Preemption: a worker told to stop (SIGTERM, or SIGUSR1) saves its trial, queues it again and exits at once.
+"""Preemption: a worker told to stop (SIGTERM, SIGUSR1 or Ctrl-C's SIGINT) saves its trial, queues it again and
+exits at once.
 
 A cluster ends a job with SIGTERM (SLURM: ``--signal=B:TERM@120`` before the time limit, or preemption), then
 SIGKILL after a grace period. Waiting for the heartbeat would cost the trial ``grace_s`` on the next start and
 the epoch in progress; instead:
 
-1. :func:`stop_on_signals` installs a handler for SIGTERM and SIGUSR1 that records the request. During
-   ``Trainer.fit`` Lightning's signal connector keeps it and records SIGTERM itself; SIGUSR1 is re-sent as
-   SIGTERM so that both take Lightning's path: ``SIGTERMException`` at the next batch boundary, where
+1. :func:`stop_on_signals` installs a handler for SIGTERM, SIGUSR1 and SIGINT that records the request (the
+   first one; a repeat, e.g. Ctrl-C reaching a worker from the terminal and again from its launcher, changes
+   nothing). During ``Trainer.fit`` Lightning's signal connector keeps it and records SIGTERM itself; SIGUSR1
+   and SIGINT are re-sent as SIGTERM so that all take Lightning's path: ``SIGTERMException`` at the next batch
+   boundary, where
    :class:`irpe_bench.train.preemption.PreemptionCheckpoint` writes the run's ``last.ckpt`` (a request that
    came before ``fit`` started stops it as it starts). Installed first, it also keeps Lightning's own SLURM
    handler off SIGUSR1 (that one would requeue the job itself and write a checkpoint of its own).
@@ -41,7 +44,9 @@ log = logging.getLogger(__name__)
 EXIT_PREEMPTED = 75
 #: a trial's ``status`` while its copy waits to resume after a preemption
 PREEMPTED = "preempted"
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+#: NOTE: SIGINT (Ctrl-C; a terminal sends it to the launcher and its workers alike) stops a sweep as SIGTERM does:
+#: the trial checkpoints and is queued again, instead of being left RUNNING until its heartbeat goes stale
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(SystemExit):
@@ -106,7 +111,8 @@ def request_stop(reason: str) -> None:
 
 @contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
-    """Handle SIGTERM and SIGUSR1 as stop requests for the block (the main thread only; elsewhere a no-op)."""
+    """Handle SIGTERM, SIGUSR1 and SIGINT as stop requests for the block (the main thread only; elsewhere a
+    no-op)."""
     global _request
     if threading.current_thread() is not threading.main_thread():
         yield StopRequest()
