@@ -15,13 +15,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build a model and print its variant name, buckets, parameters and MACs (no training)."""
+    from pydantic import ValidationError
+
     from .models import count_params_and_macs, create_model, rpe_layers
     from .overrides import parse_overrides
+    from .rpe.config import RPEConfig
+    from .train.config import format_errors
 
     kwargs = parse_overrides(args.overrides)
     rpe = kwargs.pop("rpe", None)  # with an official name: fields that refine its config
     abs_pos = bool(kwargs.pop("abs_pos", True))
-    model = create_model(args.model, rpe=rpe, abs_pos=abs_pos, **kwargs)
+    try:
+        model = create_model(args.model, rpe=rpe, abs_pos=abs_pos, **kwargs)
+    except ValidationError as e:  # the iRPE fields: one line per problem, the field and what is allowed
+        raise ValueError(format_errors(e, "--set rpe", root=RPEConfig)) from None
     cfg = model.rpe_config
     cost = count_params_and_macs(model)
     info = {

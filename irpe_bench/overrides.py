@@ -11,21 +11,26 @@ from typing import Dict, List
 
 def parse_overrides(items: List[str]) -> Dict[str, object]:
     """``["rpe.mode=bias", "rpe.layers=[0,1]"]`` (or the ``--set`` option's list of lists) → nested dict; values
-    are parsed as YAML scalars/lists."""
+    are parsed as YAML scalars/lists. A malformed pair is a ``ValueError`` naming it (one line from the CLI)."""
     import yaml
 
     out: Dict[str, object] = {}
     for item in (i for group in items for i in ([group] if isinstance(group, str) else group)):
         if "=" not in item:
-            raise SystemExit(f"--set {item!r}: expected key=value, e.g. rpe.mode=bias")
+            raise ValueError(f"--set {item!r}: expected key=value, e.g. rpe.mode=bias")
         key, raw = item.split("=", 1)
         node = out
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})  # type: ignore[assignment]
             if not isinstance(node, dict):
-                raise SystemExit(f"--set {item!r}: {p!r} is both a value and a section")
-        node[leaf] = yaml.safe_load(raw)
+                raise ValueError(f"--set {item!r}: {p!r} is both a value and a section")
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem", None) or type(e).__name__
+            raise ValueError(f"--set {item!r}: the value {raw!r} of {key.strip()!r} is not valid YAML ({where}); "
+                             "allowed: a YAML scalar or list, e.g. 3, bias, [0, 1], '{a: 1}'") from None
     return out
 
 

@@ -113,7 +113,19 @@ def create_model(
         raise ValueError("pretrained=True is not supported: no weights are downloaded; use "
                          "load_official_checkpoint() or a local checkpoint")
     _check_img_patch(timm_kwargs)
-    model = timm.create_model(name, pretrained=False, **timm_kwargs)
+    try:
+        model = timm.create_model(name, pretrained=False, **timm_kwargs)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        import inspect
+
+        from timm.models.vision_transformer import VisionTransformer
+
+        bad = str(e).rsplit("argument", 1)[-1].strip(" '\"")
+        allowed = sorted(p for p in inspect.signature(VisionTransformer.__init__).parameters if p != "self")
+        raise ValueError(f"{bad}={timm_kwargs.get(bad)!r}: not an option of timm's {name!r}; allowed: "
+                         f"{allowed}") from None
     _vit_blocks_check(model, name)
     if not abs_pos:
         # NOTE: built with the embedding, then removed (what timm's ``pos_embed="none"`` leaves: None), rather than

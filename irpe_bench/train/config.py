@@ -306,7 +306,13 @@ def read_yaml(path: Union[str, Path], what: str = "config file") -> Dict[str, An
     if not path.is_file():
         raise ValueError(f"{what} {str(path)!r} does not exist")
     with path.open() as f:
-        data = yaml.load(f, Loader=_Yaml12BoolLoader) or {}  # safe: a SafeLoader subclass
+        try:
+            data = yaml.load(f, Loader=_Yaml12BoolLoader) or {}  # safe: a SafeLoader subclass
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ValueError(f"{what} {str(path)!r}: not valid YAML{where} "
+                             f"({getattr(e, 'problem', None) or type(e).__name__})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{what} {str(path)!r}: expected a mapping of sections, got {type(data).__name__}")
     return data
