@@ -50,7 +50,7 @@ def test_every_shipped_sweep_loads_and_its_paper_studies_pair_five_seeds(path):
     cell, on the digits study recipe, and write under results/studies/; a no-RPE baseline wherever the paper's
     table has one (its Tables 2 and 3 compare iRPE cells only)."""
     sweep = load_sweep(path)
-    if "/paper/" not in path:
+    if "/paper/" not in path or Path(path).stem.startswith("mnist_"):  # the mnist_* claims: the test below
         return
     pts = list(S.points(sweep.config.space, sweep.base_flat))
     cells = {}
@@ -405,7 +405,28 @@ def test_a_bad_given_field_is_refused_before_any_work(tmp_path, spec, message):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("path", sorted(str(p) for p in Path("sweeps/paper").glob("*.yaml")))
+def test_the_pre_registered_claims_studies_share_one_bonferroni_family():
+    """sweeps/paper/mnist_*.yaml (docs/paper_claims.md): seeds until decided from 10 to 40 by 10 with a ±1 margin,
+    every row compared with a named reference that is one of its rows, on the embedded MNIST benchmark; the
+    studies' alphas split 0.05 so that every compared row runs at 0.05/11 (Bonferroni over all of them)."""
+    from irpe_bench.sweep.decided import _rows
+
+    total, rows = 0.0, 0
+    for path in sorted(Path("sweeps/paper").glob("mnist_*.yaml")):
+        sweep = load_sweep(path)
+        st = sweep.config.study
+        assert st.seeds is not None and (st.seeds.min, st.seeds.step, st.seeds.max, st.seeds.margin) == (
+            10, 10, 40, 1.0), path
+        assert sweep.base_config.data.name == "mnist" and str(sweep.out_dir) == f"results/studies/paper_{path.stem}"
+        is_base = _rows(sweep)  # refuses a reference that is no row
+        compared = sum(1 for b in is_base.values() if not b)
+        assert st.seeds.alpha / compared == pytest.approx(0.05 / 11, rel=1e-9), path
+        total, rows = total + st.seeds.alpha, rows + compared
+    assert rows == 11 and total == pytest.approx(0.05, rel=1e-9)
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("sweeps/paper").glob("*.yaml")
+                                        if not p.stem.startswith("mnist_")))  # those: the test above
 def test_paper_sweeps_document_the_papers_own_imagenet_setting(path):
     """The ImageNet line in each paper sweep's header, applied as written, gives the paper's DeiT-S setting: its
     ImageNet recipe, absolute positions on (searched in Table 4) and no gradient clipping; Table 1's line also sets
