@@ -47,3 +47,7 @@ def row_key(params: Mapping[str, Any]) -> str:
     """A row of a grid study: a point's Optuna parameters without its seed (the looks of seeds until decided are
     recorded per row under this key)."""
     return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, default=str)
+
+#: environment variable that overrides ``study.storage`` (keeps a password out of the sweep file, the workers'
+#: command lines and W&B)
+STORAGE_ENV = "IRPE_BENCH_STORAGE"

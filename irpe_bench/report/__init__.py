@@ -5,63 +5,27 @@ regenerate the same report from it. ``write_report`` is therefore a pure functio
 caller's ``meta``): no clock, no host names, no storage URL; writing twice gives byte-identical
 md/csv/json/tex. The statistics (``stats``) are pure functions of the trial values; ``stats.recompute`` redoes
 them from a written report's ``trials.csv`` and ``leaderboard.json``.
+
+The names below are imported on first use (PEP 562), so that ``import irpe_bench.report.cli`` — what
+``run.py leaderboard --help`` does — reads no Optuna or matplotlib.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+import importlib
+from typing import Any
 
-import optuna
-
-from .latex import to_latex
-from .leaderboard import GroupRow, Leaderboard, TrialRow, collect
-from .page import to_html
-from .plots import PlotResult, make_plots
-from .render import redact_data, to_csv, to_markdown
-from .stats import recompute, study_stats
-
-__all__ = ["GroupRow", "Leaderboard", "PlotResult", "TrialRow", "collect", "recompute", "study_stats", "to_csv",
-           "to_html", "to_json", "to_latex", "to_markdown", "write_report"]
+_WHERE = {
+    "to_latex": ".latex", "GroupRow": ".leaderboard", "Leaderboard": ".leaderboard", "TrialRow": ".leaderboard",
+    "collect": ".leaderboard", "to_html": ".page", "PlotResult": ".plots", "make_plots": ".plots",
+    "redact_data": ".render", "to_csv": ".render", "to_markdown": ".render", "recompute": ".stats",
+    "study_stats": ".stats", "to_json": ".write", "write_report": ".write",
+}
 
 
-def to_json(board: Leaderboard, meta: Optional[Mapping[str, Any]] = None) -> str:
-    """The board as plain data, keys in a fixed order, for scripts and for diffing two reports."""
-    data = redact_data({"meta": dict(meta or {}), **asdict(board)})  # the study's own sweep attrs too
-    omit = board.omitted()  # fields a single-objective, unconstrained, one-seed study does not have
-    for k in omit["board"]:
-        data.pop(k)
-    for g in data["groups"]:
-        for k in omit["group"]:
-            g.pop(k)
-    for t in (t for k in ("trials", "failed", "retried", "pruned", "running") for t in data[k]):
-        for k in omit["trial"]:
-            t.pop(k)
-    return json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n"
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name], __name__), name)
 
 
-def write_report(study: optuna.Study, out_dir: Path, meta: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Write ``leaderboard.{md,csv,html,json,tex}``, ``trials.csv`` and the PNG plots into ``out_dir``.
-
-    Returns name → path for every file written (``md``, ``csv``, ``trials_csv``, ``html``, ``json``, ``tex``
-    and one key per drawn plot, e.g. ``forest``), plus ``markdown`` (the Markdown text, to print) and
-    ``board`` (the ``Leaderboard``, e.g. for ``wandb_table.log_leaderboard``).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    board = collect(study)
-    plots = make_plots(study, board, out)
-    drawn = {name: p.path for name, p in plots.items() if p.path is not None}
-    for name in set(plots) - set(drawn):  # a plot of an earlier report that no longer applies would mislead
-        (out / f"{name}.png").unlink(missing_ok=True)
-
-    markdown = to_markdown(board, meta, drawn)
-    paths: Dict[str, Any] = {"md": out / "leaderboard.md", "html": out / "leaderboard.html",
-                             "json": out / "leaderboard.json", "tex": out / "leaderboard.tex"}
-    paths["md"].write_text(markdown, encoding="utf-8")
-    paths["csv"], paths["trials_csv"] = to_csv(board, out)
-    paths["html"].write_text(to_html(board, meta, plots), encoding="utf-8")
-    paths["json"].write_text(to_json(board, meta), encoding="utf-8")
-    paths["tex"].write_text(to_latex(board), encoding="utf-8")
-    return {**paths, **drawn, "markdown": markdown, "board": board}
+__all__ = sorted(_WHERE)

@@ -49,7 +49,7 @@ def write_leaderboard(sweep: "Sweep", meta: Dict[str, Any] | None = None, study=
     import optuna
 
     from ..sweep.storage import open_storage
-    from . import write_report
+    from .write import write_report
 
     if study is None:
         try:

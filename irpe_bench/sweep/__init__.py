@@ -1,9 +1,27 @@
-"""Optuna sweeps over iRPE variants: search space, objective, storage, workers (see each module)."""
-from .budget import budget
-from .config import STORAGE_ENV, Sweep, SweepConfig, build_sweep, load_sweep, redact
-from .objective import Objective, config_key
-from .runner import launch, work
-from .storage import open_storage, open_study
+"""Optuna sweeps over iRPE variants: search space, objective, storage, workers (see each module).
 
-__all__ = ["STORAGE_ENV", "SweepConfig", "Sweep", "build_sweep", "load_sweep", "redact", "Objective", "config_key",
-           "budget", "launch", "work", "open_storage", "open_study"]
+The names below are imported on first use (PEP 562), so that ``import irpe_bench.sweep.cli`` — what
+``run.py sweep --help`` does — reads no torch, Lightning or Optuna.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "budget": ".budget",
+    "STORAGE_ENV": ".config", "Sweep": ".config", "SweepConfig": ".config", "build_sweep": ".config",
+    "load_sweep": ".config", "redact": ".config",
+    "Objective": ".objective", "config_key": ".objective",
+    "launch": ".runner", "work": ".runner",
+    "open_storage": ".storage", "open_study": ".storage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name], __name__), name)
+
+
+__all__ = sorted(_WHERE)

@@ -5,7 +5,8 @@ import argparse
 import os
 import sys
 
-from .config import STORAGE_ENV, redact
+from ..keys import STORAGE_ENV
+from ..redact import redact
 
 STORAGE_SET = "study.storage="  # the --set route to the storage URL
 

@@ -5,12 +5,22 @@ import argparse
 import logging
 import sys
 import time
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 from ..overrides import add_set_argument, parse_overrides
+from ..redact import redact
 from ..report.cli import add_markdown_argument
 from .arguments import add_storage_argument, take_storage
-from .config import Sweep, load_sweep, redact
+
+if TYPE_CHECKING:  # NOTE: the sweep's config pulls in torch; `run.py sweep --help` must not wait for it
+    from .config import Sweep
+
+
+def load_sweep(path, overrides=None) -> "Sweep":
+    """:func:`.config.load_sweep`, imported when a command first needs it."""
+    from .config import load_sweep as load
+
+    return load(path, overrides)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

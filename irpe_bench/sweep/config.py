@@ -21,6 +21,7 @@ from typing import Any, Dict, Literal, Mapping, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..keys import STORAGE_ENV
 from ..redact import redact
 from ..train.config import TrainConfig, build_config, flatten, format_errors, merge, read_yaml, submodel
 from . import objectives as O
@@ -28,8 +29,6 @@ from . import samplers as SM
 from . import space as S
 from .seeds import SeedsSpec
 
-#: environment variable that overrides ``study.storage`` (keeps a password out of the sweep file)
-STORAGE_ENV = "IRPE_BENCH_STORAGE"
 #: identity keys present only when a study has other than the single default objective (:meth:`Sweep.identity`)
 IDENTITY_EXTRA = ("objectives", "constraints", "repeats", "seeds")
 #: validation enumerates at most this many combinations (large spaces: a prefix of them)
