@@ -11,8 +11,7 @@ The names below are imported on first use (PEP 562), so that ``import irpe_bench
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_names
 
 _WHERE = {
     "to_latex": ".latex", "GroupRow": ".leaderboard", "Leaderboard": ".leaderboard", "TrialRow": ".leaderboard",
@@ -22,10 +21,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name], __name__), name)
-
-
-__all__ = sorted(_WHERE)
+__getattr__, __all__ = lazy_names(__name__, _WHERE)

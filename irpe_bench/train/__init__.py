@@ -5,8 +5,7 @@ The names below are imported on first use (PEP 562): ``import irpe_bench.train.c
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_names
 
 _WHERE = {
     "MONITOR": "..keys",
@@ -15,10 +14,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name], __name__), name)
-
-
-__all__ = sorted(_WHERE)
+__getattr__, __all__ = lazy_names(__name__, _WHERE)
