@@ -260,3 +260,13 @@ def main_text(root, spec):
     data = json.loads(out.with_suffix(".json").read_text())
     assert all("sequential" in f for f in data["findings"])
     return out.read_text()
+
+
+def test_a_partial_run_lists_claims_on_a_study_not_run_yet_as_pending(root):
+    spec = {"min_seeds": 2, "claims": [{"claim": "iRPE", "study": "quick", "a": IRPE, "b": NONE,
+                                        "direction": "greater"},
+                                       {"claim": "later", "study": "not_yet", "a": IRPE, "b": NONE, "direction": "greater"}]}
+    with pytest.raises(ValueError, match="not_yet"):
+        check_claims(spec, root)
+    done, later = check_claims(spec, root, partial=True)
+    assert later.verdict.startswith("pending") and done.p_holm is not None and done.family_size == 1
