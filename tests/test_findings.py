@@ -263,9 +263,9 @@ def main_text(root, spec):
 
 
 def test_a_partial_run_lists_claims_on_a_study_not_run_yet_as_pending(root):
-    spec = {"min_seeds": 2, "claims": [{"claim": "iRPE", "study": "quick", "a": IRPE, "b": NONE,
-                                        "direction": "greater"},
-                                       {"claim": "later", "study": "not_yet", "a": IRPE, "b": NONE, "direction": "greater"}]}
+    claims = [{"claim": "iRPE", "study": "quick", "a": IRPE, "b": NONE, "direction": "greater"},
+              {"claim": "later", "study": "not_yet", "a": IRPE, "b": NONE, "direction": "greater"}]
+    spec = {"min_seeds": 2, "claims": claims}
     with pytest.raises(ValueError, match="not_yet"):
         check_claims(spec, root)
     done, later = check_claims(spec, root, partial=True)
