@@ -144,3 +144,23 @@ def test_package_imports_nothing_from_benchmarks():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "benchmarks"]
     assert offenders == []
+
+
+@pytest.mark.slow
+def test_trial_cost_times_run_py_train_against_the_bare_loop(tmp_path, capsys):
+    """benchmarks/bench_trial_cost.py on a tiny config: both sides run as their own processes and finish, the bare
+    loop reaches a real accuracy, and the JSON holds the rounds, the ratio of their medians' pairs and the machine."""
+    from benchmarks.bench_trial_cost import main as trial_cost
+
+    from ._train_helpers import tiny_dict, write_yaml
+
+    cfg = write_yaml(tmp_path / "tiny.yaml", tiny_dict(tmp_path, trainer={"benchmark_batches": 0}))
+    out = tmp_path / "cost.json"
+    assert trial_cost(["--config", str(cfg), "--epochs", "2", "--rounds", "2", "--wandb", "off", "--out",
+                       str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert len(data["bare_s"]) == len(data["harness_s"]) == 2 and min(data["bare_s"] + data["harness_s"]) > 0
+    ratios = sorted(h / b for h, b in zip(data["harness_s"], data["bare_s"]))
+    assert data["ratio"] == pytest.approx(sum(ratios) / 2)  # the median of two rounds
+    assert data["environment"]["threads"] == 1 and data["goal"] == 1.30
+    assert "whole trial" in capsys.readouterr().out
