@@ -149,3 +149,26 @@ def test_seeds_needed_for_one_point_are_recomputed_from_the_findings():
     assert readme and [x.replace(",", "") for x in readme.groups()] == [str(min(greater)), str(max(greater))]
     tost = re.search(r"TOST's power at n = 5 is below ([\d.]+) for every ±1 claim", text)
     assert tost and all(f["tost_power"] < float(tost.group(1)) for f in findings if f["direction"] == "equal")
+
+
+@pytest.mark.parametrize("study, anchor", [("mnist_pilot_noabs", "`mnist_pilot_noabs`, 40 seeds each"),
+                                           ("mnist_noise", "`sweeps/recipe/mnist_noise.yaml`")])
+def test_the_recipe_studies_in_the_results_section(study, anchor):
+    """The README's results bullets on the embedded benchmark: Δ [CI] (paired t, n, p) and the stall count are the
+    committed leaderboard's (one compared row, so its Holm p is its p)."""
+    text = _flat(README)
+    assert anchor in text, anchor
+    after = text[text.index(anchor):]
+    m = re.search(rf"= ({NUM}) \[({NUM}), ({NUM})\] \(paired t, (?:n = (\d+), )?p ({NUM})\)", after)
+    assert m, after[:400]
+    g = next(g for g in _board(study)["groups"] if g["delta"] is not None)
+    assert float(m.group(1)) == pytest.approx(g["delta"], abs=0.005)
+    assert [float(m.group(2)), float(m.group(3))] == pytest.approx(g["delta_ci95"], abs=0.005)
+    assert m.group(4) is None or int(m.group(4)) == g["n_pairs"]
+    assert float(m.group(5)) == pytest.approx(g["p_value"], abs=0.0005 if g["p_value"] < 0.1 else 0.005)
+    if study == "mnist_pilot_noabs":
+        rows = [x for s in ("mnist_noise", "mnist_pilot_noabs") for x in _board(s)["groups"]]
+        quoted = re.search(r"(\d+) of (\d+) runs in the four rows of `mnist_noise` and `mnist_pilot_noabs`", text)
+        assert quoted and len(rows) == 4
+        assert (int(quoted.group(1)), int(quoted.group(2))) == (sum(x["stalled"] for x in rows),
+                                                               sum(x["n"] for x in rows))
