@@ -30,16 +30,18 @@ ROOT = Path(__file__).resolve().parents[1]
 GOAL = 1.30
 
 
-def bare(config_path: str, epochs: int) -> None:
+def bare(config_path: str, epochs: int, sets: list) -> None:
     """The bare loop (this process): train ``epochs`` epochs, validate each, test once; prints the accuracies."""
     import torch
 
-    from irpe_bench.train.config import load_config
+    from irpe_bench.overrides import parse_overrides
+    from irpe_bench.train.config import load_config, merge
     from irpe_bench.train.data import build_datamodule
     from irpe_bench.train.module import ClassificationModule
     from irpe_bench.train.run import build_model, no_decay_names
 
-    config = load_config(config_path, {"trainer": {"max_epochs": epochs}, "log": {"wandb": False}})
+    config = load_config(config_path, merge(parse_overrides(sets), {"trainer": {"max_epochs": epochs},
+                                                                    "log": {"wandb": False}}))
     torch.manual_seed(config.seed)
     dm = build_datamodule(config.data, config.model.resolved_img_size, config.seed)
     dm.setup("fit")
@@ -101,8 +103,9 @@ def main(argv=None) -> int:
         p = argparse.ArgumentParser()
         p.add_argument("config")
         p.add_argument("--epochs", type=int, required=True)
+        p.add_argument("--set", nargs="*", default=[])
         a = p.parse_args(argv[1:])
-        bare(a.config, a.epochs)
+        bare(a.config, a.epochs, a.set)
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/mnist.yaml")
@@ -124,7 +127,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             bare_s.append(_timed([sys.executable, str(Path(__file__).resolve()), "bare", args.config, "--epochs",
-                                  str(args.epochs)], env))
+                                  str(args.epochs), "--set", *args.set], env))
             harness_s.append(_timed([sys.executable, "run.py", "train", args.config, "--run-dir",
                                      str(Path(tmp) / f"run{r}"), "--set", *sets], env))
             print(f"round {r}: bare {bare_s[-1]:.1f} s, run.py train {harness_s[-1]:.1f} s, ratio "

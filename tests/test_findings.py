@@ -198,13 +198,14 @@ def _key(variant):
 def _sequential_study(root, looks, alpha, status="higher", n_max=4):
     """digits_quick's real trials as a seeds-until-decided study: iRPE looked at against the no-RPE reference."""
     design = {"method": "group-sequential paired t", "family": 1, "alpha_row": alpha,
-              "spec": {"min": looks[0], "max": n_max, "step": 2, "until": "decided", "margin": 1.0,
+              "spec": {"min": (looks or [2])[0], "max": n_max, "step": 2, "until": "decided", "margin": 1.0,
                        "alpha": alpha, "spending": "obrien_fleming"},
               "rows": [{"variant": NONE, "config_key": _key(NONE), "vs": None, "vs_key": None, "status": "baseline",
-                        "seeds": looks[-1], "looks": [], "val": {}, "test": {}},
-                       {"variant": IRPE, "config_key": _key(IRPE), "vs": NONE, "vs_key": _key(NONE),
-                        "status": status, "seeds": looks[-1], "looks": looks, "val": {"decision": status},
-                        "test": {}}]}
+                        "seeds": looks[-1] if looks else 2, "looks": [], "val": {}, "test": {}},
+                       {"variant": IRPE, "config_key": _key(IRPE), "vs": NONE if looks else None,
+                        "vs_key": _key(NONE) if looks else None,  # the record names the baseline at a first look
+                        "status": status, "seeds": looks[-1] if looks else 2, "looks": looks,
+                        "val": {"decision": status}, "test": {}}]}
     (root / "quick" / "leaderboard.json").write_text(json.dumps({"sequential": design}))
 
 
@@ -270,3 +271,13 @@ def test_a_partial_run_lists_claims_on_a_study_not_run_yet_as_pending(root):
         check_claims(spec, root)
     done, later = check_claims(spec, root, partial=True)
     assert later.verdict.startswith("pending") and done.p_holm is not None and done.family_size == 1
+
+
+def test_a_row_before_its_first_look_is_pending_or_not_resolved(root):
+    _sequential_study(root, [], 0.05, status="continue")
+    spec = {"min_seeds": 2, "claims": [{"claim": "iRPE", "study": "quick", "a": NONE, "b": IRPE,
+                                        "direction": "greater"}]}
+    (f,) = check_claims(spec, root, partial=True)
+    assert f.verdict == "pending (the study has not finished this cell)"
+    (f,) = check_claims(spec, root)
+    assert f.verdict == "not resolved (no look yet)"

@@ -158,6 +158,31 @@ def test_rows_are_compared_with_the_study_reference_and_a_reference_that_is_no_r
     assert "## Seeds until decided" in md and "descriptive, not decisions" in md
     assert "| deit_tiny_norpe | " + slug + " | equivalent | 2 | 2 |" in md
 
+    # the looks were taken against the product row: another reference is refused, before anything runs
+    data["study"]["reference"] = "deit_tiny_norpe"
+    path.write_text(yaml.safe_dump(data))
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--no-leaderboard"]) == 2
+    assert "keeps the reference it started with" in capsys.readouterr().err
+    assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/out/optuna.db").trials) == 4
+
+
+def test_concurrent_writers_keep_every_look():
+    """Two workers took looks on different rows from the same old record: the second to write keeps the first's
+    (a row only grows: the one with more looks is the newer; a baseline keeps the larger allotment)."""
+    from irpe_bench.sweep.decided import _merge
+
+    look = {"n_seeds": 10, "decision": "continue"}
+    old = {"a": {"status": "continue", "allotted": 10, "looks": []},
+           "b": {"status": "continue", "allotted": 10, "looks": []},
+           "ref": {"status": "baseline", "allotted": 10, "looks": []}}
+    theirs = {**old, "a": {"status": "continue", "allotted": 20, "looks": [look]},
+              "ref": {"status": "baseline", "allotted": 20, "looks": []}}
+    ours = {**old, "b": {"status": "higher", "allotted": 10, "looks": [{**look, "decision": "higher"}]}}
+    merged = _merge(theirs, ours)
+    assert merged["a"] == theirs["a"] and merged["b"] == ours["b"] and merged["ref"]["allotted"] == 20
+    assert _merge(ours, theirs)["b"] == ours["b"]  # either order
+
 
 def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}

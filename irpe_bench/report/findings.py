@@ -233,7 +233,7 @@ SEQUENTIAL = "group-sequential paired t"
 
 def _sequential(c: Mapping[str, Any], keys: Mapping[str, Optional[str]], pairs, data: _Study,
                 design: Mapping[str, Any], partial: bool) -> Finding:
-    """A claim on a seeds-until-decided study: the test metric's repeated 95 % CI at the row's last look,
+    """A claim on a seeds-until-decided study: the test metric's repeated CI (level 1 − α) at the row's last look,
     recomputed from ``trials.csv`` with the study's design (``report.sequential.analyse``), and the pre-registered
     verdict read from it (``docs/paper_claims.md``). One of a and b must be the study's reference: the design
     compares every row with it, and no other pair has a valid sequential test."""
@@ -253,9 +253,10 @@ def _sequential(c: Mapping[str, Any], keys: Mapping[str, Optional[str]], pairs, 
                              "record yet")
         return Finding(**base, n_a=0, n_b=0, comparison=Comparison(None, None, float("nan"), None, None, None),
                        p_holm=None, mdd=None, verdict=PENDING)
-    if rb.get("vs_key") == keys["a"]:
+    bases = {r["config_key"] for r in design.get("rows", []) if r.get("status") == "baseline" and r.get("config_key")}
+    if keys["a"] in bases and rb.get("vs_key") in (None, keys["a"]):
         row, sign = rb, -1.0  # b is compared with a (the reference): Δ = a − b = −(b − a)
-    elif ra.get("vs_key") == keys["b"]:
+    elif keys["b"] in bases and ra.get("vs_key") in (None, keys["b"]):
         row, sign = ra, 1.0
     else:
         raise ValueError(f"{where}: neither {c['a']!r} nor {c['b']!r} is the other's reference in {c['study']!r} "
@@ -391,7 +392,8 @@ SEQUENTIAL_NOTE = (
 
 
 def _table(findings: Sequence[Finding], metric: str) -> List[str]:
-    lines = [f"| claim | study | a − b | paper (ImageNet) | Δ {metric} [95 % CI] | p (Holm; TOST for ≈) | test, n | "
+    ci = "repeated CI, 1 − α" if findings and all(f.sequential is not None for f in findings) else "95 % CI"
+    lines = [f"| claim | study | a − b | paper (ImageNet) | Δ {metric} [{ci}] | p (Holm; TOST for ≈) | test, n | "
              "verdict |", "|---|---|---|---|---|---|---|---|"]
     for f in findings:
         c = f.comparison

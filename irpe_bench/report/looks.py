@@ -1,5 +1,6 @@
 """A seeds-until-decided study's looks, in the leaderboard's terms: per row its variant, its reference, where it
-stopped and why, and the repeated 95 % CIs (validation, which decided; test, which is reported) at its last look.
+stopped and why, and the repeated CIs (level 1 − α per row; validation, which decided; test, which is reported) at
+its last look.
 
 The record is written by the sweep (``study.seeds``; :data:`irpe_bench.keys.SEQUENTIAL_ATTR`), keyed by grid
 row (:func:`irpe_bench.keys.row_key`); here each row is named by the config key and variant its trials carry. The

@@ -28,7 +28,7 @@ def _fixed(g: GroupRow, ref: str, board: Leaderboard) -> str:
             f"n = {g.n_pairs if g.n_pairs is not None else g.n}, p (Holm) {g.p_holm:.3g})")
     if g.verdict in ("higher", "lower"):
         return f"{head}: resolved, {g.variant} is {g.verdict}"
-    mdd = f"; differences under {board.mdd:.2f} points cannot be told from noise here" if board.mdd else ""
+    mdd = f"; a difference of {board.mdd:.2f} points would be detected with 80 % power here" if board.mdd else ""
     return f"{head}: not resolved{mdd}"
 
 
@@ -43,8 +43,9 @@ def _sequential(board: Leaderboard) -> List[str]:
             out.append(f"{r['variant']} vs {r['vs']}: {r['status']} (no look with a CI yet)")
             continue
         low, high = test["ci"]
+        state = ("still adding seeds" if r["status"] == "continue" else f"{r['status']} on validation")
         out.append(f"{r['variant']} − {r['vs']}: {_pts(test['delta'])} points [repeated CI {_pts(low)}, "
-                   f"{_pts(high)}] at {r['seeds']} seeds ({r['status']} on validation)")
+                   f"{_pts(high)}] over {test['n_pairs']} pairs at the look at {r['looks'][-1]} seeds ({state})")
     return out
 
 

@@ -48,7 +48,9 @@ def retries_first(storage: RDBStorage, trial_id: int) -> bool:
 
     NOTE: Optuna pops the queue in trial-number order, and a retry's copy is the newest trial, so after a SIGTERM
     the interrupted trial used to resume last, behind every grid point queued before it. Refusing the older
-    trials while a retry waits makes Optuna's pop move on to the retry: a resumed trial runs first."""
+    trials while a retry waits makes Optuna's pop move on to the retry: a resumed trial runs first. A worker that
+    loses the retry to another worker at that instant finds no queued trial this once, and Optuna creates a new
+    one: a grid study discards it untrained (over its budget), a sampled study samples one point early."""
     T, A = models.TrialModel, models.TrialSystemAttributeModel
     with _create_scoped_session(storage.scoped_session) as session:
         study_id = T.find_or_raise_by_id(trial_id, session).study_id

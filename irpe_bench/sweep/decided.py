@@ -126,6 +126,11 @@ def step(sweep: Sweep, study: optuna.Study) -> Dict[str, Any]:
     if spec is None:
         return {}
     record = record_of(study)
+    reference = sweep.config.study.reference
+    if "reference" in record and record["reference"] != reference:
+        raise ValueError(f"study.reference={reference!r}: this study's looks were taken against "
+                         f"{record['reference']!r}; a seeds-until-decided study keeps the reference it started with "
+                         "(start a new study to compare with another row)")
     rows = {k: dict(v) for k, v in (record.get("rows") or {}).items()}
     is_base = _rows(sweep)
     family = max(1, sum(1 for b in is_base.values() if not b))
@@ -184,13 +189,34 @@ def step(sweep: Sweep, study: optuna.Study) -> Dict[str, Any]:
         if rows[b]["allotted"] != want:
             rows[b]["allotted"], changed = want, True
     if changed or ATTR not in study.user_attrs:
+        rows = _merge(record_of(study).get("rows") or {}, rows)  # what another worker wrote meanwhile
         record = {"method": Q.METHOD, "spec": spec.model_dump(), "family": family, "alpha_row": alpha_row,
-                  "metric": "validation (the trial value); test recorded beside", "rows": rows}
+                  "reference": reference, "metric": "validation (the trial value); test recorded beside",
+                  "rows": rows}
         study.set_user_attr(ATTR, record)
     if changed:
+        # NOTE: not Optuna's skip_if_exists, which also matches a discarded or retried trial of the point, so that
+        # a seed discarded while its look was being written would never be queued again
         for params in missing_points(sweep, study):
-            study.enqueue_trial(params, skip_if_exists=True)
+            study.enqueue_trial(params)
     return record
+
+
+def _merge(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> Dict[str, Any]:
+    """Our rows, with any row another worker has taken further since we read the record.
+
+    A row only grows (looks are appended, never revised; its allotment follows its last look; a baseline's
+    allotment only rises), so the row with more looks — for a baseline the larger allotment — is the newer one.
+    Without this, two workers that took looks on different rows at the same time would each write back the other's
+    row as it was before, and a look (with the seeds it allotted) would be lost until taken again."""
+    out = {k: dict(v) for k, v in ours.items()}
+    for r, rec in theirs.items():
+        mine = out.get(r)
+        if mine is None or len(rec.get("looks") or []) > len(mine.get("looks") or []):
+            out[r] = dict(rec)
+        elif mine.get("status") == BASELINE and rec.get("allotted", 0) > mine.get("allotted", 0):
+            mine["allotted"] = rec["allotted"]
+    return out
 
 
 def summary(record: Mapping[str, Any]) -> List[str]:
