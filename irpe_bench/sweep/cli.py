@@ -265,7 +265,9 @@ class Plan:
         p.add_argument("--mdd", type=float, default=1.0,
                        help="the difference to detect, in metric points (default 1.0)")
         p.add_argument("--power", type=float, default=0.8, help="the power to detect it with (default 0.8)")
-        p.add_argument("--alpha", type=float, default=0.05, help="family-wise error over the study's comparisons")
+        p.add_argument("--alpha", type=float, default=None,
+                       help="family-wise error over the study's comparisons (default: its study.seeds alpha, else "
+                            "0.05)")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -275,6 +277,9 @@ class Plan:
 
         check(args)  # before any work
         sweep, study = open_existing(args)
+        if args.alpha is None:  # the level the study's own design runs at
+            seeds = sweep.config.study.seeds
+            args.alpha = seeds.alpha if seeds is not None else 0.05
         print(to_text(plan(sweep, study, args.mdd, args.power, args.alpha)), end="")
         record = study.user_attrs.get(ATTR)
         if record:

@@ -31,7 +31,7 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError(f"--mdd={args.mdd:g}: the difference to detect must be > 0 (metric points)")
     if not 0 < args.power < 1:
         raise ValueError(f"--power={args.power:g}: allowed 0 < power < 1")
-    if not 0 < args.alpha < 1:
+    if args.alpha is not None and not 0 < args.alpha < 1:
         raise ValueError(f"--alpha={args.alpha:g}: allowed 0 < alpha < 1")
 
 
