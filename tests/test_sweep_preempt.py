@@ -152,7 +152,8 @@ def test_a_signal_checkpoints_the_trial_and_the_restart_resumes_it_at_once(tmp_p
 
 @pytest.mark.slow
 @pytest.mark.postgresql
-def test_the_launcher_forwards_sigterm_to_both_postgresql_workers(tmp_path, postgresql_url):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_launcher_forwards_sigterm_to_both_postgresql_workers(tmp_path, postgresql_url, sig):
     seeds = (0, 1, 2)
     name = f"pytest-pre-{uuid.uuid4().hex[:8]}"
     path = _sweep(tmp_path, seeds, name=name, workers=2)
@@ -164,10 +165,11 @@ def test_the_launcher_forwards_sigterm_to_both_postgresql_workers(tmp_path, post
         log = tmp_path / "launcher.log"
         proc = _start(path, log, env)
         _wait_for_epochs(proc, load, 2, trials=2)
-        _stop(proc, signal.SIGTERM)  # to the launcher only: it forwards to its workers
+        _stop(proc, sig)  # to the launcher only (Ctrl-C too: the workers are in sessions of their own)
         err = log.read_text()
         assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
-        assert "received SIGTERM, forwarded to the workers): 2 of 2 worker(s) put their trial back" in err
+        assert f"received {sig.name}, forwarded to the workers): 2 of 2 worker(s) put their trial back" in err
+        assert "Traceback" not in err
         trials = load().trials
         assert not [t for t in trials if t.state == TrialState.RUNNING]
         stopped = {}

@@ -270,7 +270,9 @@ def launch(sweep: Sweep, argv: List[str]) -> int:
                 break  # told to stop while starting them
             cmd = [sys.executable, "-m", "irpe_bench.cli", *argv, "--worker", str(i)]
             env = worker_env(i, c.workers, c.devices_per_worker, c.workers_per_device, gpus)
-            procs.append(subprocess.Popen(cmd, env=env))
+            # NOTE: a session of its own, so that Ctrl-C in the terminal reaches the launcher alone, which forwards
+            # it: not the workers' data-loader processes, and not a worker still importing (a traceback, a failure)
+            procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
         failed, stopped = 0, 0
         for i, p in enumerate(procs):
             if p.wait() == preempt.EXIT_PREEMPTED:
