@@ -240,6 +240,7 @@ def test_a_seeds_until_decided_study_is_read_by_its_repeated_ci_at_the_last_look
     assert fwd.sequential["looks"] == [4] and fwd.sequential["validation_decision"] == "higher"
     text = main_text(root, spec)
     assert "seeds until decided, each comparison at α = 0.01, Bonferroni" in text and "repeated CI" in text
+    assert "looks at 4 seeds, validation: higher" in text
 
     spec["claims"].append({"claim": "no reference", "study": "quick", "a": IRPE, "b": IRPE, "direction": "greater"})
     with pytest.raises(ValueError, match="reference"):

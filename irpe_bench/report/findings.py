@@ -400,6 +400,9 @@ def _table(findings: Sequence[Finding], metric: str) -> List[str]:
         ci = "" if c.delta_ci95 is None else f" [{c.delta_ci95[0]:+.2f}, {c.delta_ci95[1]:+.2f}]"
         n = f"{c.test or 'no test'}, n = {c.n_pairs} pairs" if c.n_pairs else f"{c.test or 'no test'}, " \
             f"n = {f.n_a} / {f.n_b}"
+        if f.sequential is not None:
+            n += f"; looks at {', '.join(map(str, f.sequential['looks'])) or '—'} seeds, validation: " \
+                 f"{f.sequential.get('validation_decision') or '—'}"
         if f.devices:
             n += f"; {f.devices}"
         if f.verdict == PENDING:
