@@ -282,3 +282,15 @@ def test_a_row_before_its_first_look_is_pending_or_not_resolved(root):
     assert f.verdict == "pending (the study has not finished this cell)"
     (f,) = check_claims(spec, root)
     assert f.verdict == "not resolved (no look yet)"
+
+
+def test_a_sequential_family_with_pending_claims_is_headed_as_sequential(root):
+    from irpe_bench.report.findings import to_markdown
+
+    _sequential_study(root, [4], 0.01)
+    spec = {"min_seeds": 2, "claims": [
+        {"claim": "iRPE", "study": "quick", "a": IRPE, "b": NONE, "direction": "greater", "primary": True},
+        {"claim": "later", "study": "not_yet", "a": IRPE, "b": NONE, "direction": "greater", "primary": True}]}
+    text = to_markdown(check_claims(spec, root, partial=True))
+    assert "## Primary claims (confirmatory; seeds until decided, each comparison at α = 0.01, Bonferroni)" in text
+    assert "[repeated CI, 1 − α]" in text and "Holm over 0" not in text

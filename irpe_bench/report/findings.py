@@ -391,8 +391,14 @@ SEQUENTIAL_NOTE = (
 )
 
 
+def _sequential_only(findings: Sequence[Finding]) -> bool:
+    """Whether the claims that have a result are all read from seeds-until-decided studies (pending ones aside)."""
+    done = [f for f in findings if f.verdict != PENDING]
+    return bool(done) and all(f.sequential is not None for f in done)
+
+
 def _table(findings: Sequence[Finding], metric: str) -> List[str]:
-    ci = "repeated CI, 1 − α" if findings and all(f.sequential is not None for f in findings) else "95 % CI"
+    ci = "repeated CI, 1 − α" if _sequential_only(findings) else "95 % CI"
     lines = [f"| claim | study | a − b | paper (ImageNet) | Δ {metric} [{ci}] | p (Holm; TOST for ≈) | test, n | "
              "verdict |", "|---|---|---|---|---|---|---|---|"]
     for f in findings:
@@ -419,7 +425,7 @@ def _table(findings: Sequence[Finding], metric: str) -> List[str]:
 
 def _family_head(findings: Sequence[Finding], family: str) -> str:
     members = [f for f in findings if f.family == family]
-    if members and all(f.sequential is not None for f in members):
+    if _sequential_only(members):
         alphas = ", ".join(sorted({f"{f.alpha:.4g}" for f in members if f.alpha is not None}))
         what = "Primary claims (confirmatory" if family == PRIMARY else "Secondary claims (exploratory"
         return f"## {what}; seeds until decided, each comparison at α = {alphas}, Bonferroni)"
