@@ -122,3 +122,17 @@ def test_committed_findings_rebuild_from_the_claims_file(tmp_path: Path):
         assert (tmp_path / name).read_bytes() == (studies / name).read_bytes(), name
     data = json.loads((studies / "findings.json").read_text(encoding="utf-8"))["findings"]
     assert sum(f["family"] == "primary" for f in data) >= 5 and "TOST" in (studies / "findings.md").read_text()
+
+
+def test_committed_findings_of_the_embedded_benchmark_rebuild(tmp_path: Path):
+    """results/studies/findings_mnist.{md,json}: the pre-registered claims (claims_mnist.yaml, docs/paper_claims.md)
+    read from the seeds-until-decided studies as committed so far (--partial: a study not run yet is pending)."""
+    from irpe_bench.report.findings import main
+
+    studies = ROOT / "results" / "studies"
+    assert main([str(studies / "claims_mnist.yaml"), str(tmp_path / "findings_mnist.md"), "--partial"]) == 0
+    for name in ("findings_mnist.md", "findings_mnist.json"):
+        assert (tmp_path / name).read_bytes() == (studies / name).read_bytes(), name
+    data = json.loads((studies / "findings_mnist.json").read_text(encoding="utf-8"))["findings"]
+    assert sum(f["family"] == "primary" for f in data) == 9
+    assert all(f["sequential"] is not None for f in data if not f["verdict"].startswith("pending (the study"))
