@@ -172,3 +172,20 @@ def test_the_recipe_studies_in_the_results_section(study, anchor):
         assert quoted and len(rows) == 4
         assert (int(quoted.group(1)), int(quoted.group(2))) == (sum(x["stalled"] for x in rows),
                                                                sum(x["n"] for x in rows))
+
+
+def test_the_pre_registered_claims_in_the_results_section():
+    """The README's bullet on the paper's claims on the embedded benchmark quotes findings_mnist.json: each
+    "Δ [low, high] (n pairs)" is a finding's test repeated CI at its last look, with its verdict beside."""
+    text = _flat(README)
+    start = text.index("**The paper's claims, pre-registered**")
+    bullet = text[start:text.index("On the embedded digits", start)]
+    findings = json.loads((ROOT / "results/studies/findings_mnist.json").read_text(encoding="utf-8"))["findings"]
+    quoted = re.findall(rf"({NUM}) \[({NUM}), ({NUM})\] \((\d+) pairs\): \**([a-z ±1]+?)\**[;.]", bullet)
+    assert len(quoted) >= 3, bullet
+    for delta, low, high, n, verdict in quoted:
+        match = [f for f in findings if f["comparison"]["delta_ci95"] is not None
+                 and abs(f["comparison"]["delta"] - float(delta)) < 0.005
+                 and f["comparison"]["delta_ci95"] == pytest.approx([float(low), float(high)], abs=0.005)
+                 and f["comparison"]["n_pairs"] == int(n)]
+        assert len(match) == 1 and match[0]["verdict"].startswith(verdict.strip()), (delta, verdict)
