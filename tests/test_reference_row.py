@@ -73,3 +73,14 @@ def test_the_sweep_file_sets_the_reference_in_the_storage(tmp_path):
     again = load_sweep(ROOT / "sweeps" / "mnist_quick.yaml", {"study": {"storage": url, "reference": None}})
     study, created = open_study(again, {})  # a reporting choice: the study is joined, the attribute follows
     assert not created and study.user_attrs[REFERENCE_ATTR] is None
+
+
+def test_a_study_with_a_reference_and_no_complete_trial_yet_has_an_empty_board(tmp_path):
+    """A study that has only started (its storage holds no complete trial) reports "No trial has completed yet";
+    it used to fail with "no complete row of this study has that variant"."""
+    study = optuna.create_study(study_name="fresh", storage=f"sqlite:///{tmp_path / 'f.db'}")
+    study.set_user_attr(REFERENCE_ATTR, CTX)
+    study.enqueue_trial({"x": 1.0})
+    board = collect(study)
+    assert board.groups == [] and board.counts["waiting"] == 1
+    assert "No trial has completed yet." in to_markdown(board)

@@ -392,7 +392,11 @@ def _baselines(built: Dict[str, List[Tuple[FrozenTrial, TrialRow]]]) -> Dict[str
 
 
 def _reference(built: Dict[str, List[Tuple[FrozenTrial, TrialRow]]], variant: str) -> Dict[str, Optional[str]]:
-    """``study.reference``: config key → the reference row's key for every other row (the reference: None)."""
+    """``study.reference``: config key → the reference row's key for every other row (the reference: None).
+    A study with no complete trial yet has nothing to compare (its board says so); one whose complete rows do not
+    include the reference is refused, naming them."""
+    if not built:
+        return {}
     keys = sorted(k for k, v in built.items() if v[0][1].variant == variant)
     if len(keys) != 1:
         found = "no complete row" if not keys else f"{len(keys)} rows ({keys})"
