@@ -263,22 +263,18 @@ def _sequential(c: Mapping[str, Any], keys: Mapping[str, Optional[str]], pairs, 
                          "(a seeds-until-decided study tests each row against its reference only)")
     spec = design.get("spec") or {}
     ref_side, row_side = ("a", "b") if sign < 0 else ("b", "a")
-    r_vals, b_vals = dict(pairs[row_side]), dict(pairs[ref_side])
     ns = [int(n) for n in row.get("looks") or []]
-
-    def diffs(n: int) -> List[float]:
-        return [r_vals[s] - b_vals[s] for s in sorted(set(r_vals) & set(b_vals)) if s is not None and s < n]
-
+    diffs = Q.paired_at_looks(dict(pairs[row_side]), dict(pairs[ref_side]), ns)
     look = None
     if ns:
         final = ns[-1] >= int(spec["max"])
-        looks = Q.analyse([diffs(n) for n in ns], int(spec["max"]), float(design["alpha_row"]), spec.get("margin"),
-                          final, spec.get("spending", "obrien_fleming"))
+        looks = Q.analyse(diffs, int(spec["max"]), float(design["alpha_row"]), spec.get("margin"), final,
+                          spec.get("spending", "obrien_fleming"))
         look = looks[-1] if looks else None
     info = {"status": row.get("status"), "looks": ns, "seeds": row.get("seeds"), "spec": spec,
             "method": design.get("method"), "validation_decision": (row.get("val") or {}).get("decision")}
     if look is None or look.ci is None:
-        cmp = Comparison(SEQUENTIAL, len(diffs(ns[-1])) if ns else 0, float("nan"), None, None, None)
+        cmp = Comparison(SEQUENTIAL, len(diffs[-1]) if ns else 0, float("nan"), None, None, None)
         return Finding(**base, n_a=len(pairs["a"]), n_b=len(pairs["b"]), comparison=cmp, p_holm=None, mdd=None,
                        verdict=PENDING if partial else "not resolved (no look yet)", sequential=info)
     ci = sorted([sign * look.ci[0], sign * look.ci[1]])

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -274,6 +274,14 @@ def analyse(diffs: Sequence[Sequence[float]], n_max: int, alpha: float, margin: 
         last = final and k == len(usable) - 1
         out.append(Look(n, mean, sd, f, z, tk, ci, decide(ci, margin, last)))
     return out
+
+
+def paired_at_looks(row: Mapping[Any, Optional[float]], base: Mapping[Any, Optional[float]],
+                    ns: Sequence[int]) -> List[List[float]]:
+    """The paired differences row − base, seed by seed, over the seeds ``0 … n − 1`` both have, for each look n
+    (what :func:`analyse` takes; a seed with a missing value on either side is a missing pair)."""
+    common = sorted(s for s in row if s is not None and s in base and row[s] is not None and base[s] is not None)
+    return [[row[s] - base[s] for s in common if s < n] for n in ns]
 
 
 def family_alpha(alpha: float, m: int) -> float:

@@ -100,13 +100,10 @@ def _values(board) -> Dict[str, Dict[int, Tuple[float, Optional[float]]]]:
 def _analyse(row_vals, base_vals, ns: List[int], which: int, spec, alpha: float, final: bool):
     from ..report import sequential as Q
 
-    def diffs(n: int) -> List[float]:
-        common = sorted(s for s in row_vals if s < n and s in base_vals
-                        and row_vals[s][which] is not None and base_vals[s][which] is not None)
-        return [row_vals[s][which] - base_vals[s][which] for s in common]
-
-    looks = Q.analyse([diffs(n) for n in ns], spec.max, alpha, spec.margin, final, spec.spending)
-    return looks[-1] if looks and looks[-1].n == len(diffs(ns[-1])) else None
+    diffs = Q.paired_at_looks({s: v[which] for s, v in row_vals.items()},
+                              {s: v[which] for s, v in base_vals.items()}, ns)
+    looks = Q.analyse(diffs, spec.max, alpha, spec.margin, final, spec.spending)
+    return looks[-1] if looks and looks[-1].n == len(diffs[-1]) else None
 
 
 def _entry(look, n_pairs_when_none: int = 0) -> Dict[str, Any]:
