@@ -27,6 +27,16 @@ PARAMS, MACS = "params", "macs"
 TRAIN_IMG_S, TRAIN_IMG_S_EPOCHS = "throughput/train_img_s", "throughput/train_img_s_epochs"
 INFER_IMG_S = "throughput/infer_img_s"
 DEVICE, PRECISION, BATCH_SIZE = "throughput/device", "throughput/precision", "throughput/batch_size"
+#: seconds inside training, validation and test batches (CPU runs; ``train/throughput.py`` ComputeTime): a
+#: trial's time beyond it is the harness's overhead
+COMPUTE_S, COMPUTE_S_LOOPS = "time/compute_s", "time/compute_s_loops"
+
+#: a run's summary keys that a sweep copies into its trial's user attributes (when the run produced them):
+#: ``val/acc1`` final epoch, ``val/acc1_best`` best over epochs (optimistic: it chose the epoch), ``test/acc1``,
+#: ``test/acc5``, ``test/loss`` on the held-out test split at the chosen epoch, ``test/epoch`` (1-based) and
+#: ``selection`` ("best_val" | "final"); speeds in images/s, ``throughput/train_img_s_epochs`` one per epoch
+RECORDED = (MONITOR, MONITOR_BEST, VAL_ACC5, VAL_LOSS, *TEST_KEYS, PARAMS, MACS, TRAIN_IMG_S, TRAIN_IMG_S_EPOCHS,
+            INFER_IMG_S, DEVICE, PRECISION, BATCH_SIZE, "epochs", "wall_s", COMPUTE_S)
 
 # A run's ``status`` (``summary.json``) and a trial's (its ``status`` user attribute).
 FINISHED, DIVERGED, STOPPED = "finished", "diverged", "stopped"  # a run (``train``)

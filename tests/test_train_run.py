@@ -250,3 +250,37 @@ def test_gpu_run_reports_the_gpu_it_trained_and_benchmarked_on(tmp_path):
     assert summary["throughput/device"].startswith(f"cuda: {torch.cuda.get_device_name(0)} (")
     assert summary["selection"] == "best_val" and 0 <= summary["test/acc1"] <= 1
     assert summary["throughput/infer_img_s"] > 0
+
+
+def test_compute_time_counts_the_loops_batches_and_nothing_around_them(tmp_path):
+    """``time/compute_s``: a pause inside a training batch counts, pauses at fit start and at epoch ends (where
+    checkpoints and loggers work) do not; every loop is timed, validation not twice; the trial records it."""
+    import time
+
+    import lightning.pytorch as pl
+
+    from irpe_bench.keys import COMPUTE_S, COMPUTE_S_LOOPS, RECORDED
+
+    class Pauses(pl.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            time.sleep(0.5)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            time.sleep(0.05)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            time.sleep(0.5)
+
+    config = tiny_config(tmp_path, trainer={"limit_train_batches": 4, "limit_val_batches": 2, "max_epochs": 2,
+                                            "benchmark_batches": 0})
+    t0 = time.perf_counter()
+    summary = train(config, run_dir=tmp_path / "run", wandb_id=None, callbacks=[Pauses()])
+    wall = time.perf_counter() - t0
+    loops = summary[COMPUTE_S_LOOPS]
+    assert set(loops) == {"train", "validation", "test"} and all(v > 0 for v in loops.values())
+    assert loops["train"] >= 8 * 0.05  # the pauses inside the eight training batches
+    assert summary[COMPUTE_S] == pytest.approx(sum(loops.values()))
+    assert summary[COMPUTE_S] <= wall - 3 * 0.5  # the pauses outside batches are overhead
+    assert COMPUTE_S in RECORDED  # a sweep trial keeps it (bench_trial_cost.py reads it from the storage)
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved[COMPUTE_S] == pytest.approx(summary[COMPUTE_S])

@@ -145,9 +145,7 @@ def seed_entries(t: FrozenTrial) -> List[Dict[str, Any]]:
 
 
 #: what a seed's entry holds for itself: taken from the entry only, never from the trial's means
-SEED_KEYS = (K.MONITOR, K.MONITOR_BEST, K.VAL_ACC5, K.VAL_LOSS, *K.TEST_KEYS, K.PARAMS, K.MACS, K.TRAIN_IMG_S,
-             K.TRAIN_IMG_S_EPOCHS, K.INFER_IMG_S, K.DEVICE, K.PRECISION, K.BATCH_SIZE, "epochs", "wall_s", "seed",
-             "status", "error", "run_dir", "wandb_id")
+SEED_KEYS = (*K.RECORDED, "seed", "status", "error", "run_dir", "wandb_id")
 
 
 def seed_attrs(t: FrozenTrial, entry: Mapping[str, Any]) -> Dict[str, Any]:

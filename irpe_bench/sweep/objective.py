@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Tuple
 import optuna
 
 from .. import keys as K
-from ..keys import DISCARDED, MONITOR, TEST_KEYS
+from ..keys import DISCARDED, MONITOR
 from ..redact import redact
 from ..train import ddp_env
 from ..train.config import flatten
@@ -38,12 +38,7 @@ from .config import Sweep, digest, without_logging
 from .progress import Progress
 
 log = logging.getLogger(__name__)
-#: summary keys copied into the trial's user attributes (when the run produced them):
-#: ``val/acc1`` final epoch, ``val/acc1_best`` best over epochs (optimistic: it chose the epoch), ``test/acc1``,
-#: ``test/acc5``, ``test/loss`` on the held-out test split at the chosen epoch, ``test/epoch`` (1-based) and
-#: ``selection`` ("best_val" | "final"); speeds in images/s, ``throughput/train_img_s_epochs`` one per epoch
-RECORDED = (MONITOR, K.MONITOR_BEST, K.VAL_ACC5, K.VAL_LOSS, *TEST_KEYS, K.PARAMS, K.MACS,
-            K.TRAIN_IMG_S, K.TRAIN_IMG_S_EPOCHS, K.INFER_IMG_S, K.DEVICE, K.PRECISION, K.BATCH_SIZE, "epochs", "wall_s")
+RECORDED = K.RECORDED  # the summary keys a trial records (keys.py says which)
 
 
 def config_key(flat: Dict[str, Any]) -> str:

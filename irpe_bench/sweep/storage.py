@@ -45,15 +45,51 @@ def driver_url(url: str) -> str:
     return url
 
 
-def open_storage(sweep: Sweep) -> optuna.storages.BaseStorage:
-    """The sweep's storage, with its heartbeat and retry settings (``study.heartbeat_s``, ``grace_s``, …)."""
-    return storage_from_url(sweep.storage_url, sweep.config.study)
+def open_storage(sweep: Sweep, wal: bool = False) -> optuna.storages.BaseStorage:
+    """The sweep's storage, with its heartbeat and retry settings (``study.heartbeat_s``, ``grace_s``, …);
+    ``wal``: a worker's (:func:`wal_mode`)."""
+    return storage_from_url(sweep.storage_url, sweep.config.study, wal=wal)
 
 
-def storage_from_url(url: str, st: Optional[StudyConfig] = None) -> optuna.storages.BaseStorage:
+def wal_mode(storage: optuna.storages.BaseStorage) -> None:
+    """Put a SQLite storage in write-ahead-log mode with ``synchronous=NORMAL``, on every connection.
+
+    Why: a worker writes some forty trial attributes per trial, each its own transaction; in SQLite's default
+    rollback-journal mode every commit waits for the disk twice (about 20 ms on the 2-core machine: a second
+    per trial), in WAL mode for none (about 1 ms). What it costs: a power cut may lose the last commits (never
+    corrupts the file); a killed process loses nothing committed (the log is in the operating system's hands).
+    The mode is stored in the file, so only writers (sweep workers) set it: a command that only reads a
+    committed study leaves the file as it is. NOTE: WAL needs the processes on one machine (shared memory), as
+    SQLite always did in practice: several machines share a PostgreSQL server instead (docs/cluster.md). Until
+    the last connection closes, the latest commits live in ``optuna.db-wal`` beside the file: copy a study when
+    its sweep has ended (closing folds the log back into the file)."""
+    from sqlalchemy import event
+
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.dialect.name != "sqlite":
+        return
+
+    def pragmas(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", pragmas)
+    engine.dispose()  # the connections opened while the storage was built reconnect with the pragmas
+
+
+def storage_from_url(url: str, st: Optional[StudyConfig] = None, wal: bool = False) -> optuna.storages.BaseStorage:
     """A storage from its URL; ``st`` adds the heartbeat, the retry of stale trials and the riding out of a
     database outage for ``st.storage_retry_s`` (:mod:`.resilient`) — workers need them, a command that only
-    reads or lists does not."""
+    reads or lists does not. ``wal``: SQLite in write-ahead-log mode (:func:`wal_mode`), for writers."""
+    storage = _storage_from_url(url, st)
+    if wal:
+        wal_mode(storage)
+    return storage
+
+
+def _storage_from_url(url: str, st: Optional[StudyConfig]) -> optuna.storages.BaseStorage:
     url = driver_url(url)
     if url.startswith("journal://"):
         from optuna.storages.journal import JournalFileBackend
@@ -143,7 +179,7 @@ def open_study(sweep: Sweep, meta: dict) -> Tuple[optuna.Study, bool]:
     command — never the storage URL) is written by the creator, and updated by an extension."""
     from .extend import CHOICES_ATTR, IDENTITY_ATTR, differences, extend, refuse, stored_state
 
-    storage = open_storage(sweep)
+    storage = open_storage(sweep, wal=True)  # NOTE: workers only write through this one
     name = sweep.config.study.name
     kw = dict(storage=storage, study_name=name, sampler=make_sampler(sweep), pruner=make_pruner(sweep))
     st = sweep.config.study

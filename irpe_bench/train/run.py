@@ -36,7 +36,7 @@ from .data import ImageDataModule, build_datamodule
 from .module import ClassificationModule, NonFiniteLossError
 from .preemption import PreemptionCheckpoint
 from .provenance import git_commit, versions
-from .throughput import TrainThroughput, benchmark_inference, device_description
+from .throughput import ComputeTime, TrainThroughput, benchmark_inference, device_description
 
 RUN_META = "run.json"
 CKPT_DIR = "checkpoints"
@@ -114,6 +114,7 @@ class Fitted:
     checkpoint: Optional[pl.Callback]  # ModelCheckpoint on val/acc1; None without validation
     throughput: TrainThroughput
     precision: str
+    compute: ComputeTime = field(default_factory=ComputeTime)
     status: str = K.FINISHED  # finished | diverged | stopped
     error: Optional[str] = None
     stopped_by: Optional[BaseException] = None  # re-raised after the summary is written
@@ -186,7 +187,8 @@ def fit(config: TrainConfig, run: Run, resume_from: Optional[Union[str, Path]],
                                   no_decay_names(run.net, config))
     throughput, memory = TrainThroughput(config.trainer.throughput_skip_steps), EpochMetrics()
     checkpoint, last = checkpoint_callbacks(config, run.run_dir)
-    all_callbacks: List[pl.Callback] = [*([checkpoint] if checkpoint else []), last, throughput, *callbacks,
+    compute = ComputeTime()
+    all_callbacks: List[pl.Callback] = [*([checkpoint] if checkpoint else []), last, throughput, compute, *callbacks,
                                         PreemptionCheckpoint(run.run_dir / CKPT_DIR / LAST_CKPT)]  # SIGTERM
     all_callbacks.append(memory)
     if config.optim.ema_decay is not None:
@@ -195,7 +197,7 @@ def fit(config: TrainConfig, run: Run, resume_from: Optional[Union[str, Path]],
         all_callbacks.append(EMAWeightAveraging(decay=config.optim.ema_decay))
     precision = resolve_precision(config)
     trainer = build_trainer(config, run, precision, all_callbacks)
-    out = Fitted(trainer, module, checkpoint, throughput, precision)
+    out = Fitted(trainer, module, checkpoint, throughput, precision, compute)
     started = time.time()
     try:
         trainer.fit(module, datamodule=run.dm, ckpt_path=str(resume_from) if resume_from else None)
@@ -275,6 +277,7 @@ def summarise(config: TrainConfig, run: Run, fitted: Fitted, resume_from: Option
         "metrics": fitted.metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step,
         "best_checkpoint": (checkpoint.best_model_path or None) if checkpoint else None, "wall_s": fitted.wall,
         **run.cost,
+        K.COMPUTE_S: fitted.compute.total, K.COMPUTE_S_LOOPS: dict(fitted.compute.seconds),
         K.TRAIN_IMG_S: fitted.throughput.median, K.TRAIN_IMG_S_EPOCHS: list(fitted.throughput.epochs),
         K.BATCH_SIZE: config.data.batch_size,
         K.PRECISION: fitted.precision, K.DEVICE: device_description(device),

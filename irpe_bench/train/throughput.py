@@ -89,6 +89,76 @@ class TrainThroughput(pl.Callback):
         return statistics.median(self.epochs) if self.epochs else None
 
 
+class ComputeTime(pl.Callback):
+    """Seconds the run spent in its training, validation and test loops' batches (:attr:`seconds`, by loop).
+
+    What a bare PyTorch loop does — fetch a batch, forward, loss, backward, the optimizer step; forward and the
+    metric update when evaluating — is computation; everything else a run does (imports, building the model and
+    the data, loggers, checkpoints, the inference benchmark, teardown) is the harness's overhead, so a sweep
+    worker's per-trial overhead is the trial's wall time minus :attr:`total` (``benchmarks/bench_trial_cost.py``).
+    Each batch counts from the end of the one before it (or its loop's epoch start) to its own end hook, so the
+    fetch is inside. NOTE: what Lightning does between two batches of one loop (logging every
+    ``log_every_n_steps``, the progress bar) also falls inside: per-step costs are the whole-trial ratio's to
+    show; this clock isolates the per-trial ones. A validation run in the middle of a training epoch restarts
+    the training clock when it ends, so nothing counts twice.
+    NOTE: measured on the CPU only: CUDA kernels run asynchronously, and a synchronisation per batch would slow
+    the training it measures; on another device :attr:`seconds` stays empty.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+        self._mark: Dict[str, Optional[float]] = {}
+        self._on = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._on = trainer.strategy.root_device.type == "cpu"
+
+    def _open(self, loop: str) -> None:
+        if self._on:
+            self._mark[loop] = time.perf_counter()
+
+    def _batch(self, loop: str) -> None:
+        start = self._mark.get(loop)
+        if self._on and start is not None:
+            now = time.perf_counter()
+            self.seconds[loop] = self.seconds.get(loop, 0.0) + now - start
+            self._mark[loop] = now
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._open("train")
+
+    def on_train_batch_end(self, *args) -> None:
+        self._batch("train")
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._open("validation")
+
+    def on_validation_batch_end(self, *args) -> None:
+        self._batch("validation")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._mark["validation"] = None
+        if "train" in self._mark:  # mid-epoch validation: the next training batch starts its clock now
+            self._open("train")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._mark.pop("train", None)
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._open("test")
+
+    def on_test_batch_end(self, *args) -> None:
+        self._batch("test")
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._mark["test"] = None
+
+    @property
+    def total(self) -> Optional[float]:
+        """Seconds in batches of every loop, None where nothing was timed (another device, nothing run)."""
+        return sum(self.seconds.values()) if self.seconds else None
+
+
 def cpu_model() -> str:
     """The CPU's marketing name (``/proc/cpuinfo`` "model name"; elsewhere ``platform.processor()``)."""
     try:
