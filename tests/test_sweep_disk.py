@@ -91,3 +91,40 @@ def test_an_unknown_retention_is_refused_naming_the_field(tmp_path):
     path = _write(tmp_path, [0], checkpoints="keep-some")
     with pytest.raises(ValueError, match=r"study\.checkpoints.*keep-some|keep-some.*checkpoints"):
         load_sweep(path)
+
+
+def test_a_checkpoint_replaced_while_the_study_is_measured_is_skipped_not_fatal(tmp_path):
+    """Another worker's top-k checkpoint is deleted between listing the study's checkpoints and reading their
+    sizes (this killed a worker of a real two-worker study): the room check and the disk report go on with the
+    files still there."""
+    import threading
+
+    from irpe_bench.sweep.disk import file_sizes
+
+    kept, gone = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    kept.write_bytes(b"x" * 10)
+    assert file_sizes([kept, gone]) == [10]
+
+    sweep = load_sweep(_write(tmp_path, [0]))
+    ckpts = tmp_path / "out" / "runs" / "trial-0000-x" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "last.ckpt").write_bytes(b"y" * 100)
+    stop = threading.Event()
+
+    def replace_best() -> None:  # what ModelCheckpoint does to a top-k file, as fast as it can
+        i = 0
+        while not stop.is_set():
+            new = ckpts / f"epoch{i:03d}.ckpt"
+            new.write_bytes(b"z" * 50)
+            (ckpts / f"epoch{i - 1:03d}.ckpt").unlink(missing_ok=True)
+            i += 1
+
+    worker = threading.Thread(target=replace_best)
+    worker.start()
+    try:
+        for _ in range(300):
+            assert needed_bytes(sweep) == 200
+            assert disk_use(sweep).checkpoints >= 100
+    finally:
+        stop.set()
+        worker.join()

@@ -59,8 +59,21 @@ def _checkpoint_files(root: Path) -> Iterable[Path]:
 def needed_bytes(sweep: Sweep) -> Optional[int]:
     """Free space one more trial needs to write an epoch's checkpoints: twice the largest checkpoint of the
     study (None before the study wrote one)."""
-    sizes = [p.stat().st_size for p in _checkpoint_files(runs_dir(sweep)) if p.suffix == ".ckpt"]
+    sizes = file_sizes(p for p in _checkpoint_files(runs_dir(sweep)) if p.suffix == ".ckpt")
     return 2 * max(sizes) if sizes else None
+
+
+def file_sizes(paths: Iterable[Path]) -> list:
+    """The sizes of the files still there. NOTE: another worker's trial replaces its best checkpoint (top-k)
+    while this one lists the study's: a file listed a moment ago may be gone when its size is read, and a worker
+    must not die of that (it once did, halving a study's workers)."""
+    sizes = []
+    for p in paths:
+        try:
+            sizes.append(p.stat().st_size)
+        except FileNotFoundError:
+            continue
+    return sizes
 
 
 def check_room(sweep: Sweep) -> None:
@@ -92,12 +105,8 @@ def disk_use(sweep: Sweep) -> DiskUse:
         for n in names:
             with suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, n)).st_size
-    ckpts = list(_checkpoint_files(runs_dir(sweep)))
-    size = 0
-    for p in ckpts:
-        with suppress(OSError):
-            size += p.stat().st_size
-    return DiskUse(total, size, len(ckpts), free_bytes(runs_dir(sweep)), runs_dir(sweep))
+    sizes = file_sizes(_checkpoint_files(runs_dir(sweep)))
+    return DiskUse(total, sum(sizes), len(sizes), free_bytes(runs_dir(sweep)), runs_dir(sweep))
 
 
 def describe(use: DiskUse, policy: str) -> str:
