@@ -3,7 +3,9 @@
 One neutral module (it imports nothing of the package), so that ``train`` writes, ``sweep`` records and
 ``report`` reads the same names without importing one another (``docs/architecture.md``: dependencies point one way).
 
-Metric keys follow ``split/metric``; accuracies are fractions in [0, 1] (torchmetrics'), speeds images/s.
+Metric keys follow ``split/metric``; accuracies are in percent (0–100) in every file and log — ``summary.json``,
+the CSV and W&B logs, checkpoint names, the storage, the reports — and speeds in images/s. (Trials stored
+before accuracies were percent hold fractions; :func:`percent` reads both.)
 """
 from __future__ import annotations
 
@@ -37,6 +39,19 @@ COMPUTE_S, COMPUTE_S_LOOPS = "time/compute_s", "time/compute_s_loops"
 #: ``selection`` ("best_val" | "final"); speeds in images/s, ``throughput/train_img_s_epochs`` one per epoch
 RECORDED = (MONITOR, MONITOR_BEST, VAL_ACC5, VAL_LOSS, *TEST_KEYS, PARAMS, MACS, TRAIN_IMG_S, TRAIN_IMG_S_EPOCHS,
             INFER_IMG_S, DEVICE, PRECISION, BATCH_SIZE, "epochs", "wall_s", COMPUTE_S)
+
+#: a trial's user attribute naming the unit of its accuracies (values, intermediate values, user attributes):
+#: ``"percent"``; absent on trials stored before, whose accuracies are fractions in [0, 1]
+ACC_UNIT, PERCENT = "accuracy_unit", "percent"
+
+
+def percent(value: Any, attrs: Mapping[str, Any]) -> Any:
+    """An accuracy of a stored trial (its value, an intermediate value or a user attribute) in percent, whatever
+    unit it was stored in (``attrs``: the trial's user attributes, or a seed's entry that carries them)."""
+    if value is None or attrs.get(ACC_UNIT) == PERCENT:
+        return value
+    return round(100.0 * float(value), 9)  # NOTE: rounded at 1e-9 so that 0.745 reads 74.5, not 74.499…
+
 
 # A run's ``status`` (``summary.json``) and a trial's (its ``status`` user attribute).
 FINISHED, DIVERGED, STOPPED = "finished", "diverged", "stopped"  # a run (``train``)

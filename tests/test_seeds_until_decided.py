@@ -297,7 +297,7 @@ def test_plan_on_a_real_pilot(tmp_path, capsys):
     out = capsys.readouterr().out
     study = optuna.load_study(study_name="digits_quick", storage=url)
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    test = {(t.user_attrs["baseline"], t.user_attrs["seed"]): 100 * t.user_attrs["test/acc1"] for t in done}
+    test = {(t.user_attrs["baseline"], t.user_attrs["seed"]): t.user_attrs["test/acc1"] for t in done}
     d = np.array([test[(False, s)] - test[(True, s)] for s in range(4)])
     sd = d.std(ddof=1)
 

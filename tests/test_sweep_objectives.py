@@ -53,7 +53,7 @@ def _run(path: Path) -> optuna.Study:
     (LR, {"constraints": ["params < 150000"]}, {}, "study.constraints[0]='params < 150000': expected '<metric> <= "),
     (LR, {"constraints": ["params <= lots"]}, {}, "study.constraints[0]='params <= lots'"),
     (LR, {"constraints": ["flops <= 5"]}, {}, "study.constraints[0]='flops <= 5': unknown metric 'flops'"),
-    (LR, {"constraints": ["val_acc1 >= 90"]}, {}, "val_acc1 is a fraction in [0, 1]"),
+    (LR, {"constraints": ["val_acc1 >= 0.9"]}, {}, "val_acc1 is in percent, in (1, 100]"),
     (LR, {"constraints": ["params <= 1"], "sampler": "random"}, {},
      "study.constraints=['params <= 1'] with study.sampler='random', which does not use constraints; samplers "
      "that do: ['tpe', 'gp', 'nsga2']"),

@@ -57,10 +57,10 @@ METRIC_TEST, METRIC_VAL_BEST = "test_acc1", "value"
 METRIC_LABELS = {METRIC_TEST: "test acc1", METRIC_VAL_BEST: "val acc1 best (optimistic)"}
 
 
-def _pct(x: Any) -> Optional[float]:
-    """Accuracy as stored (torchmetrics' fraction, also the trial value and the pruner's intermediate values)
-    → percent, the unit of every table and plot. Rounded at 1e-9 so that 0.745 shows as 74.5, not 74.499…"""
-    return None if x is None else round(100.0 * float(x), 9)
+def _pct(x: Any, ua: Mapping[str, Any]) -> Optional[float]:
+    """An accuracy as stored (a user attribute, the trial value, an intermediate value) → percent, the unit of
+    every table and plot, whatever unit the trial stored it in (:func:`irpe_bench.keys.percent`)."""
+    return None if x is None else K.percent(float(x), ua)
 
 
 @dataclass
@@ -238,8 +238,8 @@ def _value(t: FrozenTrial, goals: Optional[O.Goals], entry: Optional[Mapping[str
     if t.state != TrialState.COMPLETE:
         return None
     if entry is not None:
-        return _pct(_num(entry.get(M_ACC1_BEST)))
-    return _pct(t.value) if goals is None else _pct(O.accuracy_value(t, goals))
+        return _pct(_num(entry.get(M_ACC1_BEST)), t.user_attrs)
+    return _pct(t.value if goals is None else O.accuracy_value(t, goals), t.user_attrs)
 
 
 def trial_row(t: FrozenTrial, goals: Optional[O.Goals] = None, entry: Optional[Mapping[str, Any]] = None) -> TrialRow:
@@ -253,13 +253,13 @@ def trial_row(t: FrozenTrial, goals: Optional[O.Goals] = None, entry: Optional[M
         variant=str(ua.get("variant") or f"trial-{t.number}"), config_key=ua.get("config_key"),
         baseline=_is_baseline(t), seed=_int(ua.get("seed")),
         value=_value(t, goals, entry),
-        acc1_final=_pct(_num(ua.get(M_ACC1))), acc1_best=_pct(_num(ua.get(M_ACC1_BEST))),
-        test_acc1=_pct(_num(ua.get(M_TEST_ACC1))), test_acc5=_pct(_num(ua.get(M_TEST_ACC5))),
+        acc1_final=_pct(_num(ua.get(M_ACC1)), ua), acc1_best=_pct(_num(ua.get(M_ACC1_BEST)), ua),
+        test_acc1=_pct(_num(ua.get(M_TEST_ACC1)), ua), test_acc5=_pct(_num(ua.get(M_TEST_ACC5)), ua),
         test_loss=_num(ua.get(M_TEST_LOSS)), test_epoch=_int(ua.get(M_TEST_EPOCH)), selection=ua.get("selection"),
         params=_int(ua.get(M_PARAMS)), macs=_int(ua.get(M_MACS)),
         train_img_s=_num(ua.get(M_TRAIN)), infer_img_s=_num(ua.get(M_INFER)), device=_device(ua),
         epochs=_int(ua.get("epochs")), epochs_reported=len(steps),
-        last_acc1=_pct(t.intermediate_values[steps[-1]]) if steps else None,
+        last_acc1=_pct(t.intermediate_values[steps[-1]], ua) if steps else None,
         wall_s=_num(ua.get("wall_s")),
         duration_s=(t.datetime_complete - t.datetime_start).total_seconds() if done else None,
         reason=redact(ua.get("error") or t.system_attrs.get("fail_reason")),  # every format reads it from here

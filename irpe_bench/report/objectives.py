@@ -97,7 +97,8 @@ def study_goals(study: optuna.Study) -> Goals:
 
 
 def accuracy_value(t: FrozenTrial, goals: Goals) -> Optional[float]:
-    """The trial's validation accuracy as the sampler saw it (fraction): the single value of an old study, the
+    """The trial's validation accuracy as the sampler saw it (in the trial's unit, :func:`irpe_bench.keys.percent`
+    reads it in percent): the single value of an old study, the
     accuracy objective's entry of ``trial.values`` in a multi-objective one, else the recorded best."""
     values = t.values
     if values is None:

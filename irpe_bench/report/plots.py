@@ -23,6 +23,7 @@ import optuna
 import optuna.importance
 from optuna.trial import TrialState
 
+from .. import keys as K
 from .leaderboard import GroupRow, Leaderboard
 from .objectives import objective_label
 from .stats import pareto_front
@@ -232,7 +233,7 @@ def optimization_history(study: optuna.Study, board: Leaderboard, path: Path) ->
     if len(done) < 2:
         return _skip("optimization_history", f"needs at least 2 complete trials, has {len(done)}")
     done.sort(key=lambda t: t.number)
-    values = [100.0 * t.value for t in done]
+    values = [K.percent(t.value, t.user_attrs) for t in done]
     best, running = [], float("-inf") if board.direction == "maximize" else float("inf")
     for v in values:
         running = max(running, v) if board.direction == "maximize" else min(running, v)

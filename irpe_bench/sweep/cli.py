@@ -7,6 +7,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, List
 
+from .. import keys as K
 from ..overrides import add_set_argument, parse_overrides
 from ..redact import redact
 from ..report.cli import add_markdown_argument
@@ -201,7 +202,7 @@ class Studies:
         print(f"{len(summaries)} studies in {redact(url)}")
         for s in sorted(summaries, key=lambda s: s.study_name):
             best = "" if s.best_trial is None or s.best_trial.value is None else \
-                f", best val acc1 {100 * s.best_trial.value:.2f}"
+                f", best val acc1 {K.percent(s.best_trial.value, s.best_trial.user_attrs):.2f}"
             started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "—"
             print(f"  {s.study_name}: {s.n_trials} trials, started {started}{best}")
         return 0

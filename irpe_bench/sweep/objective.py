@@ -8,7 +8,7 @@ trial's constraint values (``trial.set_constraint``; user attributes ``constrain
 Nothing ever reads a test metric: the test split is evaluated once per run, on the
 checkpoint chosen on validation, and only recorded. What the leaderboard reads is written as user attributes
 (:data:`RECORDED`; ``report/`` documents the keys): the variant slug, a key shared by the seeds of one
-configuration, the flattened config, metrics (accuracies as fractions in [0, 1]), status and — for anything but
+configuration, the flattened config, metrics (accuracies in percent), status and — for anything but
 a finished run — the reason. A trial that fails is recorded with its reason and the
 sweep goes on (``catch``); a trial whose process was killed is retried by the storage's heartbeat with the
 same user attributes, so it resumes its own run directory from the last checkpoint.
@@ -105,7 +105,7 @@ class Objective:
         flat = flatten(config.model_dump(mode="json"))
         attrs = {"variant": slug, "config_key": config_key(flat), "seed": config.seed, "baseline": config.model.rpe
                  is None, "config": without_logging(flat),
-                 "retry_of": retry_of, "status": K.RUNNING, "error": None,
+                 "retry_of": retry_of, "status": K.RUNNING, "error": None, K.ACC_UNIT: K.PERCENT,
                  "worker": f"{socket.gethostname()}:{os.getpid()}"}
         # a retry keeps the killed trial's run directory (copied user attribute) and resumes its checkpoint
         run_dir = Path(trial.user_attrs["run_dir"]) if retry_of is not None and "run_dir" in trial.user_attrs \

@@ -6,7 +6,7 @@ of :mod:`irpe_bench.keys`) and for the ``trials.csv`` column the leaderboard wri
 ==============  =========================  ==============  ========  ==================
 metric          user attribute             trials.csv      natural   unit
 ==============  =========================  ==============  ========  ==================
-``val_acc1``    ``val/acc1_best``          ``acc1_best``   maximize  fraction in [0, 1]
+``val_acc1``    ``val/acc1_best``          ``acc1_best``   maximize  percent
 ``train_img_s`` ``throughput/train_img_s`` ``train_img_s`` maximize  images/s
 ``infer_img_s`` ``throughput/infer_img_s`` ``infer_img_s`` maximize  images/s
 ``params``      ``params``                 ``params``      minimize  count
@@ -52,7 +52,7 @@ class Metric:
 
 
 METRICS: Dict[str, Metric] = {
-    "val_acc1": Metric(K.MONITOR_BEST, "acc1_best", "maximize", "fraction in [0, 1]"),
+    "val_acc1": Metric(K.MONITOR_BEST, "acc1_best", "maximize", "percent"),
     "train_img_s": Metric(K.TRAIN_IMG_S, "train_img_s", "maximize", "images/s"),
     "infer_img_s": Metric(K.INFER_IMG_S, "infer_img_s", "maximize", "images/s"),
     "params": Metric(K.PARAMS, "params", "minimize", "count"),
@@ -122,8 +122,10 @@ def parse_constraint(text: Any, field: str = "study.constraints") -> Constraint:
     bound = float(number)
     if not math.isfinite(bound):
         raise ValueError(f"{field}={text!r}: the bound must be a finite number")
-    if metric == "val_acc1" and not 0 <= bound <= 1:
-        raise ValueError(f"{field}={text!r}: val_acc1 is a fraction in [0, 1] (e.g. 'val_acc1 >= 0.9')")
+    if metric == "val_acc1" and not (bound == 0 or 1 < bound <= 100):
+        # NOTE: a bound in (0, 1] is refused, not read as a tiny percentage: it is a fraction written before
+        # accuracies were percent, and would silently admit every trial
+        raise ValueError(f"{field}={text!r}: val_acc1 is in percent, in (1, 100] (e.g. 'val_acc1 >= 90')")
     return Constraint(f"{metric} {op} {number}", metric, op, bound)  # type: ignore[arg-type]
 
 

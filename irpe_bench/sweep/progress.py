@@ -94,7 +94,7 @@ class Progress:
 
     def epoch_ended(self, study: optuna.Study, epoch: int, acc1: Optional[float]) -> None:
         of = f"/{self._epochs}" if self._epochs else ""
-        acc = f" val acc1 {100 * acc1:.2f}" if acc1 is not None else ""
+        acc = f" val acc1 {acc1:.2f}" if acc1 is not None else ""  # percent: what the run logs
         self.write(f"{self._trial or 'trial'} epoch {epoch}{of}{acc} · {self._status(study)}")
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -105,7 +105,7 @@ class Progress:
         what = f"trial {trial.number} ({ua.get('variant') or 'no variant'})"
         if trial.state == TrialState.COMPLETE:
             best = ua.get(K.MONITOR_BEST)
-            outcome = "complete" + (f", val acc1 best {100 * best:.2f}" if best is not None else "")
+            outcome = "complete" + (f", val acc1 best {K.percent(best, ua):.2f}" if best is not None else "")
         elif trial.state == TrialState.PRUNED:
             outcome = f"pruned at epoch {len(trial.intermediate_values)}"
         else:

@@ -71,8 +71,9 @@ def study_status(study: optuna.Study, target: int, now: Optional[dt.datetime] = 
     if median is not None:
         left = max(0.0, target - counts["finished"] - 0.5 * len(running))
         eta = median * left / max(1, len(running))
-    def acc(t):  # the best val acc1, also in a study with other or several objectives (t.value then raises)
-        return t.user_attrs.get(K.MONITOR_BEST, t.values[0] if t.values and len(t.values) == 1 else None)
+    def acc(t):  # the best val acc1 in percent, also in a study with other or several objectives (t.value raises)
+        return K.percent(t.user_attrs.get(K.MONITOR_BEST, t.values[0] if t.values and len(t.values) == 1 else None),
+                         t.user_attrs)
 
     done = [t for t in trials if t.state == TrialState.COMPLETE and acc(t) is not None]
     best = max(done, key=lambda t: (acc(t), -t.number), default=None)
@@ -81,8 +82,8 @@ def study_status(study: optuna.Study, target: int, now: Optional[dt.datetime] = 
         study=study.study_name, target=target, counts=counts, running=running, median_trial_s=median, eta_s=eta,
         best_trial=None if best is None else best.number,
         best_variant=None if best is None else best.user_attrs.get("variant"),
-        best_value=None if best is None else 100.0 * acc(best),
-        best_test=None if test is None else 100.0 * float(test))
+        best_value=None if best is None else acc(best),
+        best_test=None if test is None else K.percent(float(test), best.user_attrs))
 
 
 def _duration(s: Optional[float]) -> str:

@@ -13,8 +13,37 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..keys import MONITOR
+from ..keys import ACC_UNIT, MONITOR, PERCENT
 from .config import DataConfig, OptimConfig
+
+
+def _percent(metric):
+    """A torchmetrics accuracy that reports in percent (a composed metric: Lightning still accumulates, computes
+    and resets it per epoch as it does the fraction it scales)."""
+    return 100 * metric
+
+
+def upgrade_checkpoint(checkpoint: Dict[str, Any]) -> None:
+    """A checkpoint written before accuracies were percent, in percent: the module's best ``val/acc1``, the
+    scores the ``val/acc1`` ModelCheckpoint compares new epochs with, and the epoch metrics kept for the summary.
+    NOTE: without it a run resumed across the change would compare percent with fractions, and every epoch after
+    the resume would look best."""
+    if checkpoint.get(ACC_UNIT) == PERCENT:
+        return
+    if "best_acc1" in checkpoint:
+        checkpoint["best_acc1"] = 100.0 * float(checkpoint["best_acc1"])
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if not isinstance(state, dict):
+            continue
+        if str(key).startswith("ModelCheckpoint") and state.get("monitor") == MONITOR:
+            for name in ("best_model_score", "kth_value", "current_score"):
+                if state.get(name) is not None:
+                    state[name] = state[name] * 100
+            if isinstance(state.get("best_k_models"), dict):
+                state["best_k_models"] = {p: v * 100 for p, v in state["best_k_models"].items()}
+        if isinstance(state.get("metrics"), dict):  # EpochMetrics (train/run.py)
+            state["metrics"] = {k: 100.0 * float(v) if "acc" in k else v for k, v in state["metrics"].items()}
+    checkpoint[ACC_UNIT] = PERCENT
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,10 +82,11 @@ class ClassificationModule(pl.LightningModule):
             self.train_criterion = nn.CrossEntropyLoss()
         self.val_criterion = nn.CrossEntropyLoss()
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
-        self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        # accuracies in percent, as every file and report gives them (keys.py)
+        self.val_acc1 = _percent(MulticlassAccuracy(num_classes, top_k=1, average="micro"))
+        self.val_acc5 = _percent(MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"))
+        self.test_acc1 = _percent(MulticlassAccuracy(num_classes, top_k=1, average="micro"))
+        self.test_acc5 = _percent(MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"))
         self.best_acc1 = 0.0  # kept in the checkpoint (on_save_checkpoint) so resume keeps the best so far
 
     @property
@@ -133,8 +163,11 @@ class ClassificationModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint["best_acc1"] = self.best_acc1
+        checkpoint[ACC_UNIT] = PERCENT
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # NOTE: Lightning calls this before the callbacks load their state from the same dictionary
+        upgrade_checkpoint(checkpoint)
         self.best_acc1 = float(checkpoint.get("best_acc1", 0.0))
 
     # ---- optimisation (timm factories)

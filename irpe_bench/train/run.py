@@ -226,7 +226,7 @@ def checkpoint_callbacks(config: TrainConfig, run_dir: Path) -> Tuple[Optional[p
 
     checkpoint = ModelCheckpoint(dirpath=run_dir / CKPT_DIR, monitor=MONITOR, mode=MONITOR_MODE,
                                  save_top_k=max(1, config.log.save_top_k), auto_insert_metric_name=False,
-                                 filename="epoch{epoch:03d}-acc1{val/acc1:.4f}") \
+                                 filename="epoch{epoch:03d}-val_acc1_{val/acc1:.2f}") \
         if config.data.has_validation else None
     last = ModelCheckpoint(dirpath=run_dir / CKPT_DIR, filename=Path(LAST_CKPT).stem, monitor=None, save_top_k=1,
                            enable_version_counter=False)
@@ -350,7 +350,7 @@ def test_selected(trainer: pl.Trainer, module: pl.LightningModule, dm: pl.Lightn
     """Evaluate the test split on the checkpoint chosen on validation (``best``: ``best_val``), or on the final
     epoch's (``final``) when there is no validation split, with the trainer that fitted (DDP ranks all take part).
 
-    Returns ``test/acc1``, ``test/acc5`` (fractions in [0, 1]), ``test/loss`` (mean cross-entropy), ``test/epoch``
+    Returns ``test/acc1``, ``test/acc5`` (percent), ``test/loss`` (mean cross-entropy), ``test/epoch``
     (1-based: the number of epochs trained when the checkpoint was taken) and ``selection``.
     NOTE: weight-averaging callbacks leave the trainer first: their ``on_load_checkpoint`` would put the raw
     weights back, while the checkpoint's ``state_dict`` holds the averaged ones that validation saw.
