@@ -149,18 +149,23 @@ def test_package_imports_nothing_from_benchmarks():
 @pytest.mark.slow
 def test_trial_cost_times_run_py_train_against_the_bare_loop(tmp_path, capsys):
     """benchmarks/bench_trial_cost.py on a tiny config: both sides run as their own processes and finish, the bare
-    loop reaches a real accuracy, and the JSON holds the rounds, the ratio of their medians' pairs and the machine."""
+    loop reaches a real accuracy; a sweep worker's later trials give their overhead from the compute time they
+    recorded; the JSON holds the round, the ratios and the machine."""
     from benchmarks.bench_trial_cost import main as trial_cost
 
     from ._train_helpers import tiny_dict, write_yaml
 
     cfg = write_yaml(tmp_path / "tiny.yaml", tiny_dict(tmp_path, trainer={"benchmark_batches": 0}))
     out = tmp_path / "cost.json"
-    assert trial_cost(["--config", str(cfg), "--epochs", "2", "--rounds", "2", "--wandb", "off", "--out",
-                       str(out)]) == 0
+    assert trial_cost(["--config", str(cfg), "--epochs", "2", "--rounds", "1", "--sweep-trials", "2", "--wandb",
+                       "off", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert len(data["bare_s"]) == len(data["harness_s"]) == 2 and min(data["bare_s"] + data["harness_s"]) > 0
-    ratios = sorted(h / b for h, b in zip(data["harness_s"], data["bare_s"]))
-    assert data["ratio"] == pytest.approx(sum(ratios) / 2)  # the median of two rounds
+    assert len(data["bare_s"]) == len(data["harness_s"]) == 1 and min(data["bare_s"] + data["harness_s"]) > 0
+    assert data["ratio"] == pytest.approx(data["harness_s"][0] / data["bare_s"][0])
     assert data["environment"]["threads"] == 1 and data["goal"] == 1.30
-    assert "whole trial" in capsys.readouterr().out
+    assert data["speed_ratio"] == pytest.approx(data["harness_train_img_s"][0] / data["bare_train_img_s"][0])
+    (row,) = data["sweep_worker"]["trials"]  # trial 2 of the worker: its cycle holds its compute and more
+    assert 0 < row["compute_s"] < row["cycle_s"] and data["sweep_worker"]["overhead"] == pytest.approx(
+        1 - row["compute_s"] / row["cycle_s"])
+    printed = capsys.readouterr().out
+    assert "whole trial" in printed and "per-trial overhead in a sweep worker" in printed

@@ -26,6 +26,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from irpe_bench import keys as K
 from irpe_bench.cli import main
 from irpe_bench.report import sequential as Q
 from irpe_bench.sweep.decided import ATTR, row_key
@@ -297,7 +298,9 @@ def test_plan_on_a_real_pilot(tmp_path, capsys):
     out = capsys.readouterr().out
     study = optuna.load_study(study_name="digits_quick", storage=url)
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    test = {(t.user_attrs["baseline"], t.user_attrs["seed"]): t.user_attrs["test/acc1"] for t in done}
+    # the committed pilot predates percent accuracies: its trials hold fractions, read in percent as the planner does
+    test = {(t.user_attrs["baseline"], t.user_attrs["seed"]): K.percent(t.user_attrs["test/acc1"], t.user_attrs)
+            for t in done}
     d = np.array([test[(False, s)] - test[(True, s)] for s in range(4)])
     sd = d.std(ddof=1)
 
