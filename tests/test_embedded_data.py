@@ -110,7 +110,7 @@ def test_a_real_run_trains_on_each_embedded_set(tmp_path, data):
     summary = train(config, run_dir=tmp_path / data["name"])
     assert summary["status"] == "finished" and summary["global_step"] == 3
     n_test = 1000 if data["name"] == "mnist" else 100
-    assert any(summary["test/acc1"] == pytest.approx(i / n_test) for i in range(n_test + 1))
+    assert any(summary["test/acc1"] == pytest.approx(100 * i / n_test) for i in range(n_test + 1))
 
 
 def test_evaluation_splits_keep_their_transformed_images_and_training_draws_anew():

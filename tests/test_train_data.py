@@ -105,8 +105,8 @@ def test_imagefolder_trains_on_pngs(tmp_path):
     assert x.shape == (3, 16, 16) and y in (0, 1, 2)
     summary = train(config, run_dir=tmp_path / "run")
     assert summary["status"] == "finished" and summary["global_step"] == 2  # 14 images / batch 6, drop_last
-    assert any(summary["metrics"]["val/acc1"] == pytest.approx(i / 4) for i in range(5))  # 4 val images
-    assert any(summary["test/acc1"] == pytest.approx(i / 6) for i in range(7))  # the 6 images of val/
+    assert any(summary["metrics"]["val/acc1"] == pytest.approx(100 * i / 4) for i in range(5))  # 4 val images
+    assert any(summary["test/acc1"] == pytest.approx(100 * i / 6) for i in range(7))  # the 6 images of val/
     assert summary["selection"] == "best_val" and summary["test/epoch"] == 1
 
 
@@ -123,7 +123,7 @@ def test_imagefolder_without_validation_reports_the_final_epoch(tmp_path):
     assert summary["selection"] == "final" and summary["test/epoch"] == 2
     assert summary["val/acc1"] is None and summary["val/acc1_best"] is None
     assert not any(k.startswith("val/") for k in summary["metrics"])  # validation never ran
-    assert any(summary["test/acc1"] == pytest.approx(i / 6) for i in range(7))
+    assert any(summary["test/acc1"] == pytest.approx(100 * i / 6) for i in range(7))
 
 
 def test_imagefolder_missing_val(tmp_path):
@@ -147,7 +147,7 @@ def test_synthetic_shapes_and_throughput_run(tmp_path):
     summary = train(config, run_dir=tmp_path / "syn")
     assert summary["global_step"] == 2 and summary["throughput/infer_img_s"] > 0
     assert summary["throughput/train_img_s"] > 0  # 2 batches, first skipped
-    assert any(summary["test/acc1"] == pytest.approx(i / 16) for i in range(17))
+    assert any(summary["test/acc1"] == pytest.approx(100 * i / 16) for i in range(17))
 
 
 def test_cifar_missing_root_message(tmp_path):
