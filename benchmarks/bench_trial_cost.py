@@ -119,24 +119,33 @@ def _run(cmd, env) -> tuple:
     return seconds, done.stdout
 
 
+def cpu_slug() -> str:
+    """The CPU model as a file-name part (``amd_epyc``): results/bench files name the machine they come from."""
+    from irpe_bench.train.throughput import cpu_model
+
+    return re.sub(r"[^a-z0-9]+", "_", cpu_model().lower()).strip("_") or "cpu"
+
+
+def seed_sweep(tmp: Path, name: str, config: str, trials: int, overrides: dict) -> Path:
+    """A sweep file of one worker running ``trials`` seeds of ``config`` (its study and outputs under ``tmp``)."""
+    import yaml
+
+    sweep = {"study": {"name": name, "sampler": "grid", "pruner": "none"}, "workers": 1,
+             "out_dir": str(tmp / "sweep"), "base": str((ROOT / config).resolve()), "overrides": overrides,
+             "space": {"seed": {"choices": list(range(trials))}}}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
 def sweep_overhead(config: str, epochs: int, trials: int, sets: list, env: dict, tmp: Path) -> dict:
     """One worker's per-trial overhead over ``trials`` seeds of ``config`` (module docstring)."""
     import optuna
-    import yaml
 
-    overrides: dict = {}
-    for item in sets:  # key=value pairs into the sweep file's overrides (the same values both sides train with)
-        key, _, value = item.partition("=")
-        node = overrides
-        *parents, leaf = key.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = yaml.safe_load(value)
-    sweep = {"study": {"name": "trial_cost", "sampler": "grid", "pruner": "none"}, "workers": 1,
-             "out_dir": str(tmp / "sweep"), "base": str((ROOT / config).resolve()), "overrides": overrides,
-             "space": {"seed": {"choices": list(range(trials))}}}
-    path = tmp / "trial_cost.yaml"
-    path.write_text(yaml.safe_dump(sweep))
+    from irpe_bench.overrides import parse_overrides
+
+    # the same key=value pairs the harness side trains with, as the sweep file's overrides
+    path = seed_sweep(tmp, "trial_cost", config, trials, parse_overrides(sets))
     seconds = _timed([sys.executable, "run.py", "sweep", str(path)], env)
     study = optuna.load_study(study_name="trial_cost", storage=f"sqlite:///{tmp / 'sweep' / 'optuna.db'}")
     done = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE),
@@ -182,8 +191,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from irpe_bench.bench.harness import environment, write_json
-    from irpe_bench.train.throughput import cpu_model
-
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
            "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
     sets = [f"trainer.max_epochs={args.epochs}", f"log.wandb={'true' if args.wandb == 'offline' else 'false'}",
@@ -214,8 +221,7 @@ def main(argv=None) -> int:
     import torch
 
     info = environment(1, torch.device("cpu"))
-    cpu = re.sub(r"[^a-z0-9]+", "_", cpu_model().lower()).strip("_") or "cpu"
-    out = args.out or ROOT / "results" / "bench" / f"trial_cost_{cpu}.json"
+    out = args.out or ROOT / "results" / "bench" / f"trial_cost_{cpu_slug()}.json"
     write_json(out, dict(command="python benchmarks/bench_trial_cost.py " + " ".join(argv), environment=info,
                          config=args.config, epochs=args.epochs, wandb=args.wandb, bare_s=bare_s,
                          harness_s=harness_s, ratio=ratio, goal=GOAL, goal_met=ratio <= GOAL, sweep_worker=worker,

@@ -68,19 +68,16 @@ def main(argv=None) -> int:
 
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
     import torch
-    import yaml
 
     torch.set_num_threads(1)
+    from bench_trial_cost import cpu_slug, seed_sweep  # its neighbour (this file runs as a script)
+
     import irpe_bench
     from irpe_bench.cli import main as cli
 
     with tempfile.TemporaryDirectory() as tmp:
-        sweep = {"study": {"name": "profile", "sampler": "grid", "pruner": "none"}, "workers": 1,
-                 "out_dir": str(Path(tmp) / "sweep"), "base": str((ROOT / args.config).resolve()),
-                 "overrides": {"trainer": {"max_epochs": args.epochs}, "log": {"wandb": args.wandb}},
-                 "space": {"seed": {"choices": list(range(args.trials))}}}
-        path = Path(tmp) / "profile.yaml"
-        path.write_text(yaml.safe_dump(sweep))
+        path = seed_sweep(Path(tmp), "profile", args.config, args.trials,
+                          {"trainer": {"max_epochs": args.epochs}, "log": {"wandb": args.wandb}})
         prof = cProfile.Profile()
         prof.enable()
         rc = cli(["sweep", str(path)])
@@ -106,8 +103,8 @@ def main(argv=None) -> int:
         print(f"{name:<48} {seconds:8.2f} {100 * seconds / loop:7.1f} %")
     from irpe_bench.bench.harness import write_json
 
-    slug = re.sub(r"[^a-z0-9]+", "_", cpu.lower()).strip("_") or "cpu"
-    out = args.out or ROOT / "results" / "bench" / f"trial_profile_{slug}{'_' + args.label if args.label else ''}.json"
+    label = f"_{args.label}" if args.label else ""
+    out = args.out or ROOT / "results" / "bench" / f"trial_profile_{cpu_slug()}{label}.json"
     write_json(out, dict(command="python benchmarks/profile_trial.py " + " ".join(argv or sys.argv[1:]), cpu=cpu,
                          code=rev, label=args.label, config=args.config, epochs=args.epochs, trials=n,
                          wandb=args.wandb, cycle_s=loop, trial_s=trial, phases_s=rows,

@@ -7,7 +7,7 @@ trial's constraint values (``trial.set_constraint``; user attributes ``constrain
 ``study.repeats: k`` it trains k seeds and returns their means (:mod:`.repeats`; user attribute ``repeats``).
 Nothing ever reads a test metric: the test split is evaluated once per run, on the
 checkpoint chosen on validation, and only recorded. What the leaderboard reads is written as user attributes
-(:data:`RECORDED`; ``report/`` documents the keys): the variant slug, a key shared by the seeds of one
+(:data:`irpe_bench.keys.RECORDED`; ``report/`` documents the keys): the variant slug, a key shared by the seeds of one
 configuration, the flattened config, metrics (accuracies in percent), status and — for anything but
 a finished run — the reason. A trial that fails is recorded with its reason and the
 sweep goes on (``catch``); a trial whose process was killed is retried by the storage's heartbeat with the
@@ -38,9 +38,6 @@ from .config import Sweep, digest, without_logging
 from .progress import Progress
 
 log = logging.getLogger(__name__)
-RECORDED = K.RECORDED  # the summary keys a trial records (keys.py says which)
-
-
 def config_key(flat: Dict[str, Any]) -> str:
     """Equal for configs that differ only in seed or logging: the trials a leaderboard row averages."""
     return digest({k: v for k, v in without_logging(flat).items() if k != "seed"}, 12)
@@ -124,7 +121,7 @@ class Objective:
             seed_config = config if st.repeats == 1 else config.model_copy(update={"seed": seed})
             summaries.append(self._train_seed(trial, seed_config, R.seed_dir(run_dir, seed, st.repeats), retry_of,
                                               pruning if i == 0 else None, entries, f"{slug} {point}"))
-        metrics = summaries[0] if st.repeats == 1 else R.mean_summary(summaries, RECORDED)
+        metrics = summaries[0] if st.repeats == 1 else R.mean_summary(summaries, K.RECORDED)
         self._record(trial, run_dir, K.FINISHED, None, metrics)
         return self._values(trial, metrics)
 
@@ -195,7 +192,7 @@ class Objective:
     @staticmethod
     def _seed_done(trial: optuna.Trial, seed: int, run_dir: Path, summary: Dict[str, Any],
                    entries: List[Dict[str, Any]]) -> Dict[str, Any]:
-        entries.append(R.seed_entry(seed, K.FINISHED, run_dir, summary, RECORDED))
+        entries.append(R.seed_entry(seed, K.FINISHED, run_dir, summary, K.RECORDED))
         trial.set_user_attr(R.REPEATS_ATTR, entries)
         return summary
 
@@ -223,13 +220,13 @@ class Objective:
         if summary is None and (run_dir / "summary.json").is_file():
             summary = json.loads((run_dir / "summary.json").read_text())
         summary = summary or {}
-        for k in RECORDED:
+        for k in K.RECORDED:
             if summary.get(k) is not None:
                 trial.set_user_attr(k, summary[k])
         if summary.get("wandb_id"):
             trial.set_user_attr("wandb_id", summary["wandb_id"])
         if entries is not None and status != K.FINISHED:
-            trial.set_user_attr(R.REPEATS_ATTR, [*entries, R.seed_entry(seed, status, run_dir, summary, RECORDED,
+            trial.set_user_attr(R.REPEATS_ATTR, [*entries, R.seed_entry(seed, status, run_dir, summary, K.RECORDED,
                                                                          error)])
         trial.set_user_attr("status", status)
         trial.set_user_attr("error", error)

@@ -1,6 +1,6 @@
 """What a study optimises: its objectives (one or several) and its constraints, in a small vocabulary of metrics.
 
-A metric name stands for one trial user attribute the objective records (:data:`~.objective.RECORDED`, the keys
+A metric name stands for one trial user attribute the objective records (:data:`irpe_bench.keys.RECORDED`, the keys
 of :mod:`irpe_bench.keys`) and for the ``trials.csv`` column the leaderboard writes from it:
 
 ==============  =========================  ==============  ========  ==================

@@ -55,8 +55,8 @@ def wal_mode(storage: optuna.storages.BaseStorage) -> None:
     """Put a SQLite storage in write-ahead-log mode with ``synchronous=NORMAL``, on every connection.
 
     Why: a worker writes some forty trial attributes per trial, each its own transaction; in SQLite's default
-    rollback-journal mode every commit waits for the disk twice (about 20 ms on the 2-core machine: a second
-    per trial), in WAL mode for none (about 1 ms). What it costs: a power cut may lose the last commits (never
+    rollback-journal mode every commit waits for the disk twice, in WAL mode for none (docs/cluster.md gives
+    the times). What it costs: a power cut may lose the last commits (never
     corrupts the file); a killed process loses nothing committed (the log is in the operating system's hands).
     The mode is stored in the file, so only writers (sweep workers) set it: a command that only reads a
     committed study leaves the file as it is. NOTE: WAL needs the processes on one machine (shared memory), as

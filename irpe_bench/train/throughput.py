@@ -118,8 +118,8 @@ class ComputeTime(pl.Callback):
             self._mark[loop] = time.perf_counter()
 
     def _batch(self, loop: str) -> None:
-        start = self._mark.get(loop)
-        if self._on and start is not None:
+        start = self._mark.get(loop)  # None: not opened (another device) or closed
+        if start is not None:
             now = time.perf_counter()
             self.seconds[loop] = self.seconds.get(loop, 0.0) + now - start
             self._mark[loop] = now
