@@ -33,12 +33,22 @@ DEVICE, PRECISION, BATCH_SIZE = "throughput/device", "throughput/precision", "th
 #: trial's time beyond it is the harness's overhead
 COMPUTE_S, COMPUTE_S_LOOPS = "time/compute_s", "time/compute_s_loops"
 
+#: the test split at other image sizes (``eval.img_sizes``), on the checkpoint ``test/*`` used:
+#: ``{"48": {"acc1": …, "acc5": …, "loss": …}}`` (percent); loggers get ``test/acc1@48`` (:func:`at_size`)
+TEST_BY_SIZE = "test/by_img_size"
+
+
+def at_size(key: str, size: Any) -> str:
+    """A metric key at an image size: ``test/acc1@48``."""
+    return f"{key}@{size}"
+
+
 #: a run's summary keys that a sweep copies into its trial's user attributes (when the run produced them):
 #: ``val/acc1`` final epoch, ``val/acc1_best`` best over epochs (optimistic: it chose the epoch), ``test/acc1``,
 #: ``test/acc5``, ``test/loss`` on the held-out test split at the chosen epoch, ``test/epoch`` (1-based) and
 #: ``selection`` ("best_val" | "final"); speeds in images/s, ``throughput/train_img_s_epochs`` one per epoch
 RECORDED = (MONITOR, MONITOR_BEST, VAL_ACC5, VAL_LOSS, *TEST_KEYS, PARAMS, MACS, TRAIN_IMG_S, TRAIN_IMG_S_EPOCHS,
-            INFER_IMG_S, DEVICE, PRECISION, BATCH_SIZE, "epochs", "wall_s", COMPUTE_S)
+            INFER_IMG_S, DEVICE, PRECISION, BATCH_SIZE, "epochs", "wall_s", COMPUTE_S, TEST_BY_SIZE)
 
 #: a trial's user attribute naming the unit of its accuracies (values, intermediate values, user attributes):
 #: ``"percent"``; absent on trials stored before, whose accuracies are fractions in [0, 1]
@@ -76,3 +86,13 @@ def row_key(params: Mapping[str, Any]) -> str:
 #: environment variable that overrides ``study.storage`` (keeps a password out of the sweep file, the workers'
 #: command lines and W&B)
 STORAGE_ENV = "IRPE_BENCH_STORAGE"
+
+#: config fields added after studies were committed, with the default that reproduces what was trained before
+#: them: a config key leaves them out at that default (a study resumed with newer code keeps its rows), and so
+#: does the baseline match (old trials do not have them at all)
+LATER_FIELDS = {"model.pos": None, "eval.img_sizes": []}
+
+
+def without_later_defaults(flat: Mapping[str, Any]) -> dict:
+    """``flat`` without the :data:`LATER_FIELDS` that hold their default."""
+    return {k: v for k, v in flat.items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}

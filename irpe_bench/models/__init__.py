@@ -6,6 +6,7 @@ from .deit import (
     count_params_and_macs,
     create_model,
     parse_official_name,
+    resize_input,
     resolve_rpe,
     rpe_layers,
     set_attention_options,
@@ -15,5 +16,5 @@ from .deit import (
 __all__ = [
     "RPEAttention", "convert_official_state_dict", "load_official_checkpoint", "OFFICIAL_RATIOS",
     "count_params_and_macs", "create_model", "parse_official_name", "resolve_rpe", "rpe_layers",
-    "set_attention_options", "variant_slug",
+    "set_attention_options", "variant_slug", "resize_input",
 ]

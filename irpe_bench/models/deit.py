@@ -7,12 +7,13 @@ attention's own qkv/proj modules. Other layers keep timm's fused attention untou
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import timm
 import torch
 from torch import nn
 
+from ..pos import PosConfig, families
 from ..rpe import RPEConfig
 from ..rpe.config import OFFICIAL_METHOD_WORDS, OFFICIAL_MODE_WORDS
 from .attention import RPEAttention
@@ -87,7 +88,8 @@ def resolve_rpe(name: str, rpe: Optional[RPEConfig | Dict[str, Any]]) -> Tuple[s
 def create_model(
     name: str,
     rpe: Optional[RPEConfig | Dict[str, Any]] = None,
-    abs_pos: bool = True,
+    abs_pos: Union[bool, str] = True,
+    pos: Optional[PosConfig | Dict[str, Any]] = None,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """Build a timm DeiT/ViT and give iRPE attention to the layers ``rpe.layers`` names.
@@ -97,7 +99,10 @@ def create_model(
             such as ``deit_small_patch16_224_ctx_product_50_shared_qkv`` (then ``rpe`` must be None).
         rpe: the iRPE variant; None builds the plain timm model (the no-RPE baseline). With an official name:
             None, or a dict of fields that refine the official config.
-        abs_pos: False removes the learnable absolute position embedding (paper Table 4, rows 2–7).
+        abs_pos: the absolute position embedding: True (or ``"learned"``) timm's learned one; False (or
+            ``"none"``) none (paper Table 4, rows 2–7); ``"sincos"`` the fixed 2D sin-cos table (MAE).
+        pos: another position-encoding family (:class:`irpe_bench.pos.PosConfig` or a dict of its fields):
+            RoPE, a relative bias table, the continuous bias, PEG (:mod:`irpe_bench.pos.families`).
         timm_kwargs: passed to ``timm.create_model`` (``img_size``, ``patch_size``, ``embed_dim``, ``depth``,
             ``num_heads``, ``num_classes``, ``drop_path_rate``, …). ``pretrained`` is never used: nothing is
             downloaded.
@@ -127,6 +132,10 @@ def create_model(
         raise ValueError(f"{bad}={timm_kwargs.get(bad)!r}: not an option of timm's {name!r}; allowed: "
                          f"{allowed}") from None
     _vit_blocks_check(model, name)
+    abs_pos = normalise_abs_pos(abs_pos)
+    pos = PosConfig(**pos) if isinstance(pos, dict) else pos
+    if abs_pos == "sincos":
+        families.set_sincos(model)
     if not abs_pos:
         # NOTE: built with the embedding, then removed (what timm's ``pos_embed="none"`` leaves: None), rather than
         # built without it: timm draws the embedding's init from the global RNG first, so leaving it out would
@@ -134,16 +143,50 @@ def create_model(
         del model.pos_embed
         model.pos_embed = None
     model.rpe_config = rpe
-    model.variant = variant_slug(name, rpe, model.num_prefix_tokens, abs_pos)
+    model.pos_config = None
+    model.variant = variant_slug(name, rpe, model.num_prefix_tokens, abs_pos, pos)
+    layers = rpe.layer_indices(len(model.blocks)) if rpe is not None else ()
+    if pos is not None:
+        families.attach(model, pos, layers)  # checks everything (layers, overlap with iRPE) before changing
     if rpe is None:
         return model
-    layers = rpe.layer_indices(len(model.blocks))
     grid = tuple(model.patch_embed.grid_size)
     for i in layers:
         block = model.blocks[i]
         block.attn = RPEAttention(block.attn, rpe, grid, model.num_prefix_tokens)
     if getattr(model, "dynamic_img_size", False):
         model.register_forward_pre_hook(_grid_hook)
+    return model
+
+
+ABS_POS_WORDS = {"learned": True, "none": False, "sincos": "sincos"}
+
+
+def normalise_abs_pos(value: Union[bool, str]) -> Union[bool, str]:
+    """True / False / ``"sincos"``: the words ``learned`` and ``none`` are True and False (one config key each)."""
+    if isinstance(value, bool):
+        return value
+    if value in ABS_POS_WORDS:
+        return ABS_POS_WORDS[value]
+    raise ValueError(f"model.abs_pos={value!r}: allowed: true, false, {sorted(ABS_POS_WORDS)}")
+
+
+def resize_input(model: nn.Module, img_size: int | Tuple[int, int]) -> nn.Module:
+    """Make ``model`` take images of ``img_size`` for good, each position encoding as its paper transfers it:
+    timm's ``set_input_size`` (the patch grid; the learned absolute embedding resampled bicubically, as timm
+    loads a checkpoint at another size), the sin-cos table recomputed, iRPE's buckets for the new grid (the
+    index function is defined for every offset), and the other families by :func:`irpe_bench.pos.families.resize`.
+    """
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    _check_img_patch({"img_size": size, "patch_size": tuple(model.patch_embed.patch_size)})
+    model.set_input_size(img_size=size)
+    grid = tuple(model.patch_embed.grid_size)
+    if getattr(model, "abs_pos_kind", None) == "sincos":
+        families.set_sincos(model)
+    for block in model.blocks:
+        if isinstance(block.attn, RPEAttention):
+            block.attn.grid_size = grid
+    families.resize(model, grid)
     return model
 
 
@@ -173,19 +216,26 @@ def rpe_layers(model: nn.Module) -> Tuple[int, ...]:
     return tuple(i for i, b in enumerate(model.blocks) if isinstance(b.attn, RPEAttention))
 
 
-def variant_slug(model_name: str, rpe: Optional[RPEConfig], num_prefix_tokens: int = 1, abs_pos: bool = True) -> str:
-    """One name per variant (W&B run, leaderboard row, checkpoint dir): ``deit_tiny_ctx_product_50_shared_k``."""
+def variant_slug(model_name: str, rpe: Optional[RPEConfig], num_prefix_tokens: int = 1,
+                 abs_pos: Union[bool, str] = True, pos: Optional[PosConfig] = None) -> str:
+    """One name per variant (W&B run, leaderboard row, checkpoint dir): ``deit_tiny_ctx_product_50_shared_k``,
+    ``deit_tiny_rope_mixed_noabs``, ``deit_tiny_norpe`` (no relative encoding), ``deit_tiny_norpe_sincos``."""
     base = re.sub(r"_patch\d+_\d+$", "", model_name)
-    parts = [base, rpe.slug(num_prefix_tokens) if rpe is not None else "norpe"]
+    parts = [base] + ([rpe.slug(num_prefix_tokens)] if rpe is not None else []) + \
+        ([pos.slug()] if pos is not None else [])
+    if len(parts) == 1:
+        parts.append("norpe")
     if not abs_pos:
         parts.append("noabs")
+    elif abs_pos == "sincos":
+        parts.append("sincos")
     return "_".join(parts)
 
 
 @torch.no_grad()
 def count_params_and_macs(model: nn.Module, img_size: Optional[Tuple[int, int]] = None,
                           in_chans: int = 3) -> Dict[str, int]:
-    """Parameters and multiply–accumulates of one image's forward pass, via torch's flop counter.
+    """Trainable parameters and multiply–accumulates of one image's forward pass, via torch's flop counter.
 
     MACs = FLOPs / 2 of the matmul-like ops the counter knows (linear, conv, bmm), the convention of the
     paper's MACs column. Gathers and scatters (the O(L²) index steps) are not counted, as in the paper.
@@ -205,4 +255,5 @@ def count_params_and_macs(model: nn.Module, img_size: Optional[Tuple[int, int]] 
             model(torch.zeros(1, in_chans, *img_size, device=device))
     finally:
         model.train(was_training)
-    return {"params": sum(p.numel() for p in model.parameters()), "macs": counter.get_total_flops() // 2}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # a fixed sin-cos table is no parameter
+    return {"params": trainable, "macs": counter.get_total_flops() // 2}

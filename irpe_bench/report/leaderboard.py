@@ -11,8 +11,9 @@ Why it is built the way it is:
   validation) when every complete trial has it; otherwise by the trial value, the best-over-epochs validation
   accuracy, and the board says it is optimistic. The order is mean, then config key (never speed); what the
   data support is the rank band, from Holm-adjusted pairwise tests.
-* **Δ only against a true baseline.** An iRPE group is compared with the no-RPE group whose flattened config
-  equals its own on every key except ``model.rpe*`` and ``seed``. Anything else (a different epoch count,
+* **Δ only against a true baseline.** An iRPE group (or another family's, ``model.pos``) is compared with the
+  group without relative encoding whose flattened config equals its own on every key except ``model.rpe*``,
+  ``model.pos*`` and ``seed``. Anything else (a different epoch count,
   ``abs_pos``, dataset) would credit iRPE with an effect it did not cause, so then there is no Δ at all.
   The difference is a paired t-test over common seeds (Welch's where seeds do not pair), Holm-adjusted across
   the study's rows; the minimum detectable difference is at Holm's first step over those rows (0.05 / m).
@@ -42,7 +43,7 @@ from .looks import summarise
 from .stalls import STALL_MARGIN, stalled
 from .stats import GroupStats, one_per_seed, study_stats
 
-IGNORED_FOR_BASELINE = ("model.rpe", "seed")  # keys (and their dotted children) a baseline may differ in
+IGNORED_FOR_BASELINE = ("model.rpe", "model.pos", "seed")  # keys (and their dotted children) a baseline may differ in
 
 # Per-trial metrics the objective stores in ``user_attrs`` under these names.
 M_ACC1, M_ACC1_BEST, M_PARAMS, M_MACS = K.MONITOR, K.MONITOR_BEST, K.PARAMS, K.MACS
@@ -99,6 +100,8 @@ class TrialRow:
     # constrained studies only (left out of trials.csv and the json otherwise): None = not known (not finished)
     feasible: Optional[bool] = None
     violated: Optional[str] = None  # the broken constraints with their relative violation
+    # studies with ``eval.img_sizes`` only: test top-1 (percent) at each other image size, on the same checkpoint
+    test_acc1_by_size: Optional[Dict[str, float]] = None
 
 
 @dataclass
@@ -159,6 +162,9 @@ class GroupRow:
     run_dirs: List[str]
     feasible: Optional[bool] = None  # constrained studies only: False when any of the group's trials is infeasible
     pareto: Optional[bool] = None  # multi-objective studies only: on the front of the group means (``objectives``)
+    # studies with ``eval.img_sizes`` only: {size: {n, mean, ci95, delta, delta_ci95, test, p_holm}} of test top-1
+    # at that size, Δ against the row's baseline or reference as at the training size, Holm over rows per size
+    by_img_size: Optional[Dict[str, Dict[str, Any]]] = None
 
 
 @dataclass
@@ -188,6 +194,7 @@ class Leaderboard:
     repeats: Optional[int] = None  # seeds per trial, when more than one (each seed is one sample)
     # seeds-until-decided studies only: the design and each row's last look (``looks.summarise``)
     sequential: Optional[Dict[str, Any]] = None
+    img_sizes: Optional[List[int]] = None  # studies with ``eval.img_sizes`` only: the other sizes tested
     groups: List[GroupRow] = field(default_factory=list)
     trials: List[TrialRow] = field(default_factory=list)
     failed: List[TrialRow] = field(default_factory=list)  # FAIL trials nobody retried
@@ -264,8 +271,36 @@ def trial_row(t: FrozenTrial, goals: Optional[O.Goals] = None, entry: Optional[M
         duration_s=(t.datetime_complete - t.datetime_start).total_seconds() if done else None,
         reason=redact(ua.get("error") or t.system_attrs.get("fail_reason")),  # every format reads it from here
         retry_of=_retry_of(t), run_dir=ua.get("run_dir"), wandb_id=ua.get("wandb_id"),
-        feasible=O.feasible(t), violated=O.violated(t),
+        feasible=O.feasible(t), violated=O.violated(t), test_acc1_by_size=_by_size(ua),
     )
+
+
+def _by_size(ua: Mapping[str, Any]) -> Optional[Dict[str, float]]:
+    by_size = ua.get(K.TEST_BY_SIZE)
+    if not isinstance(by_size, Mapping):
+        return None
+    return {str(size): _pct(_num(m.get("acc1")), ua) for size, m in sorted(by_size.items(), key=lambda i: int(i[0]))
+            if isinstance(m, Mapping) and m.get("acc1") is not None}
+
+
+def at_other_sizes(by_key: Mapping[str, Sequence[Tuple[FrozenTrial, TrialRow]]],
+                   baseline_of: Mapping[str, Optional[str]]) -> Tuple[List[int], Dict[str, Dict[str, Dict[str, Any]]]]:
+    """(the sizes, {config key: {size: statistics}}): per size the rows' test top-1 at that size, with the same
+    statistics as the ranking (``study_stats``: mean and CI, Δ against the same baseline or reference, paired t
+    over common seeds, Holm over the rows tested at that size)."""
+    sizes = sorted({int(s) for rows in by_key.values() for _, r in rows for s in (r.test_acc1_by_size or {})})
+    out: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    for size in map(str, sizes):
+        groups = {k: [(r.seed, r.test_acc1_by_size[size]) for _, r in rows
+                      if r.test_acc1_by_size and r.test_acc1_by_size.get(size) is not None]
+                  for k, rows in by_key.items()}
+        groups = {k: v for k, v in groups.items() if v}
+        st = study_stats(groups, {k: b for k, b in baseline_of.items() if b in groups}, ACCURACY_BOUNDS)
+        for k, g in st.groups.items():
+            out.setdefault(k, {})[size] = {"n": g.n, "mean": g.mean, "ci95": g.ci95, "delta": g.delta,
+                                           "delta_ci95": g.delta_ci95, "test": g.test, "n_pairs": g.n_pairs,
+                                           "p_holm": g.p_holm}
+    return sizes, out
 
 
 # ------------------------------------------------------------------------------------------------ groups
@@ -290,11 +325,12 @@ def _first(xs: Iterable[Optional[Any]]) -> Optional[Any]:
 
 
 def comparable(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """The config without the keys a baseline may differ in (``model.rpe`` and its children, ``seed``)."""
+    """The config without the keys a baseline may differ in (``model.rpe``, ``model.pos`` and their children,
+    ``seed``) and without fields added later at their default (``keys.LATER_FIELDS``)."""
     def ignored(key: str) -> bool:
         return any(key == p or key.startswith(p + ".") for p in IGNORED_FOR_BASELINE)
 
-    return {k: v for k, v in config.items() if not ignored(k)}
+    return {k: v for k, v in K.without_later_defaults(config).items() if not ignored(k)}
 
 
 def _rpe_columns(config: Mapping[str, Any]) -> Dict[str, Any]:
@@ -434,6 +470,9 @@ def collect(study: optuna.Study) -> Leaderboard:
             g.feasible = O.group_feasible([r.feasible for _, r in by_key[g.config_key]])
     if goals.multi:
         O.mark_pareto(groups, goals.objectives)
+    sizes, by_size = at_other_sizes(by_key, baseline_of)
+    for g in groups if sizes else ():
+        g.by_img_size = by_size.get(g.config_key, {})
 
     retried_numbers = {r.retry_of for r in rows if r.retry_of is not None}
     discarded = [r for r in rows if r.state == TrialState.FAIL.name and r.status == DISCARDED]
@@ -457,7 +496,7 @@ def collect(study: optuna.Study) -> Leaderboard:
         mdd_alpha=st.mdd_alpha, mdd_family=st.mdd_family, reference=reference or None,
         objectives=[asdict(o) for o in goals.objectives] if goals.multi else None,
         constraints=list(goals.constraints) or None, repeats=goals.repeats if goals.repeats > 1 else None,
-        sequential=summarise(study.user_attrs.get(K.SEQUENTIAL_ATTR) or {}, frozen),
+        sequential=summarise(study.user_attrs.get(K.SEQUENTIAL_ATTR) or {}, frozen), img_sizes=sizes or None,
         groups=groups, trials=[r for _, r in samples if r.number not in {d.number for d in discarded}],
         failed=failed, retried=retried, pruned=pruned, running=running,
     )

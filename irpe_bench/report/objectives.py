@@ -193,6 +193,10 @@ def omitted_fields(board: Any) -> Dict[str, Tuple[str, ...]]:
         top.append("reference")
     if getattr(board, "sequential", None) is None:
         top.append("sequential")
+    if getattr(board, "img_sizes", None) is None:
+        top.append("img_sizes")
+        group.append("by_img_size")
+        trial.append("test_acc1_by_size")
     return {"board": tuple(top), "group": tuple(group), "trial": tuple(trial)}
 
 

@@ -141,6 +141,32 @@ def accuracy_by_variant(board: Leaderboard, path: Path) -> PlotResult:
     return _save(fig, path)
 
 
+def accuracy_by_size(board: Leaderboard, path: Path) -> PlotResult:
+    """Test top-1 against image size, one line per row (mean and 95 % CI at each size of ``eval.img_sizes``):
+    how each position encoding carries to resolutions it was not trained at."""
+    rows = [g for g in board.groups if g.by_img_size]
+    if not rows:
+        return _skip("accuracy_by_size", "no row was tested at another image size")
+    fig = _figure(7.5, 5.0)
+    ax = fig.add_subplot()
+    for i, g in enumerate(rows):
+        sizes = sorted(g.by_img_size, key=int)
+        st = [g.by_img_size[s] for s in sizes]
+        means = [x["mean"] for x in st]
+        err = [[m - x["ci95"][0] if x["ci95"] else 0.0 for m, x in zip(means, st)],
+               [x["ci95"][1] - m if x["ci95"] else 0.0 for m, x in zip(means, st)]]
+        shift = (i - (len(rows) - 1) / 2) * 0.15  # points of one size side by side, not on top of each other
+        ax.errorbar([int(s) + shift for s in sizes], means, yerr=err, marker="s" if g.baseline else "o",
+                    capsize=3, label=f"{g.variant} (n={g.n})", color="black" if g.baseline else None)
+    ax.set_xticks(board.img_sizes or [])
+    ax.set_xlabel("test image size (pixels); the model was trained at its own size")
+    ax.set_ylabel("test acc1 (%) at the checkpoint chosen on validation, mean and 95 % CI")
+    ax.set_title(f"{board.study_name}: accuracy against image size", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def _xerr(groups: List[GroupRow], key: str) -> Optional[List[List[float]]]:
     """The min–max range of a speed over the group's runs; none for params / MACs (one per configuration)."""
     if key not in ("train_img_s", "infer_img_s"):
@@ -284,7 +310,7 @@ def param_importances(study: optuna.Study, board: Leaderboard, path: Path) -> Pl
 
 
 PLOTS = ("forest", "accuracy_by_variant", "accuracy_vs_throughput", "optimization_history", "param_importances",
-         "pareto")
+         "pareto", "accuracy_by_size")
 
 
 def make_plots(study: optuna.Study, board: Leaderboard, out_dir: Path) -> Dict[str, PlotResult]:
@@ -297,4 +323,5 @@ def make_plots(study: optuna.Study, board: Leaderboard, out_dir: Path) -> Dict[s
         "optimization_history": optimization_history(study, board, out_dir / "optimization_history.png"),
         "param_importances": param_importances(study, board, out_dir / "param_importances.png"),
         **({"pareto": pareto(board, out_dir / "pareto.png")} if board.objectives else {}),
+        **({"accuracy_by_size": accuracy_by_size(board, out_dir / "accuracy_by_size.png")} if board.img_sizes else {}),
     }

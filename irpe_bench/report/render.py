@@ -289,6 +289,25 @@ def sequential_table(board: Leaderboard) -> Table:
     return head, rows
 
 
+def sizes_table(board: Leaderboard) -> Table:
+    """Test top-1 at each other image size (``eval.img_sizes``), per row, with Δ against the row's baseline or
+    reference at that size (paired t over common seeds, Holm over the rows at that size)."""
+    head = ["variant", "img size", "n", "test acc1 mean [95 % CI]", "Δ vs baseline [95 % CI]", "test", "p (Holm)"]
+    rows = []
+    for g in board.groups:
+        for size, st in (g.by_img_size or {}).items():
+            rows.append([g.variant, size, str(st["n"]), _f(st["mean"]) + _ci(st["ci95"]),
+                         (_signed(st["delta"]) + _ci(st["delta_ci95"], signed=True)) if st["delta"] is not None
+                         else DASH, _text(st["test"]), _p(st["p_holm"])])
+    return head, rows
+
+
+SIZES_NOTE = ("The checkpoint each run was tested with at its training size, tested again at each size after the "
+              "model was made to take it (absolute embeddings resampled as timm does, iRPE buckets and RoPE angles "
+              "for the new grid, bias tables as each method's paper transfers them); the same held-out images. "
+              "Δ and p (Holm) compare each row with the same baseline or reference as the ranking, at that size.")
+
+
 def goal_items(board: Leaderboard) -> List[Tuple[str, str]]:
     """What a multi-objective, constrained or repeated-seed study adds to the header (nothing for one of old)."""
     items = []
@@ -356,9 +375,12 @@ def sections(board: Leaderboard) -> List[Tuple[str, Table, str, str]]:
     sequential = [("Seeds until decided", sequential_table(board), "No look taken yet.",
                    "Each row against its reference, paired by seed, at its last look; the repeated CIs cover at "
                    "every look at once, so they stay valid where the row stopped.")] if board.sequential else []
+    sizes = [("At other image sizes", sizes_table(board), "No row was tested at another size.", SIZES_NOTE)] \
+        if board.img_sizes else []
     return [
         ("Ranking", ranking_table(board), "No trial has completed yet.", ranking_note(board)),
         *sequential,
+        *sizes,
         *infeasible,
         ("Failed", failed_table(board), "No failed trials.", retried),
         ("Pruned", pruned_table(board), "No pruned trials.", ""),
@@ -409,6 +431,8 @@ def to_markdown(board: Leaderboard, meta: Optional[Mapping[str, Any]] = None,
 def _csv_value(v: Any) -> Any:
     if v is None:
         return ""
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True)
     if isinstance(v, (list, tuple)):
         return " ".join(map(str, v))
     return repr(v) if isinstance(v, float) else v

@@ -237,7 +237,8 @@ class Sweep:
     def trial_config(self, point: Mapping[str, Any], **sections: Mapping[str, Any]) -> TrainConfig:
         """The training config of one point of the space, plus nested ``sections`` changes (``log={...}``,
         ``trainer={...}``), validated as a whole (``ValueError`` names the problem)."""
-        over = S.to_overrides(point, self.base_config.model.rpe and self.base_config.model.rpe.model_dump())
+        m = self.base_config.model
+        over = S.to_overrides(point, m.rpe and m.rpe.model_dump(), m.pos and m.pos.model_dump())
         config = build_config(merge(merge(self.base, over), sections), source="trial config")
         if not config.data.has_validation:  # NOTE: the objective and the pruner read validation, never test
             raise ValueError(f"data.val_fraction={config.data.val_fraction:g}: a sweep chooses on validation and "

@@ -39,8 +39,9 @@ from .progress import Progress
 
 log = logging.getLogger(__name__)
 def config_key(flat: Dict[str, Any]) -> str:
-    """Equal for configs that differ only in seed or logging: the trials a leaderboard row averages."""
-    return digest({k: v for k, v in without_logging(flat).items() if k != "seed"}, 12)
+    """Equal for configs that differ only in seed or logging: the trials a leaderboard row averages. Fields
+    added later (:data:`irpe_bench.keys.LATER_FIELDS`) count only away from their default."""
+    return digest({k: v for k, v in K.without_later_defaults(without_logging(flat)).items() if k != "seed"}, 12)
 
 
 def retried_trial(trial: optuna.Trial) -> int | None:
@@ -101,7 +102,7 @@ class Objective:
             raise
         flat = flatten(config.model_dump(mode="json"))
         attrs = {"variant": slug, "config_key": config_key(flat), "seed": config.seed, "baseline": config.model.rpe
-                 is None, "config": without_logging(flat),
+                 is None and config.model.pos is None, "config": without_logging(flat),
                  "retry_of": retry_of, "status": K.RUNNING, "error": None, K.ACC_UNIT: K.PERCENT,
                  "worker": f"{socket.gethostname()}:{os.getpid()}"}
         # a retry keeps the killed trial's run directory (copied user attribute) and resumes its checkpoint

@@ -36,7 +36,8 @@ def _is_number(v: Any) -> bool:
 
 def mean_summary(summaries: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Dict[str, Any]:
     """``keys`` over the seeds' summaries: the mean of numbers (over the seeds that have the key; an int kept
-    when every seed agrees, e.g. params), else the value if all agree, else the first seed's."""
+    when every seed agrees, e.g. params), mappings key by key (``test/by_img_size``), else the value if all agree,
+    else the first seed's."""
     out: Dict[str, Any] = {}
     for k in keys:
         vals = [s[k] for s in summaries if s.get(k) is not None]
@@ -46,6 +47,8 @@ def mean_summary(summaries: Sequence[Mapping[str, Any]], keys: Sequence[str]) ->
             out[k] = vals[0]
         elif all(_is_number(v) for v in vals):
             out[k] = statistics.fmean(vals)
+        elif all(isinstance(v, Mapping) for v in vals):
+            out[k] = mean_summary(vals, sorted({key for v in vals for key in v}))
         else:
             out[k] = vals[0]
     return out

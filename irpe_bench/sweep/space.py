@@ -8,9 +8,14 @@ never sampled:
 * ``model.rpe.method: none`` is the no-RPE baseline: the other ``model.rpe.*`` parameters are not sampled;
 * bias mode exists only on q and k (paper Eq. 14): under ``mode=bias`` the attachment is drawn from the
   choices without ``v``, under its own parameter name (``model.rpe.on@bias``), because Optuna pins a
-  parameter's choice set for the life of a study.
+  parameter's choice set for the life of a study;
+* ``model.pos.family`` chooses another position-encoding family (``none``: no ``model.pos``): its other
+  ``model.pos.*`` fields are drawn only under a family, and under a family that takes over the attention layer
+  (RoPE, the bias tables) no ``model.rpe.*`` field is drawn and ``model.rpe`` is null. So
+  ``model.pos.family: [none, rope_axial, rpb]`` × ``model.rpe.method: [none, product]`` is four rows: no
+  relative encoding, iRPE, RoPE, the bias table.
 
-The drivers of those rules (``method``, then ``mode``) are sampled first whatever their order in the file.
+The drivers of those rules (``family``, ``method``, then ``mode``) are sampled first whatever their order.
 Optuna's categorical choices must be scalars, so ``layers`` choices travel as strings (``"all"``, ``"0,1"``),
 and the paper's α:β:γ triples as ``model.rpe.alpha_beta_gamma: ["1.9:3.8:15.2", "2.5:5:20"]``.
 """
@@ -25,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, model_validator
 NO_RPE = "none"
 #: pseudo-field: an α:β:γ triple as one categorical choice ("2.5:5:20"), split into alpha/beta/gamma
 ABG = "model.rpe.alpha_beta_gamma"
-_DRIVERS = ("model.rpe.method", "model.rpe.mode")
+FAMILY = "model.pos.family"
+_DRIVERS = (FAMILY, "model.rpe.method", "model.rpe.mode")
 Scalar = Union[str, int, float, bool, None]
 
 
@@ -144,6 +150,11 @@ def rule(name: str, spec: ParamSpec, sampled: Mapping[str, Any], base: Mapping[s
          ) -> Optional[Tuple[str, ParamSpec]]:
     """The (Optuna parameter name, spec) under which ``name`` is drawn given the values drawn so far, or
     ``None`` when it does not apply. ``base``: the flattened base config (for fields not searched)."""
+    family = _effective(FAMILY, sampled, base)
+    if name.startswith("model.pos.") and name != FAMILY and family in (NO_RPE, None):
+        return None  # no other family: its fields mean nothing
+    if name.startswith("model.rpe.") and takes_attention(family):
+        return None  # RoPE or a bias table holds the attention layers: no iRPE drawn
     method = _effective("model.rpe.method", sampled, base)
     if name.startswith("model.rpe.") and name != "model.rpe.method" and (method == NO_RPE or method is None):
         return None  # no RPE: its fields mean nothing
@@ -155,6 +166,15 @@ def rule(name: str, spec: ParamSpec, sampled: Mapping[str, Any], base: Mapping[s
             return None  # nothing legal: keep the base value, the config check reports it
         return f"{name}@bias", spec.model_copy(update={"choices": allowed})
     return name, spec
+
+
+def takes_attention(family: Any) -> bool:
+    """Whether ``family`` (a ``model.pos.family`` value) replaces the attention layers, leaving no room for iRPE."""
+    if family in (NO_RPE, None):
+        return False
+    from ..pos.families import FAMILIES
+
+    return FAMILIES.lookup(str(family)).per_attention
 
 
 def suggest(trial, space: Mapping[str, ParamSpec], base: Mapping[str, Any]) -> Dict[str, Any]:
@@ -216,22 +236,49 @@ def optuna_params(space: Mapping[str, ParamSpec], point: Mapping[str, Any], base
     return out
 
 
-def to_overrides(point: Mapping[str, Any], base_rpe: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+def _pos_overrides(pos: Dict[str, Any], base_pos: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The drawn ``model.pos.*`` fields as ``model.pos``: null for family ``none``; the base's other fields kept
+    only under the base's own family (another family's options would not apply)."""
+    family = pos.get("family", (base_pos or {}).get("family"))
+    if family == NO_RPE:
+        return None
+    if family is None:
+        raise ValueError("the sweep searches model.pos.* but neither it nor the base config names a family; search "
+                         "model.pos.family too")
+    same = bool(base_pos) and base_pos.get("family") == family
+    kept = {k: v for k, v in base_pos.items() if v is not None} if same else {}
+    drawn = {k: ([int(i) for i in v.split(",")] if k == "layers" and isinstance(v, str) and v != "all" else v)
+             for k, v in pos.items()}
+    return {**kept, **drawn, "family": family}
+
+
+def to_overrides(point: Mapping[str, Any], base_rpe: Optional[Mapping[str, Any]],
+                 base_pos: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Sampled ``{field: value}`` → nested config overrides.
 
+    ``model.pos.family: none`` sets ``model.pos: null``, a family that takes over attention ``model.rpe: null``;
     ``method: none`` sets ``model.rpe: null``; a drawn ``ratio`` replaces the base's α/β/γ and a drawn triple
     replaces its ratio (``RPEConfig`` takes one or the other); ``layers: "0,1"`` becomes ``[0, 1]``."""
     out: Dict[str, Any] = {}
     rpe: Dict[str, Any] = {}
+    pos: Dict[str, Any] = {}
     for name, value in point.items():
         if name.startswith("model.rpe."):
             rpe[name[len("model.rpe."):]] = value
+            continue
+        if name.startswith("model.pos."):
+            pos[name[len("model.pos."):]] = value
             continue
         node = out
         *parents, leaf = name.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
+    if pos:
+        out.setdefault("model", {})["pos"] = _pos_overrides(pos, base_pos)
+        if takes_attention(pos.get("family")):
+            out["model"]["rpe"] = None
+            return out
     if rpe.get("method") == NO_RPE:
         out.setdefault("model", {})["rpe"] = None
         return out

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..pos import PosConfig
 from ..rpe import RPEConfig
 
 
@@ -37,8 +38,11 @@ class ModelConfig(_Frozen):
     mlp_ratio: Optional[float] = None
     num_classes: Optional[int] = Field(None, description="None: taken from the dataset")
     drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0)
-    abs_pos: bool = True
+    abs_pos: Union[bool, Literal["sincos"]] = Field(True, description="the absolute position embedding: true "
+                                                     "(or learned), false (or none), sincos (fixed 2D sin-cos)")
     rpe: Optional[RPEConfig] = RPEConfig()
+    pos: Optional[PosConfig] = Field(None, description="another position-encoding family (rope_axial, rope_mixed, "
+                                     "rpb, cpb, cpe), beside or instead of iRPE")
     recompute_weights: bool = Field(False, description="iRPE layers keep no L×L attention weights for the backward "
                                     "pass and recompute them (less memory, slower; the same maths)")
 
@@ -52,6 +56,15 @@ class ModelConfig(_Frozen):
             return data  # plain names: pydantic validates rpe field by field (errors keep their dotted path)
         name, rpe = resolve_rpe(data["name"], data.get("rpe"))
         return {**data, "name": name, "rpe": rpe}
+
+    @field_validator("abs_pos", mode="before")
+    @classmethod
+    def _abs_words(cls, v: Any) -> Any:
+        from ..models.deit import ABS_POS_WORDS
+
+        if isinstance(v, str) and v not in ABS_POS_WORDS:
+            raise ValueError(f"allowed: true, false, {sorted(ABS_POS_WORDS)}")
+        return ABS_POS_WORDS.get(v, v) if isinstance(v, str) else v
 
     @field_validator("name")
     @classmethod
@@ -76,7 +89,19 @@ class ModelConfig(_Frozen):
             raise ValueError(f"model.embed_dim={self.embed_dim} is not divisible by model.num_heads={self.num_heads}")
         if self.rpe is not None and self.depth is not None:
             self.rpe.layer_indices(self.depth)  # layer indices within depth
+        if self.pos is not None:
+            self._check_pos()
         return self
+
+    def _check_pos(self) -> None:
+        """The family fits this model (layers, head dimension, overlap with iRPE): built on the meta device,
+        which costs no memory and no initialisation, so every rule lives in one place (the family's)."""
+        import torch
+
+        from ..models import create_model
+
+        with torch.device("meta"):
+            create_model(self.name, rpe=self.rpe, abs_pos=self.abs_pos, pos=self.pos, **self.timm_kwargs(2))
 
     @property
     def resolved_img_size(self) -> int:
@@ -230,18 +255,39 @@ class LogConfig(_Frozen):
     save_top_k: int = Field(1, ge=0)
 
 
+class EvalConfig(_Frozen):
+    """What is evaluated besides the test split at the training size (:mod:`.resolution`)."""
+
+    img_sizes: Tuple[int, ...] = Field((), description="image sizes (pixels, square) at which the checkpoint chosen "
+                                       "on validation is also tested: test/by_img_size; multiples of the patch size")
+
+    @field_validator("img_sizes")
+    @classmethod
+    def _sizes(cls, v: Tuple[int, ...]) -> Tuple[int, ...]:
+        bad = [s for s in v if s < 1]
+        if bad:
+            raise ValueError(f"image sizes must be positive; given {bad[0]}")
+        return tuple(sorted(set(v)))
+
+
 class TrainConfig(_Frozen):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
     log: LogConfig = LogConfig()
+    eval: EvalConfig = EvalConfig()
     seed: int = 0
 
     @model_validator(mode="after")
     def _cross(self) -> "TrainConfig":
         if self.data.mixing and self.data.batch_size % 2:
             raise ValueError(f"data.batch_size={self.data.batch_size}: mixup/cutmix need an even batch size")
+        patch = self.model.resolved_patch_size
+        bad = [s for s in self.eval.img_sizes if s % patch]
+        if bad:
+            raise ValueError(f"eval.img_sizes: {bad[0]} is not a multiple of model.patch_size={patch}; allowed: "
+                             f"multiples of {patch}, e.g. {[patch * k for k in (2, 3, 4)]}")
         return self
 
 

@@ -62,15 +62,18 @@ def resolve_precision(config: TrainConfig) -> str:
 
 def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     m = config.model
-    model = create_model(m.name, rpe=m.rpe, abs_pos=m.abs_pos, **m.timm_kwargs(num_classes))
+    model = create_model(m.name, rpe=m.rpe, abs_pos=m.abs_pos, pos=m.pos, **m.timm_kwargs(num_classes))
     return set_attention_options(model, recompute_weights=m.recompute_weights)
 
 
 def no_decay_names(model: torch.nn.Module, config: TrainConfig):
-    """RPE lookup tables when the paper's recipe (no decay) is followed; timm handles norms, biases, pos/cls."""
+    """RPE lookup tables when the paper's recipe (no decay) is followed, and what another family's paper leaves
+    out of decay (bias tables, RoPE-Mixed's frequencies); timm handles norms, biases, pos/cls."""
+    from ..pos.families import no_decay_names as family_no_decay
+
     if config.optim.decay_rpe_tables:
         return []
-    return [n for n, _ in model.named_parameters() if _RPE_TABLE.search(n)]
+    return [n for n, _ in model.named_parameters() if _RPE_TABLE.search(n)] + family_no_decay(model)
 
 
 def default_run_dir(config: TrainConfig, slug: str) -> Path:
@@ -205,6 +208,8 @@ def fit(config: TrainConfig, run: Run, resume_from: Optional[Union[str, Path]],
         out.metrics = _metrics(trainer) or memory.metrics  # resumed at its last epoch: nothing trained now
         out.tested = test_selected(trainer, module, run.dm, checkpoint.best_model_path if checkpoint else None,
                                    Path(last.dirpath) / LAST_CKPT)
+        if config.eval.img_sizes and trainer.is_global_zero:
+            out.tested[K.TEST_BY_SIZE] = test_sizes(config, trainer, module, precision)
     except NonFiniteLossError as e:
         out.status, out.error = K.DIVERGED, redact(str(e))
     except Exception as e:  # noqa: BLE001 - recorded, the W&B run closed, then raised again by ``finish``
@@ -273,7 +278,7 @@ def summarise(config: TrainConfig, run: Run, fitted: Fitted, resume_from: Option
         "status": fitted.status, "error": fitted.error, "variant": run.slug, "run_dir": str(run.run_dir),
         "wandb_id": run.wandb_id, "seed": config.seed, "monitor": MONITOR, MONITOR: fitted.metrics.get(MONITOR),
         K.MONITOR_BEST: fitted.module.best_acc1 if finished and config.data.has_validation else None,
-        **{k: fitted.tested.get(k) for k in TEST_KEYS},
+        **{k: fitted.tested.get(k) for k in TEST_KEYS}, K.TEST_BY_SIZE: fitted.tested.get(K.TEST_BY_SIZE),
         "metrics": fitted.metrics, "epochs": trainer.current_epoch, "global_step": trainer.global_step,
         "best_checkpoint": (checkpoint.best_model_path or None) if checkpoint else None, "wall_s": fitted.wall,
         **run.cost,
@@ -343,6 +348,18 @@ class EpochMetrics(pl.Callback):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         if self._fitting:  # NOTE: testing a chosen checkpoint restores callbacks too; the fit's record stays
             self.metrics = {k: float(v) for k, v in state_dict.get("metrics", {}).items()}
+
+
+def test_sizes(config: TrainConfig, trainer: pl.Trainer, module: ClassificationModule, precision: str
+               ) -> Dict[str, Dict[str, float]]:
+    """The test split at each of ``eval.img_sizes``, on the weights :func:`test_selected` just loaded (the
+    checkpoint chosen on validation), also sent to the loggers as ``test/acc1@SIZE`` …"""
+    from .resolution import evaluate_sizes, flat_metrics
+
+    by_size = evaluate_sizes(config, module.net, trainer.strategy.root_device, precision)
+    for lg in trainer.loggers:
+        lg.log_metrics(flat_metrics(by_size), step=trainer.global_step)
+    return by_size
 
 
 def test_selected(trainer: pl.Trainer, module: pl.LightningModule, dm: pl.LightningDataModule,
