@@ -20,7 +20,7 @@ COMMANDS: Dict[str, str] = {
     "train": "irpe_bench.train.cli",
     "bench": "irpe_bench.bench",
     "sweep": "irpe_bench.sweep.cli",
-    "leaderboard": "irpe_bench.report.cli",
+    "leaderboard": "irpe_bench.sweep.cli:Leaderboard",
     "status": "irpe_bench.sweep.cli:Status",
     "studies": "irpe_bench.sweep.cli:Studies",
     "delete": "irpe_bench.sweep.cli:Delete",

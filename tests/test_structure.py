@@ -32,6 +32,7 @@ NEUTRAL = {"irpe_bench.keys", "irpe_bench.overrides", "irpe_bench.redact", "irpe
 #: subpackage -> the subpackages (and top-level modules) it must never import
 FORBIDDEN = {
     "rpe": {"models", "train", "sweep", "report", "bench"},
+    "pos": {"models", "train", "sweep", "report", "bench"},
     "models": {"train", "sweep", "report", "bench"},
     "train": {"sweep", "report", "bench"},
     "report": {"sweep", "bench"},
@@ -64,20 +65,21 @@ def _is_type_checking(test: ast.expr) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _imports(tree: ast.AST) -> Iterator[ast.stmt]:
-    """Every import statement, however deeply nested (functions, classes, try), except under TYPE_CHECKING."""
+def _imports(tree: ast.AST, annotations: bool = False) -> Iterator[ast.stmt]:
+    """Every import statement, however deeply nested (functions, classes, try), except under TYPE_CHECKING
+    (``annotations``: those too)."""
     for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            yield from (n for child in node.orelse for n in _imports_of(child))
+        if isinstance(node, ast.If) and _is_type_checking(node.test) and not annotations:
+            yield from (n for child in node.orelse for n in _imports_of(child, annotations))
             continue
-        yield from _imports_of(node)
+        yield from _imports_of(node, annotations)
 
 
-def _imports_of(node: ast.AST) -> Iterator[ast.stmt]:
+def _imports_of(node: ast.AST, annotations: bool = False) -> Iterator[ast.stmt]:
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         yield node
     else:
-        yield from _imports(node)
+        yield from _imports(node, annotations)
 
 
 def _known(name: str) -> str:
@@ -87,10 +89,11 @@ def _known(name: str) -> str:
     return name
 
 
-def edges(module: str, source: str, is_package: bool = False) -> List[Edge]:
-    """The imports of ``module`` (its ``source`` text; ``is_package``: an ``__init__.py``)."""
+def edges(module: str, source: str, is_package: bool = False, annotations: bool = False) -> List[Edge]:
+    """The imports of ``module`` (its ``source`` text; ``is_package``: an ``__init__.py``; ``annotations``: with
+    the imports under TYPE_CHECKING)."""
     out: List[Edge] = []
-    for node in _imports(ast.parse(source)):
+    for node in _imports(ast.parse(source), annotations):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 target = _known(alias.name) if alias.name.startswith(PACKAGE) else alias.name
@@ -116,8 +119,8 @@ def edges(module: str, source: str, is_package: bool = False) -> List[Edge]:
     return out
 
 
-def file_edges(module: str, path: Path) -> List[Edge]:
-    return edges(module, path.read_text(encoding="utf-8"), path.name == "__init__.py")
+def file_edges(module: str, path: Path, annotations: bool = False) -> List[Edge]:
+    return edges(module, path.read_text(encoding="utf-8"), path.name == "__init__.py", annotations)
 
 
 def dispatched(path: Path = ROOT / PACKAGE / "cli.py") -> List[Edge]:
@@ -224,7 +227,25 @@ def test_rpe_needs_only_torch():
 def test_nothing_below_the_command_line_imports_it():
     bad = [e for e in INTERNAL if is_command(e.target) and not is_command(e.source)]
     assert not bad, "a library module imports a command module:\n" + _where(bad)
-    assert {e.target for e in dispatched()} >= {"irpe_bench.train.cli", "irpe_bench.sweep.cli", "irpe_bench.report.cli"}
+    assert {e.target for e in dispatched()} >= {"irpe_bench.train.cli", "irpe_bench.sweep.cli"}
+
+
+def test_no_cycle_even_through_annotations():
+    """A config imports nothing that imports it, not even for a type: the registries it validates names against
+    are declared where the config can read them without the modules they name (``rpe.registry.Registry.declare``)."""
+    graph: Dict[str, Set[str]] = {}
+    for name, path in MODULES.items():
+        for e in file_edges(name, path, annotations=True):
+            if e.target.startswith(PACKAGE) and e.target != e.source:
+                graph.setdefault(e.source, set()).add(e.target)
+    cycle = find_cycle(graph)
+    assert not cycle, "import cycle between modules (annotations counted): " + " -> ".join(cycle)
+
+
+def test_report_imports_no_sweep_at_all():
+    """Not even a command module of report: the sweep layer writes a sweep's report (sweep/leaderboard.py)."""
+    bad = [e for e in INTERNAL if part(e.source) == "report" and part(e.target) == "sweep"]
+    assert not bad, "report imports sweep:\n" + _where(bad)
 
 
 def test_the_package_imports_neither_benchmarks_nor_tests():

@@ -17,6 +17,22 @@ def test_registry_names():
     assert set(DATAMODULES) == {"digits", "mnist", "relpos", "cifar10", "cifar100", "imagefolder", "synthetic"}
 
 
+def test_every_declared_dataset_is_registered_by_its_module():
+    """The config validates names against declarations (no import); each resolves to the class its module registers."""
+    from irpe_bench.rpe.registry import Declared, Registry
+    from irpe_bench.train.datamodule import ImageDataModule
+
+    for name in sorted(DATAMODULES):
+        cls = DATAMODULES.lookup(name)
+        assert issubclass(cls, ImageDataModule) and cls.name == name and not isinstance(DATAMODULES[name], Declared)
+    reg = Registry("thing")
+    reg.declare("ghost", "irpe_bench.keys")  # a module that registers nothing
+    with pytest.raises(RuntimeError, match="importing irpe_bench.keys did not register it"):
+        reg.lookup("ghost")
+    with pytest.raises(ValueError, match=r"unknown thing 'x'; choices: \['ghost'\]"):
+        reg.check("x")
+
+
 def test_digits_split_is_stratified_fixed_by_split_seed_not_by_seed():
     dm = build_datamodule(DataConfig(name="digits", auto_augment=None, reprob=0.0), 16, seed=3)
     dm.setup()

@@ -6,8 +6,9 @@ caller's ``meta``): no clock, no host names, no storage URL; writing twice gives
 md/csv/json/tex. The statistics (``stats``) are pure functions of the trial values; ``stats.recompute`` redoes
 them from a written report's ``trials.csv`` and ``leaderboard.json``.
 
-The names below are imported on first use (PEP 562), so that ``import irpe_bench.report.cli`` — what
-``run.py leaderboard --help`` does — reads no Optuna or matplotlib.
+The names below are imported on first use (PEP 562), so that importing one module of the package reads no Optuna or
+matplotlib it does not use. Nothing here imports :mod:`irpe_bench.sweep`: the sweep layer writes a sweep's report
+(``irpe_bench.sweep.leaderboard``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``--storage``: the option the ``sweep`` and ``leaderboard`` commands share, and how its URL is kept secret."""
+"""The options the ``sweep`` and ``leaderboard`` commands share: ``--storage`` (and how its URL is kept secret)
+and ``--markdown``."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,11 @@ STORAGE_SET = "study.storage="  # the --set route to the storage URL
 
 def add_storage_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help=f"storage URL (overrides study.storage; or set {STORAGE_ENV})")
+
+
+def add_markdown_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--markdown", action="store_true",
+                   help="print the whole Markdown report (default: a short verdict and the report's path)")
 
 
 def take_storage(args: argparse.Namespace) -> None:

@@ -1,4 +1,5 @@
-"""``irpe-bench sweep SWEEP.yaml``: run or resume a study, then write its leaderboard (``report.cli``)."""
+"""``irpe-bench sweep SWEEP.yaml``: run or resume a study, then write its leaderboard (:mod:`.leaderboard`); and
+the commands on an existing study (``leaderboard``, ``status``, ``studies``, ``delete``, ``dashboard``, ``plan``)."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,7 @@ from typing import TYPE_CHECKING, Any, Dict, List
 from .. import keys as K
 from ..overrides import add_set_argument, parse_overrides
 from ..redact import redact
-from ..report.cli import add_markdown_argument
-from .arguments import add_storage_argument, take_storage
+from .arguments import add_markdown_argument, add_storage_argument, take_storage
 
 if TYPE_CHECKING:  # NOTE: the sweep's config pulls in torch; `run.py sweep --help` must not wait for it
     from .config import Sweep
@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     """Run (or resume, or join) an Optuna sweep over iRPE variants, then write its leaderboard."""
     import torch
 
-    from ..report.cli import write_leaderboard
     from ..train.ddp_env import is_child_rank
+    from .leaderboard import write_leaderboard
     from .runner import check_devices, fail_running, launch, work
     from .storage import open_study
 
@@ -162,6 +162,24 @@ def open_existing(args: argparse.Namespace):
     take_storage(args)
     sweep = load_sweep(args.sweep, parse_overrides(args.overrides))
     return sweep, _load_study(sweep)
+
+
+class Leaderboard:
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("sweep", help="the sweep YAML whose study to report")
+        add_set_argument(p, "dotted overrides of the sweep file (e.g. study.name=...)")
+        add_storage_argument(p)
+        add_markdown_argument(p)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        """Write a sweep's leaderboard (markdown, CSV, HTML, plots, W&B table) from its Optuna storage."""
+        from .leaderboard import write_leaderboard
+
+        take_storage(args)
+        write_leaderboard(load_sweep(args.sweep, parse_overrides(args.overrides)), markdown=args.markdown)
+        return 0
 
 
 class Status:

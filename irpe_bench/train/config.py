@@ -163,10 +163,9 @@ class DataConfig(_Frozen):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, v: str) -> str:
-        from .data import DATAMODULES
+        from .datasets import DATAMODULES
 
-        DATAMODULES.lookup(v)
-        return v
+        return DATAMODULES.check(v)
 
     @model_validator(mode="before")
     @classmethod

@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from . import embedded_data  # noqa: F401  (registers digits, mnist, relpos)
-from .datamodule import DATAMODULES, ImageDataModule, carve_validation, register_datamodule
+from .datamodule import ImageDataModule, carve_validation
+from .datasets import DATAMODULES, register_datamodule
 
 if TYPE_CHECKING:
     from .config import DataConfig

@@ -1,6 +1,6 @@
-"""What every DataModule shares: the dataset registry, the seeded sampler, timm's transform pipeline, the loaders,
-and the stratified splits (fixed by ``data.split_seed``). The datasets themselves live in :mod:`.data` and
-:mod:`.embedded_data`, which register into :data:`DATAMODULES` here.
+"""What every DataModule shares: the seeded sampler, timm's transform pipeline, the loaders, and the stratified
+splits (fixed by ``data.split_seed``). The datasets themselves live in :mod:`.data` and :mod:`.embedded_data`,
+which register into :data:`.datasets.DATAMODULES`.
 
 The training sampler is always a seeded ``DistributedSampler`` (world size 1 on one device) and Lightning calls its
 ``set_epoch``: the data order is a pure function of (seed, epoch), which is what lets a killed run resume with the
@@ -18,14 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ..rpe.registry import Registry
-
-if TYPE_CHECKING:  # NOTE: annotations only: ``config`` validates dataset names against this module's registry
+if TYPE_CHECKING:  # NOTE: annotations only (the config validates dataset names by .datasets, never importing this)
     from .config import DataConfig
-
-#: name -> DataModule class; ``data.name`` in configs, CLI choices and tests read its keys.
-DATAMODULES = Registry("dataset")
-register_datamodule = DATAMODULES.register
 
 
 def _posterize_zero_bits_compat() -> None:

@@ -19,7 +19,8 @@ from typing import Optional, Tuple
 import numpy as np
 from torch.utils.data import Dataset
 
-from .datamodule import ImageDataModule, register_datamodule, stratified_split
+from .datamodule import ImageDataModule, stratified_split
+from .datasets import register_datamodule
 
 
 class _ArrayImages(Dataset):

@@ -1,44 +1,19 @@
-"""``irpe-bench leaderboard SWEEP.yaml``: rewrite a study's leaderboard from its storage (no training).
+"""A sweep's leaderboard: the report of its study (:mod:`irpe_bench.report`, which reads only the study it is
+given) written where the sweep file says, with its W&B table and the verdict on the terminal.
 
-:func:`write_leaderboard` is also what the ``sweep`` command calls when its trials are done. A command module:
-it reads the sweep file and opens the study through ``irpe_bench.sweep``; the rest of ``report`` reads only
-the study it is given.
+What the ``sweep`` command does when its trials are done and the ``leaderboard`` command does alone. It lives in
+the sweep layer because it reads the sweep file (out_dir, logging, the storage); ``report`` imports nothing of
+``sweep``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import TYPE_CHECKING, Any, Dict
 
-from ..overrides import add_set_argument, parse_overrides
 from ..redact import redact
 
 if TYPE_CHECKING:
-    from ..sweep.config import Sweep
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..sweep.arguments import add_storage_argument
-
-    p.add_argument("sweep", help="the sweep YAML whose study to report")
-    add_set_argument(p, "dotted overrides of the sweep file (e.g. study.name=...)")
-    add_storage_argument(p)
-    add_markdown_argument(p)
-
-
-def add_markdown_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--markdown", action="store_true",
-                   help="print the whole Markdown report (default: a short verdict and the report's path)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Write a sweep's leaderboard (markdown, CSV, HTML, plots, W&B table) from its Optuna storage."""
-    from ..sweep.arguments import take_storage
-    from ..sweep.config import load_sweep
-
-    take_storage(args)
-    write_leaderboard(load_sweep(args.sweep, parse_overrides(args.overrides)), markdown=args.markdown)
-    return 0
+    from .config import Sweep
 
 
 def write_leaderboard(sweep: "Sweep", meta: Dict[str, Any] | None = None, study=None,
@@ -48,8 +23,8 @@ def write_leaderboard(sweep: "Sweep", meta: Dict[str, Any] | None = None, study=
     study; None loads it (never creates it)."""
     import optuna
 
-    from ..sweep.storage import open_storage
-    from .write import write_report
+    from ..report.write import write_report
+    from .storage import open_storage
 
     if study is None:
         try:
@@ -61,12 +36,12 @@ def write_leaderboard(sweep: "Sweep", meta: Dict[str, Any] | None = None, study=
     out = write_report(study, sweep.out_dir, None if "sweep" in study.user_attrs else meta)
     log_cfg = sweep.base_config.log
     if log_cfg.wandb:
+        from ..report.wandb_table import log_leaderboard
         from ..train.wandb_setup import resolve_mode
-        from .wandb_table import log_leaderboard
 
         out["wandb_id"] = log_leaderboard(out["board"], out, project=log_cfg.project, group=sweep.config.study.name,
                                           save_dir=sweep.out_dir, mode=resolve_mode(sweep.base_config))
-    from .verdict import verdict_text
+    from ..report.verdict import verdict_text
 
     print(out["markdown"] if markdown else verdict_text(out["board"], str(out["md"])), end="" if not markdown else "\n")
     print(f"leaderboard: {out['md']} (also .csv, .html, .json, .tex and plots in {sweep.out_dir})", file=sys.stderr)
