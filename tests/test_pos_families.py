@@ -229,7 +229,7 @@ def test_a_sweep_over_families_draws_no_irpe_for_rope_and_reports_every_size(tmp
     assert len(rope) == 2 and all("model.rpe.method" not in t.params for t in rope)
     assert all(t.user_attrs["config"]["model.rpe"] is None and not t.user_attrs["baseline"] for t in rope)
     board = json.loads((tmp_path / "out" / "leaderboard.json").read_text())
-    assert board["img_sizes"] == [24]
+    assert board["img_sizes"] == [24] and set(board["img_size_mdd"]) == {"24"}
     rows = {g["variant"]: g for g in board["groups"]}
     assert set(rows) == {"deit_tiny_norpe", "deit_tiny_rope_mixed", "deit_tiny_ctx_product_50_shared_k"}
     at24 = rows["deit_tiny_rope_mixed"]["by_img_size"]["24"]
@@ -239,5 +239,6 @@ def test_a_sweep_over_families_draws_no_irpe_for_rope_and_reports_every_size(tmp
     assert rows["deit_tiny_norpe"]["by_img_size"]["24"]["delta"] is None  # the baseline itself
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     assert "## At other image sizes" in md and "| deit_tiny_rope_mixed | 24 | 2 |" in md
+    assert "Minimum detectable difference at 80 % power" in md
     assert (tmp_path / "out" / "accuracy_by_size.png").stat().st_size > 0
     assert "test_acc1_by_size" in (tmp_path / "out" / "trials.csv").read_text().splitlines()[0]

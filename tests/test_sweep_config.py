@@ -449,3 +449,34 @@ def test_paper_sweeps_document_the_papers_own_imagenet_setting(path):
     if "table1" in path:
         assert {c.model.rpe.method: c.model.rpe.ratio for c in configs if c.model.rpe} == {
             "euclidean": 20, "quant": 33, "cross": 6.5, "product": 1.9}
+
+
+ARMS = {"none": {"model": {"abs_pos": False, "rpe": None}}, "absolute": {"model": {"rpe": None}},
+        "irpe_qkv": {"model": {"rpe": {"on": "qkv"}}},
+        "rope": {"model": {"abs_pos": False, "rpe": None, "pos": {"family": "rope_axial"}}}}
+
+
+def test_arms_are_named_rows_of_the_grid(tmp_path):
+    sweep = load_sweep(_sweep(tmp_path, {"arm": {"choices": list(ARMS)}, "seed": {"choices": [0, 1]}}, arms=ARMS))
+    points = list(S.points(sweep.config.space, sweep.base_flat))
+    assert len(points) == 8
+    slugs = {p["arm"]: variant_of(sweep.trial_config(p)) for p in points}
+    assert slugs == {"none": "deit_tiny_norpe_noabs", "absolute": "deit_tiny_norpe",
+                     "irpe_qkv": "deit_tiny_ctx_product_50_shared_qkv", "rope": "deit_tiny_rope_axial_noabs"}
+    other = load_sweep(_sweep(tmp_path, {"arm": {"choices": list(ARMS)}, "seed": {"choices": [0, 1]}},
+                              arms={**ARMS, "rope": {"model": {"rpe": None, "pos": {"family": "rope_mixed"}}}}))
+    assert other.fingerprint() != sweep.fingerprint()  # what an arm trains is part of the study's identity
+
+
+@pytest.mark.parametrize("space, arms, message", [
+    ({"arm": {"choices": ["none", "ghost"]}}, ARMS, "space.arm.choices: 'ghost' is no arm of this sweep"),
+    ({"seed": {"choices": [0]}}, ARMS, "are defined but not searched; add space.arm"),
+    ({"arm": {"choices": ["none"]}, "model.abs_pos": {"choices": [True, False]}}, ARMS,
+     "arms.none sets model.abs_pos, which space.model.abs_pos also searches"),
+    ({"arm": {"choices": ["irpe_qkv"]}, "model.rpe.on": {"choices": ["k", "q"]}}, {"irpe_qkv": ARMS["irpe_qkv"]},
+     "arms.irpe_qkv sets model.rpe.on, which space.model.rpe.on also searches"),
+])
+def test_bad_arms_are_refused_with_the_field(tmp_path, space, arms, message):
+    with pytest.raises(ValueError) as e:
+        load_sweep(_sweep(tmp_path, space, arms=arms))
+    assert message in str(e.value)

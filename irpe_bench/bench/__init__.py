@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 import torch
 
 from .harness import environment, format_table, resolve_device, write_json
-from .suites import CORE, LOWMEM, MODES, PRESETS, layer_suite, model_suite
+from .suites import CORE, FAMILY_MODES, LOWMEM, MODES, PRESETS, layer_suite, model_suite
 
 #: (kind, mode, limit on ×base) — the issue's goals, for training steps, inference and memory.
 GOALS = [("train", "k", 1.05), ("train", "qk", 1.08), ("train", "qkv", 1.20), ("train", "bias_k", 1.03),
@@ -35,25 +35,27 @@ EXACT_TOL = 1e-5
 STANDARD = [
     ("layer", "tiny224", 32, CORE),
     ("layer", "tiny64", 32, CORE),
-    ("train", "digits", 32, CORE + LOWMEM),
+    ("train", "digits", 32, CORE + LOWMEM + FAMILY_MODES),
     ("train", "tiny224", 8, CORE + LOWMEM),
     ("infer", "tiny224", 32, ["k"]),
-    ("infer", "digits", 32, ["k"]),
+    ("infer", "digits", 32, ["k"] + FAMILY_MODES),
 ]
 #: Run only when ``--preset`` names them (DeiT-Tiny width on 65 tokens: ~3-6 minutes on CPU by itself).
 OPTIONAL = [("train", "tiny64", 32, CORE + LOWMEM)]
-QUICK = [("layer", "micro", 4, CORE), ("train", "micro", 4, CORE + LOWMEM), ("infer", "micro", 4, ["k"])]
+QUICK = [("layer", "micro", 4, CORE), ("train", "micro", 4, CORE + LOWMEM + FAMILY_MODES),
+         ("infer", "micro", 4, ["k"] + FAMILY_MODES)]
 #: On CUDA the model suites also time K and bias-K on the opt-in Triton kernel and on eager attention beside the
-#: default (SDPA), and QKV trained through attention_core's hand-written backward beside autograd's (the default).
-CUDA_EXTRA = {"train": ["k_triton", "bias_k_triton", "k_eager", "bias_k_eager", "qkv_core", "qkv_lowmem_core"],
-              "infer": ["k_triton"]}
+#: default (SDPA), QKV trained through attention_core's hand-written backward beside autograd's (the default), and
+#: the other position-encoding families at every preset (on the CPU: at the digits preset only, for time).
+CUDA_EXTRA = {"train": ["k_triton", "bias_k_triton", "k_eager", "bias_k_eager", "qkv_core", "qkv_lowmem_core"]
+              + FAMILY_MODES, "infer": ["k_triton"] + FAMILY_MODES}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", action="append", choices=["layer", "train", "infer"],
                    help="run only these suites (repeatable); default: all")
     p.add_argument("--preset", action="append", choices=sorted(PRESETS), help="only these model shapes")
-    p.add_argument("--modes", default=None, help=f"comma-separated subset of {','.join(MODES)}")
+    p.add_argument("--modes", default=None, help=f"comma-separated subset of {','.join(list(MODES) + FAMILY_MODES)}")
     p.add_argument("--batch", type=int, default=None, help="override every suite's batch size")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per suite (default: per suite)")
     p.add_argument("--warmup", type=int, default=None)

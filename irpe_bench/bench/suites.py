@@ -37,6 +37,9 @@ MODES: Dict[str, Dict[str, str]] = {
     "qkv_core": dict(mode="contextual", on="qkv", core_backward=True),
     "qkv_lowmem_core": dict(mode="contextual", on="qkv", recompute_weights=True, core_backward=True),
 }
+#: Position-encoding families besides iRPE (``model.pos``, learned absolute positions kept as in the baseline):
+#: timed against the same baseline; they are timm's own modules, so no reference model is built for them.
+FAMILY_MODES = ["rope_axial", "rope_mixed", "rpb", "cpb", "cpe"]
 #: The issue's four variants; the others are implementation variants of one of them (same reference model).
 CORE = ["k", "qk", "qkv", "bias_k"]
 #: The same variants with ``recompute_weights`` (no L×L tensor kept for the backward pass: less memory, more time).
@@ -68,7 +71,7 @@ TABLE_STD = 0.1  # random tables so that iRPE changes the outputs (zero tables w
 
 def rpe_config(mode: str) -> RPEConfig:
     if mode not in MODES:
-        raise ValueError(f"unknown bench mode {mode!r}; choices: {list(MODES)}")
+        raise ValueError(f"unknown bench mode {mode!r}; choices: {list(MODES) + FAMILY_MODES}")
     return RPEConfig(method="product", ratio=1.9, shared_head=True, layers="all", **_config_fields(mode))
 
 
@@ -110,6 +113,10 @@ def build_models(preset: str, modes: Sequence[str], impls: Sequence[str], seed: 
     models = {"baseline": create_model(BASE_MODEL, rpe=None, **kw)}
     ref = reference if "reference" in impls else None
     for mode in modes:
+        if mode in FAMILY_MODES:
+            torch.manual_seed(seed)
+            models[f"{mode}/ours"] = create_model(BASE_MODEL, rpe=None, pos={"family": mode}, **kw)
+            continue
         cfg = rpe_config(mode)
         torch.manual_seed(seed)
         ours = _set_options(create_model(BASE_MODEL, rpe=cfg, **kw), mode)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -195,6 +195,7 @@ class Leaderboard:
     # seeds-until-decided studies only: the design and each row's last look (``looks.summarise``)
     sequential: Optional[Dict[str, Any]] = None
     img_sizes: Optional[List[int]] = None  # studies with ``eval.img_sizes`` only: the other sizes tested
+    img_size_mdd: Optional[Dict[str, Optional[float]]] = None  # and each size's minimum detectable difference
     groups: List[GroupRow] = field(default_factory=list)
     trials: List[TrialRow] = field(default_factory=list)
     failed: List[TrialRow] = field(default_factory=list)  # FAIL trials nobody retried
@@ -283,24 +284,32 @@ def _by_size(ua: Mapping[str, Any]) -> Optional[Dict[str, float]]:
             if isinstance(m, Mapping) and m.get("acc1") is not None}
 
 
+class AtSizes(NamedTuple):
+    sizes: List[int]
+    rows: Dict[str, Dict[str, Dict[str, Any]]]  # config key -> size -> statistics
+    mdd: Dict[str, Optional[float]]  # size -> minimum detectable difference (as the ranking's, at that size)
+
+
 def at_other_sizes(by_key: Mapping[str, Sequence[Tuple[FrozenTrial, TrialRow]]],
-                   baseline_of: Mapping[str, Optional[str]]) -> Tuple[List[int], Dict[str, Dict[str, Dict[str, Any]]]]:
-    """(the sizes, {config key: {size: statistics}}): per size the rows' test top-1 at that size, with the same
-    statistics as the ranking (``study_stats``: mean and CI, Δ against the same baseline or reference, paired t
-    over common seeds, Holm over the rows tested at that size)."""
+                   baseline_of: Mapping[str, Optional[str]]) -> AtSizes:
+    """Per size the rows' test top-1 at that size, with the same statistics as the ranking (``study_stats``: mean
+    and CI, Δ against the same baseline or reference, paired t over common seeds, Holm over the rows tested at
+    that size, the minimum detectable difference at Holm's first step)."""
     sizes = sorted({int(s) for rows in by_key.values() for _, r in rows for s in (r.test_acc1_by_size or {})})
     out: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    mdd: Dict[str, Optional[float]] = {}
     for size in map(str, sizes):
         groups = {k: [(r.seed, r.test_acc1_by_size[size]) for _, r in rows
                       if r.test_acc1_by_size and r.test_acc1_by_size.get(size) is not None]
                   for k, rows in by_key.items()}
         groups = {k: v for k, v in groups.items() if v}
         st = study_stats(groups, {k: b for k, b in baseline_of.items() if b in groups}, ACCURACY_BOUNDS)
+        mdd[size] = st.mdd
         for k, g in st.groups.items():
             out.setdefault(k, {})[size] = {"n": g.n, "mean": g.mean, "ci95": g.ci95, "delta": g.delta,
                                            "delta_ci95": g.delta_ci95, "test": g.test, "n_pairs": g.n_pairs,
                                            "p_holm": g.p_holm}
-    return sizes, out
+    return AtSizes(sizes, out, mdd)
 
 
 # ------------------------------------------------------------------------------------------------ groups
@@ -470,9 +479,9 @@ def collect(study: optuna.Study) -> Leaderboard:
             g.feasible = O.group_feasible([r.feasible for _, r in by_key[g.config_key]])
     if goals.multi:
         O.mark_pareto(groups, goals.objectives)
-    sizes, by_size = at_other_sizes(by_key, baseline_of)
-    for g in groups if sizes else ():
-        g.by_img_size = by_size.get(g.config_key, {})
+    at_sizes = at_other_sizes(by_key, baseline_of)
+    for g in groups if at_sizes.sizes else ():
+        g.by_img_size = at_sizes.rows.get(g.config_key, {})
 
     retried_numbers = {r.retry_of for r in rows if r.retry_of is not None}
     discarded = [r for r in rows if r.state == TrialState.FAIL.name and r.status == DISCARDED]
@@ -496,7 +505,8 @@ def collect(study: optuna.Study) -> Leaderboard:
         mdd_alpha=st.mdd_alpha, mdd_family=st.mdd_family, reference=reference or None,
         objectives=[asdict(o) for o in goals.objectives] if goals.multi else None,
         constraints=list(goals.constraints) or None, repeats=goals.repeats if goals.repeats > 1 else None,
-        sequential=summarise(study.user_attrs.get(K.SEQUENTIAL_ATTR) or {}, frozen), img_sizes=sizes or None,
+        sequential=summarise(study.user_attrs.get(K.SEQUENTIAL_ATTR) or {}, frozen),
+        img_sizes=at_sizes.sizes or None, img_size_mdd=at_sizes.mdd or None,
         groups=groups, trials=[r for _, r in samples if r.number not in {d.number for d in discarded}],
         failed=failed, retried=retried, pruned=pruned, running=running,
     )

@@ -194,7 +194,7 @@ def omitted_fields(board: Any) -> Dict[str, Tuple[str, ...]]:
     if getattr(board, "sequential", None) is None:
         top.append("sequential")
     if getattr(board, "img_sizes", None) is None:
-        top.append("img_sizes")
+        top += ["img_sizes", "img_size_mdd"]
         group.append("by_img_size")
         trial.append("test_acc1_by_size")
     return {"board": tuple(top), "group": tuple(group), "trial": tuple(trial)}

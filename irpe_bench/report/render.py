@@ -308,6 +308,13 @@ SIZES_NOTE = ("The checkpoint each run was tested with at its training size, tes
               "Δ and p (Holm) compare each row with the same baseline or reference as the ranking, at that size.")
 
 
+def sizes_note(board: Leaderboard) -> str:
+    mdd = "; ".join(f"{size}: {_f(v)}" if v is not None else f"{size}: not estimated"
+                    for size, v in (board.img_size_mdd or {}).items())
+    return SIZES_NOTE + (f" Minimum detectable difference at 80 % power (paired t, Holm's first step over the rows "
+                         f"at each size), by size: {mdd}." if mdd else "")
+
+
 def goal_items(board: Leaderboard) -> List[Tuple[str, str]]:
     """What a multi-objective, constrained or repeated-seed study adds to the header (nothing for one of old)."""
     items = []
@@ -375,7 +382,7 @@ def sections(board: Leaderboard) -> List[Tuple[str, Table, str, str]]:
     sequential = [("Seeds until decided", sequential_table(board), "No look taken yet.",
                    "Each row against its reference, paired by seed, at its last look; the repeated CIs cover at "
                    "every look at once, so they stay valid where the row stopped.")] if board.sequential else []
-    sizes = [("At other image sizes", sizes_table(board), "No row was tested at another size.", SIZES_NOTE)] \
+    sizes = [("At other image sizes", sizes_table(board), "No row was tested at another size.", sizes_note(board))] \
         if board.img_sizes else []
     return [
         ("Ranking", ranking_table(board), "No trial has completed yet.", ranking_note(board)),

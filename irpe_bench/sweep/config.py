@@ -30,7 +30,7 @@ from . import space as S
 from .seeds import SeedsSpec
 
 #: identity keys present only when a study has other than the single default objective (:meth:`Sweep.identity`)
-IDENTITY_EXTRA = ("objectives", "constraints", "repeats", "seeds")
+IDENTITY_EXTRA = ("objectives", "constraints", "repeats", "seeds", "arms")
 #: validation enumerates at most this many combinations (large spaces: a prefix of them)
 _CHECK_LIMIT = 4096
 
@@ -129,6 +129,8 @@ class SweepConfig(_Frozen):
     base: str = Field(..., description="training config YAML, relative to the sweep file")
     overrides: Dict[str, Any] = Field(default_factory=dict, description="nested changes to the base config")
     space: Dict[str, S.ParamSpec]
+    arms: Dict[str, Dict[str, Any]] = Field(default_factory=dict, description="named rows: name → nested changes "
+                                            "to the base config, searched as space.arm: {choices: [names]}")
     workers: int = Field(1, ge=1, description="worker processes on this machine (one per GPU group on CUDA)")
     devices_per_worker: int = Field(1, ge=1, description="GPUs per worker (a trial's trainer.devices)")
     workers_per_device: int = Field(1, ge=1, description="workers sharing each GPU group: small models leave a "
@@ -163,6 +165,7 @@ class SweepConfig(_Frozen):
                     raise ValueError(f"study.{field}={value!r} with study.seeds: seeds until decided needs "
                                      f"study.{field}={need!r} (seeds.py says why)")
         S.check_derived(self.space)
+        S.check_arms(self.space, self.arms)
         if self.study.sampler == "grid":
             ranged = [k for k, s in self.space.items() if not s.categorical and not s.derived]
             if ranged:
@@ -207,6 +210,8 @@ class Sweep:
                          constraints=list(st.constraints), repeats=st.repeats)
         if st.seeds is not None:  # the declared looks: the design's α-spending depends on them
             ident["seeds"] = st.seeds.model_dump()
+        if self.config.arms:  # what each named row trains
+            ident["arms"] = self.config.arms
         return ident
 
     def fingerprint(self) -> str:
@@ -237,9 +242,11 @@ class Sweep:
     def trial_config(self, point: Mapping[str, Any], **sections: Mapping[str, Any]) -> TrainConfig:
         """The training config of one point of the space, plus nested ``sections`` changes (``log={...}``,
         ``trainer={...}``), validated as a whole (``ValueError`` names the problem)."""
+        base = merge(self.base, self.config.arms[point[S.ARM]]) if S.ARM in point else self.base
+        point = {k: v for k, v in point.items() if k != S.ARM}
         m = self.base_config.model
         over = S.to_overrides(point, m.rpe and m.rpe.model_dump(), m.pos and m.pos.model_dump())
-        config = build_config(merge(merge(self.base, over), sections), source="trial config")
+        config = build_config(merge(merge(base, over), sections), source="trial config")
         if not config.data.has_validation:  # NOTE: the objective and the pruner read validation, never test
             raise ValueError(f"data.val_fraction={config.data.val_fraction:g}: a sweep chooses on validation and "
                              "never on test; give the base config a validation split (val_fraction > 0)")
@@ -262,7 +269,7 @@ def digest(data: Any, length: int) -> str:
 def _check_fields(space: Mapping[str, S.ParamSpec]) -> None:
     """Every searched name is a field of the training config (or the α:β:γ pseudo-field)."""
     for name in space:
-        if name == S.ABG:
+        if name in (S.ABG, S.ARM):
             continue
         node: Any = TrainConfig
         for part in name.split("."):

@@ -31,6 +31,8 @@ NO_RPE = "none"
 #: pseudo-field: an α:β:γ triple as one categorical choice ("2.5:5:20"), split into alpha/beta/gamma
 ABG = "model.rpe.alpha_beta_gamma"
 FAMILY = "model.pos.family"
+#: pseudo-field: one of the sweep's named rows (``arms``), each a nested change of the base config
+ARM = "arm"
 _DRIVERS = (FAMILY, "model.rpe.method", "model.rpe.mode")
 Scalar = Union[str, int, float, bool, None]
 
@@ -140,6 +142,30 @@ def check_derived(space: Mapping[str, ParamSpec]) -> None:
             raise ValueError(f"space.{name}.values: keys {sorted(spec.values)} must be the choices of "
                              f"{spec.given} {[str(c) for c in needed]} (missing: {[str(c) for c in missing]}, "
                              f"unknown: {extra})")
+
+
+def check_arms(space: Mapping[str, ParamSpec], arms: Mapping[str, Mapping[str, Any]]) -> None:
+    """``space.arm`` names arms the sweep defines (and arms need it); no searched field is one an arm sets."""
+    from ..train.config import flatten
+
+    spec = space.get(ARM)
+    if spec is None:
+        if arms:
+            raise ValueError(f"arms {sorted(arms)} are defined but not searched; add space.arm: {{choices: "
+                             f"{sorted(arms)}}}")
+        return
+    if not spec.categorical:
+        raise ValueError("space.arm: give choices: [names of arms]")
+    unknown = [c for c in spec.encoded_choices() if c not in arms]
+    if unknown:
+        raise ValueError(f"space.arm.choices: {unknown[0]!r} is no arm of this sweep; allowed: {sorted(arms)}")
+    for name, change in arms.items():
+        if not isinstance(change, Mapping):
+            raise ValueError(f"arms.{name}: expected a mapping of config sections, got {change!r}")
+        for key in flatten(change) or {}:
+            clash = [f for f in space if f != ARM and (f == key or f.startswith(key + ".") or key.startswith(f + "."))]
+            if clash:
+                raise ValueError(f"arms.{name} sets {key}, which space.{clash[0]} also searches; set it in one place")
 
 
 def _effective(name: str, sampled: Mapping[str, Any], base: Mapping[str, Any]) -> Any:
