@@ -88,6 +88,19 @@ def _heads(attn: nn.Module) -> int:
     return attn.num_heads
 
 
+def _adopt(new: nn.Module, attn: nn.Module) -> None:
+    """``new`` (built on the meta device) takes over the replaced attention's trained modules and its kernel
+    choice, so that its parameters keep their names (``blocks.i.attn.qkv``) and their values."""
+    new.qkv, new.proj, new.q_norm, new.k_norm = attn.qkv, attn.proj, attn.q_norm, attn.k_norm
+    new.fused_attn = attn.fused_attn
+
+
+def _dims(attn: nn.Module) -> Dict[str, Any]:
+    """The constructor arguments timm's attention classes share, read from a timm ``Attention``."""
+    return dict(dim=attn.qkv.in_features, num_heads=attn.num_heads, qkv_bias=attn.qkv.bias is not None,
+                attn_drop=attn.attn_drop.p, proj_drop=attn.proj_drop.p, device="meta")
+
+
 # ----------------------------------------------------------------------------------------------------- RoPE
 
 
@@ -97,13 +110,9 @@ class RopeAttention(AttentionRope):
     passes it to each block."""
 
     def __init__(self, attn: nn.Module, num_prefix_tokens: int):
-        qkv = attn.qkv
-        super().__init__(dim=qkv.in_features, num_heads=attn.num_heads, qkv_bias=qkv.bias is not None,
-                         num_prefix_tokens=num_prefix_tokens, attn_drop=attn.attn_drop.p,
-                         proj_drop=attn.proj_drop.p, device="meta")
-        self.qkv, self.proj, self.q_norm, self.k_norm = attn.qkv, attn.proj, attn.q_norm, attn.k_norm
+        super().__init__(num_prefix_tokens=num_prefix_tokens, **_dims(attn))
+        _adopt(self, attn)
         self.norm = getattr(attn, "norm", nn.Identity())
-        self.fused_attn = attn.fused_attn
         self.rope_embed: Optional[torch.Tensor] = None
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
@@ -177,11 +186,8 @@ class BiasAttention(RelPosAttention):
     qkv/proj modules; ``rel_pos`` is the family's bias module."""
 
     def __init__(self, attn: nn.Module, rel_pos: nn.Module):
-        qkv = attn.qkv
-        super().__init__(dim=qkv.in_features, num_heads=attn.num_heads, qkv_bias=qkv.bias is not None,
-                         attn_drop=attn.attn_drop.p, proj_drop=attn.proj_drop.p, device="meta")
-        self.qkv, self.proj, self.q_norm, self.k_norm = attn.qkv, attn.proj, attn.q_norm, attn.k_norm
-        self.fused_attn = attn.fused_attn
+        super().__init__(**_dims(attn))
+        _adopt(self, attn)
         self.rel_pos = rel_pos
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
