@@ -20,8 +20,12 @@ def test_bench_quick_writes_tables_and_json(tmp_path, capsys):
     suites = {r["suite"]: r for r in payload["results"]}
     assert set(suites) == {"layer", "train", "infer"}
     train = {row["case"]: row for row in suites["train"]["rows"]}
-    assert set(train) == {"baseline", "k_lowmem/ours", "qkv_lowmem/ours",
+    families = {f"{f}/ours" for f in ("rope_axial", "rope_mixed", "rpb", "cpb", "cpe")}
+    assert set(train) == {"baseline", "k_lowmem/ours", "qkv_lowmem/ours", *families,
                           *(f"{m}/{i}" for m in ("k", "qk", "qkv", "bias_k") for i in ("ours", "reference"))}
+    for case in families:  # the other families: timed and measured against the same baseline, no reference
+        assert train[case]["x_base"] > 0 and train[case]["peak_mib"] > 0 and "x_ref" not in train[case]
+    assert families <= {row["case"] for row in suites["infer"]["rows"]}
     assert train["baseline"]["x_base"] == 1.0 and train["baseline"]["mem_x_base"] == 1.0
     for m in ("k", "qk", "qkv", "bias_k", "k_lowmem", "qkv_lowmem"):
         ours = train[f"{m}/ours"]
@@ -115,9 +119,10 @@ def test_cuda_only_variants_build_and_equal_the_reference_on_cpu():
     """The variants ``run.py bench`` adds on CUDA (eager K and bias-K, QKV through attention_core's backward) are
     checked here on the CPU, where they run too: their module options apply, and they equal their reference."""
     from irpe_bench.bench import CUDA_EXTRA
-    from irpe_bench.bench.suites import build_models, fp32_checkable, model_suite
+    from irpe_bench.bench.suites import FAMILY_MODES, build_models, fp32_checkable, model_suite
 
-    extra = [m for m in CUDA_EXTRA["train"] if fp32_checkable(m)]  # the Triton ones need CUDA
+    # the Triton ones need CUDA; the other families are timed on the CPU too (test_bench_quick_writes_tables_and_json)
+    extra = [m for m in CUDA_EXTRA["train"] if fp32_checkable(m) and m not in FAMILY_MODES]
     assert set(extra) == {"k_eager", "bias_k_eager", "qkv_core", "qkv_lowmem_core"}
     models = build_models("micro", ["qkv_lowmem_core", "k_eager"], ("ours",))
     attn = models["qkv_lowmem_core/ours"].blocks[0].attn

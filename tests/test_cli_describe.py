@@ -23,6 +23,18 @@ def test_describe_prints_the_variant(capsys):
     assert info["params"] == 5_717_416 - (196 - 64) * 192 - 192 * 3 * (256 - 16) + 2 * 12 * 64 * 50
 
 
+def test_describe_prints_another_family(capsys):
+    assert main(["describe", "deit_tiny_patch16_224", "--set", "img_size=28", "patch_size=7", "pos.family=rope_mixed",
+                 "abs_pos=false"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["variant"] == "deit_tiny_rope_mixed_noabs" and info["rpe"] is None and info["abs_pos"] == "none"
+    assert info["pos"] == {"family": "rope_mixed", "layers": "all", "rope_theta": 10.0, "cpb_hidden": None}
+    # DeiT-Ti at 28/7 without its position embedding, plus RoPE-Mixed's learnable frequencies: per layer, head and
+    # axis, half the head width (64 / 2)
+    plain = 5_717_416 - 197 * 192 - 192 * 3 * (256 - 49)
+    assert info["params"] == plain + 12 * 3 * 2 * 32
+
+
 @pytest.mark.slow
 def test_describe_bad_input_is_one_clear_line():
     proc = subprocess.run([sys.executable, "run.py", "describe", "--set", "rpe.method=polar"], capture_output=True,
