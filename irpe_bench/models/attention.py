@@ -46,6 +46,7 @@ from ..rpe import (
     attention_logits_terms,
     bucket_ids,
     bucket_index,
+    offset_ids,
 )
 from .attention_core import attention_core
 
@@ -281,6 +282,16 @@ class RPEAttention(nn.Module):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
         )
+
+    def attend_fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: Buckets) -> torch.Tensor:
+        """:meth:`attend` on the ``triton_fused`` kernel, without the kernel selection (which also checks the
+        device: tests run this under Triton's interpreter on the CPU): the kernel gathers the tables itself."""
+        from .triton_irpe import irpe_attention  # NOTE: opt-in; triton is imported only here
+
+        h, w = self.grid_size
+        tables = {f"table_{a}": getattr(self, f"rpe_{a}").table for a in "qkv" if getattr(self, f"rpe_{a}") is not None}
+        return irpe_attention(q, k, v, offset_ids(buckets.ids, h, w, self.num_prefix_tokens), self.grid_size,
+                              self.num_prefix_tokens, scale=self.scale, mode=self.config.mode, **tables)
 
     def _eager(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: Sequence[LogitsTerm],
                buckets: Buckets) -> torch.Tensor:

@@ -51,19 +51,23 @@ CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3), (64
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
-def _kernel(fn):
-    """``triton.jit``, plus autotuning over :data:`CONFIGS` keyed by sequence length and head width."""
+def _kernel(fn=None, *, configs=CONFIGS, key=("L", "D")):
+    """``triton.jit``, plus autotuning over ``configs`` (:data:`CONFIGS`) keyed by the arguments named in ``key``
+    (sequence length and head width)."""
+    if fn is None:
+        return lambda f: _kernel(f, configs=configs, key=key)
     jitted = triton.jit(fn)
     if INTERPRETED:
         return jitted
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in CONFIGS]
-    return triton.autotune(configs, key=["L", "D"])(jitted)
+    tried = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in configs]
+    return triton.autotune(tried, key=list(key))(jitted)
 
 
-def _launch(kernel, rows_of: str, L: int, BH: int, *args, **constexprs):
-    """Launch over (blocks of ``rows_of`` = BLOCK_M or BLOCK_N, batch·head), tuned or with the first config."""
+def _launch(kernel, rows_of: str, L: int, BH: int, *args, configs=CONFIGS, **constexprs):
+    """Launch over (blocks of ``rows_of`` = BLOCK_M or BLOCK_N, batch·head), tuned or with the first of
+    ``configs`` (the list ``kernel`` was tuned over)."""
     if INTERPRETED:
-        m, n, w, _ = CONFIGS[0]
+        m, n, w, _ = configs[0]
         blocks = dict(BLOCK_M=m, BLOCK_N=n)
         return kernel[(triton.cdiv(L, blocks[rows_of]), BH)](*args, **blocks, **constexprs, num_warps=w)
     return kernel[lambda meta: (triton.cdiv(L, meta[rows_of]), BH)](*args, **constexprs)
