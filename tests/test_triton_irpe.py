@@ -113,6 +113,40 @@ def test_refuses_what_it_cannot_compute_with_the_reason():
                                                    "the iRPE tables)"
 
 
+def test_rpe_attention_refuses_the_fused_kernel_where_it_cannot_run():
+    """Forced on the CPU (or with a mask) the layer raises with the reason instead of falling back."""
+    attn = layer(2, 16, (6, 6), 1, dict(on="qkv"))
+    attn.kernel = "triton_fused"
+    x = torch.randn(1, 37, 32)
+    with pytest.raises(ValueError, match=r"kernel='triton_fused' cannot run here \(device cpu, dtype torch.float32\)"):
+        attn(x)
+    with pytest.raises(ValueError, match=r"\(device cpu, dtype torch.float32, an attention mask"):
+        attn(x, attn_mask=torch.zeros(1, 1, 37, 37))
+    attn.kernel = "auto"  # the fused kernel is opt-in: auto keeps its rules (CPU training: the core's backward)
+    assert attn.kernel_for(x.view(1, 37, 2, 16).transpose(1, 2), []) == "core"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fields", [dict(on="k"), dict(on="qkv", shared_head=False), dict(mode="bias", on="qk")],
+                         ids=["k", "qkv-per-head", "bias-qk"])
+def test_cuda_layer_on_the_fused_kernel_matches_fp32_under_autocast(fields):
+    """RPEAttention with ``kernel="triton_fused"`` under bf16 autocast, DeiT's shapes: output and every gradient
+    (input, qkv, proj, tables) within bf16 rounding of the same layer in fp32 on its default kernel."""
+    ours = layer(3, 64, (14, 14), 1, fields).cuda()
+    ref = copy.deepcopy(ours)
+    ours.kernel = "triton_fused"
+    x, g = torch.randn(8, 197, 192, device="cuda"), torch.randn(8, 197, 192, device="cuda")
+
+    def run(m, amp):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = m(xi)
+        return [out.float(), *torch.autograd.grad(out.float(), [xi, *m.parameters()], g)]
+
+    for a, b in zip(run(ours, True), run(ref, False)):
+        assert float((a - b).norm() / b.norm()) < 3e-2
+
+
 @pytest.mark.gpu
 def test_cuda_bf16_kernel_matches_float64_at_deit_shapes():
     deit = [(4, 3, 64, (14, 14), 1, dict(on=on, mode=mode, shared_head=shared))
