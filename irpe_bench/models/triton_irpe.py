@@ -31,8 +31,8 @@ Decisions (``NOTE``):
   the same ids, read from a table small enough to stay in L1; the query-side ids ``I(j, i)`` are the same
   table with its patch slots reversed;
 * the gather ``Z[i, I(i, j)]`` is ``tl.gather`` on the on-chip Z; its adjoint (the per-bucket sums) compares
-  each tile's ids with every bucket, a (BLOCK_M, BLOCK_N, KP) reduction in registers: exact and free of atomics,
-  but register-heavy, hence the smaller tiles of :data:`CONFIGS`;
+  each tile's ids with the buckets, :data:`BUCKET_CHUNK` at a time, in registers: exact and free of atomics, but
+  O(BLOCK_M·BLOCK_N·KP) work on the CUDA cores per tile, and register-heavy, hence the tiles of :data:`CONFIGS`;
 * bias mode uses the same code with Z a broadcast table row, so both modes share one gather and one reduction.
 
 Exact against the eager form in float64 (``tests/test_triton_irpe.py``, on the CPU under ``TRITON_INTERPRET=1``
@@ -53,10 +53,13 @@ from .triton_attention import DTYPES, HEAD_DIMS, _kernel, _launch, triton
 
 #: q/k table modes as the kernels' constexprs (0: no table)
 MODES = {"contextual": 1, "bias": 2}
-#: (BLOCK_M, BLOCK_N, num_warps, num_stages) tried by the autotuner; smaller than the bias kernel's tiles because
-#: the per-bucket reduction holds a (BLOCK_M, BLOCK_N, KP) tensor (module docstring). The interpreter takes the
-#: first: 32 rows, so that CI's short sequences still cross a block edge.
-CONFIGS = [(32, 32, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (16, 32, 4, 2), (32, 16, 4, 2), (64, 16, 4, 3)]
+#: (BLOCK_M, BLOCK_N, num_warps, num_stages) tried by the autotuner: smaller tiles and more warps than the bias
+#: kernel's, because the per-bucket reduction and the gathers hold (rows, KP) and (rows, cols, chunk) tensors in
+#: registers; these compile for sm_90 with few or no spills at KP = 64 (``benchmarks/triton_resources.py``). The
+#: interpreter takes the first: 32 rows, so that CI's short sequences still cross a block edge.
+CONFIGS = [(32, 32, 8, 2), (32, 32, 4, 2), (64, 32, 8, 2), (16, 32, 4, 2)]
+#: Buckets per step of the per-bucket reduction (``_bucket_sums``); KP is a multiple (KP ≥ 16).
+BUCKET_CHUNK = 8
 #: Everything that changes the compiled program besides the tiles: the autotuner keeps one choice per value.
 TUNE_KEY = ("L", "D", "KP", "C", "K_MODE", "Q_MODE", "HAS_V")
 
@@ -83,6 +86,8 @@ if triton is not None:
 
     from .triton_attention import LOG2E, _program_block, _tile
 
+    BUCKET_CHUNK = tl.constexpr(BUCKET_CHUNK)
+
     @triton.jit
     def _slots(m, n, ok, P, GH, GW, NS):
         """The :func:`~irpe_bench.rpe.offset_ids` slot of every (query ``m``, key ``n``) pair: the patch offset's,
@@ -106,12 +111,22 @@ if triton is not None:
     @triton.jit
     def _bucket_sums(x, Off, slot, NS, C: tl.constexpr, KP: tl.constexpr, BY_ROW: tl.constexpr):
         """The adjoint of :func:`_gathered`: ``out[i, t] = Σ_c Σ_{j: I_c = t} x_ij`` (BY_ROW, (BLOCK_M, KP)) or
-        ``out[j, t] = Σ_c Σ_{i: I_c = t} x_ij`` ((BLOCK_N, KP)). NOTE: a one-hot reduction in registers."""
-        buckets = tl.arange(0, KP)[None, None, :]
-        hit = tl.load(Off + slot)[:, :, None] == buckets
-        for c in tl.static_range(1, C):
-            hit = hit | (tl.load(Off + c * NS + slot)[:, :, None] == buckets)  # NOTE: components own disjoint ids
-        return tl.sum(tl.where(hit, x[:, :, None], 0.0), 1 if BY_ROW else 0)
+        ``out[j, t] = Σ_c Σ_{i: I_c = t} x_ij`` ((BLOCK_N, KP)).
+
+        NOTE: a one-hot reduction in registers, BUCKET_CHUNK buckets at a time: the (BLOCK_M, BLOCK_N, KP)
+        comparison in one piece spills registers (ptxas, sm_90); each chunk's sums land in their slice of a
+        (rows, KP / chunk, chunk) tensor by a select, which is then read as (rows, KP)."""
+        ids = tl.load(Off + slot)
+        ids2 = tl.load(Off + (C - 1) * NS + slot)  # NOTE: C ≤ 2 (cross); a second load of component 0 otherwise
+        rows: tl.constexpr = x.shape[0] if BY_ROW else x.shape[1]
+        chunks: tl.constexpr = KP // BUCKET_CHUNK
+        out = tl.zeros([rows, chunks, BUCKET_CHUNK], tl.float32)
+        for c in tl.static_range(chunks):
+            buckets = c * BUCKET_CHUNK + tl.arange(0, BUCKET_CHUNK)[None, None, :]
+            hit = (ids[:, :, None] == buckets) | ((ids2[:, :, None] == buckets) & (C > 1))
+            part = tl.sum(tl.where(hit, x[:, :, None], 0.0), 1 if BY_ROW else 0)
+            out += tl.where((tl.arange(0, chunks) == c)[None, :, None], part[:, None, :], 0.0)
+        return tl.reshape(out, [rows, KP])
 
     @triton.jit
     def _side(x, T, h, sth, MODE: tl.constexpr, ROWS: tl.constexpr, KP: tl.constexpr, D: tl.constexpr):
