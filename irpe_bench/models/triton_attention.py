@@ -93,6 +93,36 @@ if triton is not None:
         return bh, b, h, rows, offs_d, ok, _tile(X, b, h, sxb, sxh, sxl, rows, offs_d, ok)
 
     @triton.jit
+    def _row_stats(DO, LSE, Delta, b, h, bh, H, L, m, offs_d, ok, D: tl.constexpr):
+        """dO (rows, D), lse and δ of the query rows ``m`` (dO contiguous (B, H, L, D), the stats (B·H, L))."""
+        do = _tile(DO, b, h, H * L * D, L * D, D, m, offs_d, ok)
+        return do, tl.load(LSE + bh * L + m, mask=ok, other=0.0), tl.load(Delta + bh * L + m, mask=ok, other=0.0)
+
+    @triton.jit
+    def _query_tile(Q, DO, LSE, Delta, b, h, bh, sqb, sqh, sql, H, L, m, offs_d, col_ok, D: tl.constexpr):
+        """A key-block program's view of the query rows ``m``: the (rows, cols) mask, q, dO, lse and δ."""
+        row_ok = m < L
+        q = _tile(Q, b, h, sqb, sqh, sql, m, offs_d, row_ok)
+        do, lse, delta = _row_stats(DO, LSE, Delta, b, h, bh, H, L, m, offs_d, row_ok, D)
+        return row_ok[:, None] & col_ok[None, :], q, do, lse, delta
+
+    @triton.jit
+    def _key_tile(K, V, b, h, skb, skh, skl, svb, svh, svl, L, n, offs_d, row_ok):
+        """A query-block program's view of the key rows ``n``: the (rows, cols) mask, k and v."""
+        col_ok = n < L
+        k = _tile(K, b, h, skb, skh, skl, n, offs_d, col_ok)
+        return row_ok[:, None] & col_ok[None, :], k, _tile(V, b, h, svb, svh, svl, n, offs_d, col_ok)
+
+    @triton.jit
+    def _online_softmax(s, m_i, l_i):
+        """One key tile of the online softmax: the tile's weights ``p`` relative to the new running max, the
+        factor ``alpha`` that rescales what earlier tiles accumulated, the new running max and the new sum."""
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2((s - m_new[:, None]) * LOG2E)
+        alpha = tl.exp2((m_i - m_new) * LOG2E)
+        return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+    @triton.jit
     def _scores(q, k, Bias, b, h, sbb, sbh, sbm, sbn, m, n, ok, scale):
         """``scale · q kᵀ + bias`` (fp32) for query rows ``m`` and key rows ``n``."""
         bias = tl.load(Bias + b * sbb + h * sbh + m[:, None] * sbm + n[None, :] * sbn, mask=ok, other=0.0)
@@ -118,14 +148,9 @@ if triton is not None:
             col_ok = n < L
             k = _tile(K, b, h, skb, skh, skl, n, offs_d, col_ok)
             s = _scores(q, k, Bias, b, h, sbb, sbh, sbm, sbn, offs_m, n, row_ok[:, None] & col_ok[None, :], scale)
-            s = tl.where(col_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2((s - m_new[:, None]) * LOG2E)
-            alpha = tl.exp2((m_i - m_new) * LOG2E)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            p, alpha, m_i, l_i = _online_softmax(tl.where(col_ok[None, :], s, float("-inf")), m_i, l_i)
             v = _tile(V, b, h, svb, svh, svl, n, offs_d, col_ok)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
         acc = acc / l_i[:, None]
         tl.store(Out + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :], acc.to(Out.dtype.element_ty),
                  mask=row_ok[:, None])
@@ -143,12 +168,7 @@ if triton is not None:
         dv = tl.zeros([BLOCK_N, D], tl.float32)
         for start in range(0, L, BLOCK_M):
             m = start + offs_m
-            row_ok = m < L
-            ok = row_ok[:, None] & col_ok[None, :]
-            q = _tile(Q, b, h, sqb, sqh, sql, m, offs_d, row_ok)
-            do = _tile(DO, b, h, H * L * D, L * D, D, m, offs_d, row_ok)
-            lse = tl.load(LSE + bh * L + m, mask=row_ok, other=0.0)
-            delta = tl.load(Delta + bh * L + m, mask=row_ok, other=0.0)
+            ok, q, do, lse, delta = _query_tile(Q, DO, LSE, Delta, b, h, bh, sqb, sqh, sql, H, L, m, offs_d, col_ok, D)
             p, ds = _probs_and_ds(q, k, v, do, lse, delta, Bias, b, h, sbb, sbh, sbm, sbn, m, offs_n, ok, scale)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do)
             if WRITE_DS:
@@ -163,17 +183,12 @@ if triton is not None:
                 sbb, sbh, sbm, sbn, H, L, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
         bh, b, h, offs_m, offs_d, row_ok, q = _program_block(Q, sqb, sqh, sql, H, L, BLOCK_M, D)
         offs_n = tl.arange(0, BLOCK_N)
-        do = _tile(DO, b, h, H * L * D, L * D, D, offs_m, offs_d, row_ok)
-        lse = tl.load(LSE + bh * L + offs_m, mask=row_ok, other=0.0)
-        delta = tl.load(Delta + bh * L + offs_m, mask=row_ok, other=0.0)
+        do, lse, delta = _row_stats(DO, LSE, Delta, b, h, bh, H, L, offs_m, offs_d, row_ok, D)
         dq = tl.zeros([BLOCK_M, D], tl.float32)
         for start in range(0, L, BLOCK_N):
             n = start + offs_n
-            col_ok = n < L
-            k = _tile(K, b, h, skb, skh, skl, n, offs_d, col_ok)
-            v = _tile(V, b, h, svb, svh, svl, n, offs_d, col_ok)
-            _, ds = _probs_and_ds(q, k, v, do, lse, delta, Bias, b, h, sbb, sbh, sbm, sbn, offs_m, n,
-                                  row_ok[:, None] & col_ok[None, :], scale)
+            ok, k, v = _key_tile(K, V, b, h, skb, skh, skl, svb, svh, svl, L, n, offs_d, row_ok)
+            _, ds = _probs_and_ds(q, k, v, do, lse, delta, Bias, b, h, sbb, sbh, sbm, sbn, offs_m, n, ok, scale)
             dq += tl.dot(ds.to(k.dtype), k)
         tl.store(DQ + bh * L * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
                  mask=row_ok[:, None])

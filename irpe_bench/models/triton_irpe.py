@@ -84,7 +84,15 @@ def problem(q: torch.Tensor, dense_terms: int = 0) -> Optional[str]:
 if triton is not None:
     import triton.language as tl
 
-    from .triton_attention import LOG2E, _program_block, _tile
+    from .triton_attention import (
+        LOG2E,
+        _key_tile,
+        _online_softmax,
+        _program_block,
+        _query_tile,
+        _row_stats,
+        _tile,
+    )
 
     BUCKET_CHUNK = tl.constexpr(BUCKET_CHUNK)
 
@@ -163,12 +171,6 @@ if triton is not None:
             dp += _gathered(wv, OffK, slot, NS, C, True)
         return p, p * (dp - delta[:, None])
 
-    @triton.jit
-    def _row_stats(DO, LSE, Delta, b, h, bh, H, L, m, offs_d, ok, D: tl.constexpr):
-        """dO (rows, D), lse and δ of the query rows ``m`` (dO contiguous (B, H, L, D), the stats (B·H, L))."""
-        do = _tile(DO, b, h, H * L * D, L * D, D, m, offs_d, ok)
-        return do, tl.load(LSE + bh * L + m, mask=ok, other=0.0), tl.load(Delta + bh * L + m, mask=ok, other=0.0)
-
     @_kernel(configs=CONFIGS, key=TUNE_KEY)
     def _fwd(Q, K, V, TK, TQ, TV, OffK, OffQ, Out, LSE, PB, sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
              stk, stq, stv, H, L, P, GH, GW, NS, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -188,16 +190,11 @@ if triton is not None:
             slot = _slots(offs_m, n, row_ok[:, None] & col_ok[None, :], P, GH, GW, NS)
             zq = _side(k, TQ, h, stq, Q_MODE, BLOCK_N, KP, D) if Q_MODE != 0 else 0.0
             s = _scores(q, k, zk, zq, OffK, OffQ, slot, NS, scale, C, K_MODE, Q_MODE)
-            s = tl.where(col_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2((s - m_new[:, None]) * LOG2E)
-            alpha = tl.exp2((m_i - m_new) * LOG2E)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            p, alpha, m_i, l_i = _online_softmax(tl.where(col_ok[None, :], s, float("-inf")), m_i, l_i)
             v = _tile(V, b, h, svb, svh, svl, n, offs_d, col_ok)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             if HAS_V:
                 pb = pb * alpha[:, None] + _bucket_sums(p, OffK, slot, NS, C, KP, True)
-            m_i = m_new
         acc = acc / l_i[:, None]
         if HAS_V:
             offs_t = tl.arange(0, KP)
@@ -225,10 +222,7 @@ if triton is not None:
         dzq = tl.zeros([BLOCK_N, KP], tl.float32)
         for start in range(0, L, BLOCK_M):
             m = start + offs_m
-            row_ok = m < L
-            ok = row_ok[:, None] & col_ok[None, :]
-            q = _tile(Q, b, h, sqb, sqh, sql, m, offs_d, row_ok)
-            do, lse, delta = _row_stats(DO, LSE, Delta, b, h, bh, H, L, m, offs_d, row_ok, D)
+            ok, q, do, lse, delta = _query_tile(Q, DO, LSE, Delta, b, h, bh, sqb, sqh, sql, H, L, m, offs_d, col_ok, D)
             slot = _slots(m, offs_n, ok, P, GH, GW, NS)
             zk = _side(q, TK, h, stk, K_MODE, BLOCK_M, KP, D) if K_MODE != 0 else 0.0
             wv = tl.dot(do, tl.trans(rv)) if HAS_V else 0.0
@@ -262,10 +256,7 @@ if triton is not None:
         dzk = tl.zeros([BLOCK_M, KP], tl.float32)
         for start in range(0, L, BLOCK_N):
             n = start + offs_n
-            col_ok = n < L
-            ok = row_ok[:, None] & col_ok[None, :]
-            k = _tile(K, b, h, skb, skh, skl, n, offs_d, col_ok)
-            v = _tile(V, b, h, svb, svh, svl, n, offs_d, col_ok)
+            ok, k, v = _key_tile(K, V, b, h, skb, skh, skl, svb, svh, svl, L, n, offs_d, row_ok)
             slot = _slots(offs_m, n, ok, P, GH, GW, NS)
             zq = _side(k, TQ, h, stq, Q_MODE, BLOCK_N, KP, D) if Q_MODE != 0 else 0.0
             _, ds = _probs_and_ds(q, k, v, do, lse, delta, zk, zq, wv, OffK, OffQ, slot, ok, NS, scale, C, K_MODE,
