@@ -20,7 +20,7 @@ Notation of :mod:`irpe_bench.rpe.encoding` (``s`` the attention scale, ``I`` the
   query block accumulates ``dq`` and ``dZk[i, t] = Σ_{j: I(i, j) = t} dS_ij`` on chip, then adds ``dZk r^Kᵀ`` to
   dq in its epilogue; one program per key block accumulates ``dk``, ``dv`` and ``dZq`` (by ``I(j, i)``) and adds
   ``dZq r^Qᵀ`` to dk. No global atomics: each program owns its rows of dZ.
-* table gradients, in PyTorch from the (B, H, L, KP) dZ and Pb (O(L·K·d) matmuls, :func:`_table_grad`):
+* table gradients, in PyTorch from the (B, H, L, KP) dZ and Pb (O(L·K·d) matmuls, :func:`table_grad`):
   ``dr^K = s · Σ_{b,i} q_iᵀ dZk_i``, ``dr^Q`` likewise with k, bias ``Σ_{b,i} dZ``, ``dr^V = Σ_{b,i} Pbᵀ dO``
   (summed over heads for a shared table).
 
@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 
 from ..rpe import offset_slots
-from .attention_core import _table_grad
-from .triton_attention import DTYPES, HEAD_DIMS, _kernel, _launch, triton
+from .attention_core import table_grad
+from .triton_attention import DTYPES, HEAD_DIMS, launch, triton, tuned_kernel
 
 #: q/k table modes as the kernels' constexprs (0: no table)
 MODES = {"contextual": 1, "bias": 2}
@@ -86,12 +86,12 @@ if triton is not None:
 
     from .triton_attention import (
         LOG2E,
-        _key_tile,
-        _online_softmax,
-        _program_block,
-        _query_tile,
-        _row_stats,
-        _tile,
+        key_tile,
+        online_softmax,
+        program_block,
+        query_tile,
+        row_stats,
+        tile,
     )
 
     BUCKET_CHUNK = tl.constexpr(BUCKET_CHUNK)
@@ -142,7 +142,7 @@ if triton is not None:
         and transposed by the wrapper), bias the (H|1, KP) table's row h broadcast to every row; fp32."""
         offs_t = tl.arange(0, KP)
         if MODE == 1:
-            r = _tile(T, 0, h, 0, sth, D, offs_t, tl.arange(0, D), offs_t < KP)
+            r = tile(T, 0, h, 0, sth, D, offs_t, tl.arange(0, D), offs_t < KP)
             z = tl.dot(x, tl.trans(r))
         else:
             z = tl.broadcast_to(tl.load(T + h * sth + offs_t).to(tl.float32)[None, :], (ROWS, KP))
@@ -171,12 +171,12 @@ if triton is not None:
             dp += _gathered(wv, OffK, slot, NS, C, True)
         return p, p * (dp - delta[:, None])
 
-    @_kernel(configs=CONFIGS, key=TUNE_KEY)
+    @tuned_kernel(configs=CONFIGS, key=TUNE_KEY)
     def _fwd(Q, K, V, TK, TQ, TV, OffK, OffQ, Out, LSE, PB, sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
              stk, stq, stv, H, L, P, GH, GW, NS, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              D: tl.constexpr, KP: tl.constexpr, C: tl.constexpr, K_MODE: tl.constexpr, Q_MODE: tl.constexpr,
              HAS_V: tl.constexpr):
-        bh, b, h, offs_m, offs_d, row_ok, q = _program_block(Q, sqb, sqh, sql, H, L, BLOCK_M, D)
+        bh, b, h, offs_m, offs_d, row_ok, q = program_block(Q, sqb, sqh, sql, H, L, BLOCK_M, D)
         offs_n = tl.arange(0, BLOCK_N)
         zk = _side(q, TK, h, stk, K_MODE, BLOCK_M, KP, D) if K_MODE != 0 else 0.0
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -186,12 +186,12 @@ if triton is not None:
         for start in range(0, L, BLOCK_N):
             n = start + offs_n
             col_ok = n < L
-            k = _tile(K, b, h, skb, skh, skl, n, offs_d, col_ok)
+            k = tile(K, b, h, skb, skh, skl, n, offs_d, col_ok)
             slot = _slots(offs_m, n, row_ok[:, None] & col_ok[None, :], P, GH, GW, NS)
             zq = _side(k, TQ, h, stq, Q_MODE, BLOCK_N, KP, D) if Q_MODE != 0 else 0.0
             s = _scores(q, k, zk, zq, OffK, OffQ, slot, NS, scale, C, K_MODE, Q_MODE)
-            p, alpha, m_i, l_i = _online_softmax(tl.where(col_ok[None, :], s, float("-inf")), m_i, l_i)
-            v = _tile(V, b, h, svb, svh, svl, n, offs_d, col_ok)
+            p, alpha, m_i, l_i = online_softmax(tl.where(col_ok[None, :], s, float("-inf")), m_i, l_i)
+            v = tile(V, b, h, svb, svh, svl, n, offs_d, col_ok)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             if HAS_V:
                 pb = pb * alpha[:, None] + _bucket_sums(p, OffK, slot, NS, C, KP, True)
@@ -200,29 +200,29 @@ if triton is not None:
             offs_t = tl.arange(0, KP)
             pb = pb / l_i[:, None]
             tl.store(PB + (bh * L + offs_m[:, None]) * KP + offs_t[None, :], pb, mask=row_ok[:, None])
-            rv = _tile(TV, 0, h, 0, stv, D, offs_t, offs_d, offs_t < KP)
+            rv = tile(TV, 0, h, 0, stv, D, offs_t, offs_d, offs_t < KP)
             acc += tl.dot(pb.to(rv.dtype), rv)
         tl.store(Out + bh * L * D + offs_m[:, None] * D + offs_d[None, :], acc.to(Out.dtype.element_ty),
                  mask=row_ok[:, None])
         tl.store(LSE + bh * L + offs_m, m_i + tl.log(l_i), mask=row_ok)
 
-    @_kernel(configs=CONFIGS, key=TUNE_KEY)
+    @tuned_kernel(configs=CONFIGS, key=TUNE_KEY)
     def _bwd_dkdv(Q, K, V, TK, TQ, TV, OffK, OffQ, DO, LSE, Delta, DK, DV, DZQ, sqb, sqh, sql, skb, skh, skl,
                   svb, svh, svl, stk, stq, stv, H, L, P, GH, GW, NS, scale, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, D: tl.constexpr, KP: tl.constexpr, C: tl.constexpr, K_MODE: tl.constexpr,
                   Q_MODE: tl.constexpr, HAS_V: tl.constexpr):
-        bh, b, h, offs_n, offs_d, col_ok, k = _program_block(K, skb, skh, skl, H, L, BLOCK_N, D)
+        bh, b, h, offs_n, offs_d, col_ok, k = program_block(K, skb, skh, skl, H, L, BLOCK_N, D)
         offs_m = tl.arange(0, BLOCK_M)
         offs_t = tl.arange(0, KP)
-        v = _tile(V, b, h, svb, svh, svl, offs_n, offs_d, col_ok)
+        v = tile(V, b, h, svb, svh, svl, offs_n, offs_d, col_ok)
         zq = _side(k, TQ, h, stq, Q_MODE, BLOCK_N, KP, D) if Q_MODE != 0 else 0.0
-        rv = _tile(TV, 0, h, 0, stv, D, offs_t, offs_d, offs_t < KP) if HAS_V else 0.0
+        rv = tile(TV, 0, h, 0, stv, D, offs_t, offs_d, offs_t < KP) if HAS_V else 0.0
         dk = tl.zeros([BLOCK_N, D], tl.float32)
         dv = tl.zeros([BLOCK_N, D], tl.float32)
         dzq = tl.zeros([BLOCK_N, KP], tl.float32)
         for start in range(0, L, BLOCK_M):
             m = start + offs_m
-            ok, q, do, lse, delta = _query_tile(Q, DO, LSE, Delta, b, h, bh, sqb, sqh, sql, H, L, m, offs_d, col_ok, D)
+            ok, q, do, lse, delta = query_tile(Q, DO, LSE, Delta, b, h, bh, sqb, sqh, sql, H, L, m, offs_d, col_ok, D)
             slot = _slots(m, offs_n, ok, P, GH, GW, NS)
             zk = _side(q, TK, h, stk, K_MODE, BLOCK_M, KP, D) if K_MODE != 0 else 0.0
             wv = tl.dot(do, tl.trans(rv)) if HAS_V else 0.0
@@ -234,29 +234,29 @@ if triton is not None:
                 dzq += _bucket_sums(ds, OffQ, slot, NS, C, KP, False)
         dk = dk * scale
         if Q_MODE == 1:
-            dk += tl.dot(dzq.to(k.dtype), _tile(TQ, 0, h, 0, stq, D, offs_t, offs_d, offs_t < KP))
+            dk += tl.dot(dzq.to(k.dtype), tile(TQ, 0, h, 0, stq, D, offs_t, offs_d, offs_t < KP))
         base = bh * L * D + offs_n[:, None] * D + offs_d[None, :]
         tl.store(DK + base, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
         tl.store(DV + base, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
         if Q_MODE != 0:
             tl.store(DZQ + (bh * L + offs_n[:, None]) * KP + offs_t[None, :], dzq, mask=col_ok[:, None])
 
-    @_kernel(configs=CONFIGS, key=TUNE_KEY)
+    @tuned_kernel(configs=CONFIGS, key=TUNE_KEY)
     def _bwd_dq(Q, K, V, TK, TQ, TV, OffK, OffQ, DO, LSE, Delta, DQ, DZK, sqb, sqh, sql, skb, skh, skl,
                 svb, svh, svl, stk, stq, stv, H, L, P, GH, GW, NS, scale, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, D: tl.constexpr, KP: tl.constexpr, C: tl.constexpr, K_MODE: tl.constexpr,
                 Q_MODE: tl.constexpr, HAS_V: tl.constexpr):
-        bh, b, h, offs_m, offs_d, row_ok, q = _program_block(Q, sqb, sqh, sql, H, L, BLOCK_M, D)
+        bh, b, h, offs_m, offs_d, row_ok, q = program_block(Q, sqb, sqh, sql, H, L, BLOCK_M, D)
         offs_n = tl.arange(0, BLOCK_N)
         offs_t = tl.arange(0, KP)
-        do, lse, delta = _row_stats(DO, LSE, Delta, b, h, bh, H, L, offs_m, offs_d, row_ok, D)
+        do, lse, delta = row_stats(DO, LSE, Delta, b, h, bh, H, L, offs_m, offs_d, row_ok, D)
         zk = _side(q, TK, h, stk, K_MODE, BLOCK_M, KP, D) if K_MODE != 0 else 0.0
-        wv = tl.dot(do, tl.trans(_tile(TV, 0, h, 0, stv, D, offs_t, offs_d, offs_t < KP))) if HAS_V else 0.0
+        wv = tl.dot(do, tl.trans(tile(TV, 0, h, 0, stv, D, offs_t, offs_d, offs_t < KP))) if HAS_V else 0.0
         dq = tl.zeros([BLOCK_M, D], tl.float32)
         dzk = tl.zeros([BLOCK_M, KP], tl.float32)
         for start in range(0, L, BLOCK_N):
             n = start + offs_n
-            ok, k, v = _key_tile(K, V, b, h, skb, skh, skl, svb, svh, svl, L, n, offs_d, row_ok)
+            ok, k, v = key_tile(K, V, b, h, skb, skh, skl, svb, svh, svl, L, n, offs_d, row_ok)
             slot = _slots(offs_m, n, ok, P, GH, GW, NS)
             zq = _side(k, TQ, h, stq, Q_MODE, BLOCK_N, KP, D) if Q_MODE != 0 else 0.0
             _, ds = _probs_and_ds(q, k, v, do, lse, delta, zk, zq, wv, OffK, OffQ, slot, ok, NS, scale, C, K_MODE,
@@ -266,7 +266,7 @@ if triton is not None:
                 dzk += _bucket_sums(ds, OffK, slot, NS, C, KP, True)
         dq = dq * scale
         if K_MODE == 1:
-            dq += tl.dot(dzk.to(q.dtype), _tile(TK, 0, h, 0, stk, D, offs_t, offs_d, offs_t < KP))
+            dq += tl.dot(dzk.to(q.dtype), tile(TK, 0, h, 0, stk, D, offs_t, offs_d, offs_t < KP))
         tl.store(DQ + bh * L * D + offs_m[:, None] * D + offs_d[None, :], dq.to(DQ.dtype.element_ty),
                  mask=row_ok[:, None])
         if K_MODE != 0:
@@ -310,10 +310,10 @@ def _table_grads(spec: _Spec, K: int, tables, q, k, do, dzk, dzq, pb, needs):
         dz = dz[..., :K]
         if spec.mode == "bias":
             return dz.sum((0, 2)).sum_to_size(table.shape).to(table.dtype)
-        return _table_grad(x.to(dz.dtype), dz, table, spec.scale)
+        return table_grad(x.to(dz.dtype), dz, table, spec.scale)
 
     return (qk_grad(table_k, q, dzk) if needs[0] else None, qk_grad(table_q, k, dzq) if needs[1] else None,
-            _table_grad(pb[..., :K], do.to(pb.dtype), table_v) if needs[2] else None)
+            table_grad(pb[..., :K], do.to(pb.dtype), table_v) if needs[2] else None)
 
 
 def _num_buckets(table_k, table_q, table_v) -> int:
@@ -345,7 +345,7 @@ class _FusedIRPE(torch.autograd.Function):
         ctx.constexprs = dict(D=D, KP=KP, C=offsets.shape[0], HAS_V=table_v is not None,
                               K_MODE=MODES[spec.mode] if table_k is not None else 0,
                               Q_MODE=MODES[spec.mode] if table_q is not None else 0)
-        _launch(_fwd, "BLOCK_M", L, B * H, q, k, v, *kernel_tables, offsets, reversed_, o, lse, pb, *ctx.scalars,
+        launch(_fwd, "BLOCK_M", L, B * H, q, k, v, *kernel_tables, offsets, reversed_, o, lse, pb, *ctx.scalars,
                 configs=CONFIGS, **ctx.constexprs)
         ctx.save_for_backward(q, k, v, table_k, table_q, table_v, o, lse, pb, *kernel_tables, offsets, reversed_)
         ctx.spec, ctx.num_buckets = spec, K
@@ -361,9 +361,9 @@ class _FusedIRPE(torch.autograd.Function):
         dzk, dzq = (torch.empty((B, H, L, ctx.constexprs["KP"]), device=q.device, dtype=torch.float32)
                     if t is not None else lse for t in (table_k, table_q))
         inputs = (q, k, v, *kernel_inputs, do, lse, delta)
-        _launch(_bwd_dkdv, "BLOCK_N", L, B * H, *inputs, dk, dv, dzq, *ctx.scalars, configs=CONFIGS,
+        launch(_bwd_dkdv, "BLOCK_N", L, B * H, *inputs, dk, dv, dzq, *ctx.scalars, configs=CONFIGS,
                 **ctx.constexprs)
-        _launch(_bwd_dq, "BLOCK_M", L, B * H, *inputs, dq, dzk, *ctx.scalars, configs=CONFIGS, **ctx.constexprs)
+        launch(_bwd_dq, "BLOCK_M", L, B * H, *inputs, dq, dzk, *ctx.scalars, configs=CONFIGS, **ctx.constexprs)
         grads = _table_grads(ctx.spec, ctx.num_buckets, (table_k, table_q, table_v), q, k, do, dzk, dzq, pb,
                              ctx.needs_input_grad[3:6])
         return dq, dk, dv, *grads, None, None
