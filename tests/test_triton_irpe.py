@@ -21,15 +21,15 @@ from tests.test_triton_attention import _interpreted
 
 pytestmark = pytest.mark.skipif(ti.triton is None, reason="triton is not installed")
 
-#: (B, H, head_dim, grid, prefix tokens, RPEConfig fields). 6×6 + 1 = 37 and 5×7 + 1 = 36 tokens cross the
-#: interpreter's 32-row blocks; product has 50 buckets (KP 64), cross two components of 8 (KP 16).
+#: (B, H, head_dim, grid, prefix tokens, RPEConfig fields). 6×6 + 1 = 37, 5×7 + 1 = 36 and 5×7 + 2 = 37 tokens
+#: cross the interpreter's 32-row blocks; product has 50 buckets (KP 64), cross two components of 8 (KP 16).
 BIAS = [(2, 2, 16, (6, 6), 1, dict(mode="bias", on="k", shared_head=False)),
         (1, 3, 32, (5, 7), 1, dict(mode="bias", on="qk", shared_head=True, method="cross"))]
 CONTEXTUAL = [(2, 2, 16, (6, 6), 1, dict(on="k", shared_head=True)),
               (1, 2, 32, (5, 7), 1, dict(on="q", shared_head=False)),
               (1, 2, 16, (6, 6), 0, dict(on="qk", shared_head=False, method="cross"))]
 VALUE = [(2, 2, 16, (6, 6), 1, dict(on="qkv", shared_head=True)),
-         (1, 2, 16, (5, 7), 1, dict(on="v", shared_head=False, method="cross"))]
+         (1, 2, 16, (5, 7), 2, dict(on="v", shared_head=False, method="cross"))]  # class + distillation token
 TABLE_STD = 0.5  # large enough that a wrong bucket moves the output well beyond fp16 rounding
 
 
@@ -111,6 +111,16 @@ def test_refuses_what_it_cannot_compute_with_the_reason():
     assert ti.problem(q) == "device cpu, dtype torch.float32"
     assert ti.problem(q.half(), dense_terms=1) == "device cpu, an attention mask (the fused kernel gathers only " \
                                                    "the iRPE tables)"
+
+
+def test_the_offset_table_is_cached_per_bucket_buffer():
+    """Read once per ids buffer; a new grid (a new buffer) gives a new table, of the new grid."""
+    attn = layer(2, 16, (6, 6), 1, dict(on="k"))
+    first = attn._offset_ids(attn.buckets(37, torch.device("cpu")).ids)
+    assert attn._offset_ids(attn.buckets(37, torch.device("cpu")).ids) is first
+    attn.grid_size = (5, 7)
+    ids = attn.buckets(36, torch.device("cpu")).ids
+    assert torch.equal(attn._offset_ids(ids), offset_ids(ids, 5, 7, 1))
 
 
 def test_rpe_attention_refuses_the_fused_kernel_where_it_cannot_run():

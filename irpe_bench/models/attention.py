@@ -225,6 +225,7 @@ class RPEAttention(nn.Module):
                    if a in config.on else None)
             setattr(self, f"rpe_{a}", rpe)
         self._buckets_grid: Optional[Tuple[int, int]] = None  # the grid the buffers hold; None: to be built
+        self._offsets: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (bucket_ids it was read from, table)
         self._build_buckets(torch.empty(0).device)  # NOTE: the default device, meta under `with torch.device`
 
     def _build_buckets(self, device: torch.device) -> None:
@@ -308,10 +309,17 @@ class RPEAttention(nn.Module):
         device: tests run this under Triton's interpreter on the CPU): the kernel gathers the tables itself."""
         from .triton_irpe import irpe_attention  # NOTE: opt-in; triton is imported only here
 
-        h, w = self.grid_size
         tables = {f"table_{a}": getattr(self, f"rpe_{a}").table for a in "qkv" if getattr(self, f"rpe_{a}") is not None}
-        return irpe_attention(q, k, v, offset_ids(buckets.ids, h, w, self.num_prefix_tokens), self.grid_size,
-                              self.num_prefix_tokens, scale=self.scale, mode=self.config.mode, **tables)
+        return irpe_attention(q, k, v, self._offset_ids(buckets.ids), self.grid_size, self.num_prefix_tokens,
+                              scale=self.scale, mode=self.config.mode, **tables)
+
+    def _offset_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """:func:`~irpe_bench.rpe.offset_ids` of the grid's ids, cached per ids buffer (a new grid, device or
+        dtype move replaces the buffer, and so the table). NOTE: a cache, not a buffer: only the fused kernel,
+        chosen after construction, reads it."""
+        if self._offsets is None or self._offsets[0] is not ids:
+            self._offsets = (ids, offset_ids(ids, *self.grid_size, self.num_prefix_tokens))
+        return self._offsets[1]
 
     def _eager(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: Sequence[LogitsTerm],
                buckets: Buckets) -> torch.Tensor:
