@@ -14,6 +14,8 @@ q, k, v, table and ids (interleaved rounds, medians, ratios to the baseline of t
 * ``eager_compiled`` — ``torch.compile`` of the eager form;
 * ``triton``     — our GPU training/inference path: the gathered term as the bias of the Triton
   FlashAttention-2 kernel (:mod:`irpe_bench.models.triton_attention`; CUDA, bf16/fp16);
+* ``triton_fused`` — the opt-in fused iRPE kernel (:mod:`irpe_bench.models.triton_irpe`): ``q·r`` per bucket
+  and its gather inside the kernel, forward and backward, no L×L tensor (CUDA, bf16/fp16);
 * ``sdpa_mask_cudnn`` — ``sdpa_mask`` pinned to cuDNN's attention backend (CUDA; where it takes a bias);
 * ``recompute``  — the ``recompute_weights`` path (``core`` keeping no L×L tensor for the backward pass, the
   weights recomputed there from one log-sum-exp per row);
@@ -39,7 +41,7 @@ from irpe_bench import allocator
 from irpe_bench.bench.harness import Case, environment, format_table, resolve_device, run_interleaved, summarize
 from irpe_bench.models.attention import attention_scores
 from irpe_bench.models.attention_core import attention_core
-from irpe_bench.rpe import BucketTerm, RPEConfig, bucket_ids, bucket_index, contextual_logits
+from irpe_bench.rpe import BucketTerm, RPEConfig, bucket_ids, bucket_index, contextual_logits, offset_ids
 
 
 def build(grid: int, batch: int, heads: int, head_dim: int, device: torch.device, train: bool,
@@ -55,7 +57,7 @@ def build(grid: int, batch: int, heads: int, head_dim: int, device: torch.device
     return q, k, v, table, ids
 
 
-def candidates(q, k, v, table, ids, device) -> Dict[str, Callable[[], torch.Tensor]]:
+def candidates(q, k, v, table, ids, device, grid: int) -> Dict[str, Callable[[], torch.Tensor]]:
     scale = q.shape[-1] ** -0.5
     flat_ids = ids[0]
 
@@ -87,6 +89,13 @@ def candidates(q, k, v, table, ids, device) -> Dict[str, Callable[[], torch.Tens
             raise RuntimeError("the Triton kernel runs on CUDA only")
         return attention_with_bias(q, k, v, contextual_logits(q, table, ids, scale), scale)
 
+    def triton_fused():
+        from irpe_bench.models.triton_irpe import irpe_attention
+
+        if not q.is_cuda:
+            raise RuntimeError("the Triton kernel runs on CUDA only")
+        return irpe_attention(q, k, v, offset_ids(ids, grid, grid, 1), (grid, grid), 1, scale=scale, table_k=table)
+
     def sdpa_mask_cudnn():
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -97,7 +106,8 @@ def candidates(q, k, v, table, ids, device) -> Dict[str, Callable[[], torch.Tens
         term = BucketTerm(q, table, scale, bucket_index(ids, table.shape[-1]))
         return attention_core(q, k, v, [term], scale, recompute_weights=recompute_weights)
 
-    return {"baseline": baseline, "sdpa_mask": sdpa_mask, "triton": triton_fn, "sdpa_mask_cudnn": sdpa_mask_cudnn,
+    return {"baseline": baseline, "sdpa_mask": sdpa_mask, "triton": triton_fn, "triton_fused": triton_fused,
+            "sdpa_mask_cudnn": sdpa_mask_cudnn,
             "eager": lambda: eager_fn(q, k, v, table), "core": lambda: core(False), "recompute": lambda: core(True),
             "eager_checkpoint": lambda: checkpoint(eager_fn, q, k, v, table, use_reentrant=False),
             "flex": (lambda f=torch.compile(flex_fn, dynamic=False): f(q, k, v, table)),
@@ -136,7 +146,7 @@ def main(argv=None) -> list:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     reference = None
     cases, skipped = [], {}
-    for name, fn in candidates(q, k, v, table, ids, device).items():
+    for name, fn in candidates(q, k, v, table, ids, device, args.grid).items():
         if args.no_compile and name in COMPILED:
             continue
 

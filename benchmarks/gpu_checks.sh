@@ -3,7 +3,8 @@
 # the GPU-marked tests, `run.py bench` (bf16 autocast), the attention-kernel candidates (FlexAttention, SDPA with a
 # float mask, eager, compiled) in bf16, and a real GPU training run + sweep on the embedded digits data.
 #
-#   bash benchmarks/gpu_checks.sh OUT_DIR [STEP ...]     # steps, in this order: env tests bench256 kernels bench train sweep
+#   bash benchmarks/gpu_checks.sh OUT_DIR [STEP ...]     # steps, in this order: env tests [fused] bench256 kernels bench train sweep
+#   bash benchmarks/gpu_checks.sh OUT_DIR env fused      # only the fused iRPE kernel: its GPU tests, then its timings
 #
 # Needs the project's dependencies importable (`pip install -e ".[test]"`, or its packages on PYTHONPATH) and a
 # CUDA device; nothing is downloaded. Each step's log goes to OUT_DIR/<step>.log and its JSON next to it; a failing step is reported and the
@@ -33,6 +34,14 @@ step env 60 bash -c 'nvidia-smi -L; python -c "import torch, timm, lightning, op
 print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name(0));
 print(\"timm\", timm.__version__, \"lightning\", lightning.__version__, \"optuna\", optuna.__version__, \"wandb\", wandb.__version__)"'
 step tests 240 python -m pytest -p no:cacheprovider -q -m gpu tests/
+# NOTE: `fused` is not in the default list (tests, kernels and bench256 already include the fused kernel's rows); it
+# is the short version for a session that only has minutes: the fused kernel's GPU tests, the attention-core
+# candidates in training and inference at batch 256, then the model-level variants beside SDPA's and the bias-tile
+# kernel's. The first call of each variant compiles and autotunes (CONFIGS × 3 kernels): expect minutes.
+step fused 560 bash -c 'python -m pytest -p no:cacheprovider -q -m gpu tests/test_triton_irpe.py &&
+  for t in --train ""; do python benchmarks/bench_attention_kernels.py --dtype bfloat16 --batch 256 --no-compile $t ||
+  exit; done && python run.py bench --suite train --suite infer --preset tiny224 --batch 256 --no-reference \
+  --out "$1" --modes k,qk,qkv,bias_k,k_triton,bias_k_triton,k_fused,qk_fused,qkv_fused,bias_k_fused' _ "$OUT/fused"
 # NOTE: batch 32 leaves an H100 mostly idle (launch-bound); 256 is a realistic GPU training batch for DeiT-Tiny.
 step bench256 240 python run.py bench --suite train --suite infer --preset tiny224 --batch 256 --no-reference \
   --out "$OUT/bench256"

@@ -44,6 +44,8 @@ CASES = [
     ("forced sdpa, training with dropout", {**TRAIN, **CUDA, "kernel": "sdpa", "attn_dropout": 0.1}, "sdpa"),
     ("forced triton, runs", {**TRAIN, **CUDA, "kernel": "triton"}, "triton"),
     ("forced triton, eval ignores dropout", {**EVAL, **CUDA, "kernel": "triton", "attn_dropout": 0.1}, "triton"),
+    ("forced triton_fused, runs a v table", {**TRAIN, **CUDA, "kernel": "triton_fused", "has_v_table": True},
+     "triton_fused"),
 ]
 
 ERRORS = [
@@ -59,6 +61,12 @@ ERRORS = [
      r"kernel='triton' cannot run here \(device cpu, dtype torch.float32\); it needs CUDA"),
     ("triton with training dropout", dict(kernel="triton", attn_dropout=0.1, **TRAIN, **CUDA),
      r"kernel='triton' cannot run here \(attention dropout 0.1 \(the Triton kernel has none\)\)"),
+    ("triton_fused with fused_attn=False", dict(kernel="triton_fused", fused_attn=False, **CUDA),
+     r"kernel='triton_fused' cannot run this layer: timm's fused_attn=False asks for eager attention"),
+    ("triton_fused where it cannot run", dict(kernel="triton_fused", triton_problem="an attention mask"),
+     r"kernel='triton_fused' cannot run here \(an attention mask\); it needs CUDA.* no attention dropout or mask"),
+    ("triton_fused with training dropout", dict(kernel="triton_fused", attn_dropout=0.1, **TRAIN, **CUDA),
+     r"kernel='triton_fused' cannot run here \(attention dropout 0.1"),
 ]
 
 
@@ -76,7 +84,7 @@ def test_a_kernel_that_cannot_run_raises_with_the_reason(inputs, message):
 def test_every_kernel_and_outcome_is_covered():
     """The table reaches every accepted kernel and every outcome, so a new rule needs a new row."""
     assert {c[1].get("kernel", "auto") for c in CASES} == set(KERNELS)
-    assert {c[2] for c in CASES} == {"sdpa", "eager", "core", "recompute", "checkpoint", "triton"}
+    assert {c[2] for c in CASES} == {"sdpa", "eager", "core", "recompute", "checkpoint", "triton", "triton_fused"}
 
 
 def _layer(on: str) -> RPEAttention:

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from irpe_bench.bench.reference import official_bucket_ids
-from irpe_bench.rpe import MAPPINGS, RPEConfig, bucket_ids, get_mapping, num_buckets
+from irpe_bench.rpe import MAPPINGS, RPEConfig, bucket_ids, get_mapping, num_buckets, offset_ids, offset_slots
 
 OFFICIAL = {"euclidean": "euc", "quant": "quant", "product": "product"}
 
@@ -144,3 +144,26 @@ def test_a_registered_mapping_plugs_into_config_and_model(rows_only):
                          num_classes=2, rpe=cfg)
     assert model.blocks[0].attn.rpe_k.table.shape == (1, 16 // 2, 8)
     assert model(torch.randn(1, 3, 12, 12)).shape == (1, 2)
+
+
+def _slot(h, w, prefix):
+    """(L, L) slot of every token pair, written out: prefix rows/cols → last slot; patches → their offset's."""
+    n = torch.arange(h * w)
+    r, c = n // w, n % w
+    slot = torch.full((prefix + h * w,) * 2, (2 * h - 1) * (2 * w - 1))
+    slot[prefix:, prefix:] = (r[:, None] - r[None, :] + h - 1) * (2 * w - 1) + c[:, None] - c[None, :] + w - 1
+    return slot
+
+
+@pytest.mark.parametrize("method", sorted(MAPPINGS))
+@pytest.mark.parametrize("h, w, prefix", [(5, 7, 1), (4, 4, 0), (3, 6, 2), (1, 5, 1)])
+def test_offset_ids_reproduce_every_bucket_id(method, h, w, prefix):
+    """The per-offset table (what the fused kernel reads) gives I(i, j) of every pair, prefix bucket included,
+    and its patch slots reversed give I(j, i)."""
+    ids = ids_for(method, 1.9, h, w, prefix)
+    off = offset_ids(ids, h, w, prefix)
+    assert off.dtype == torch.int32 and off.shape == (ids.shape[0], offset_slots(h, w))
+    slot = _slot(h, w, prefix)
+    assert torch.equal(off[:, slot].long(), ids)
+    reversed_ = torch.cat([off[:, :-1].flip(-1), off[:, -1:]], dim=1)
+    assert torch.equal(reversed_[:, slot].long(), ids.transpose(-1, -2))

@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 import torch
 
 from .harness import environment, format_table, resolve_device, write_json
-from .suites import CORE, FAMILY_MODES, LOWMEM, MODES, PRESETS, layer_suite, model_suite
+from .suites import CORE, FAMILY_MODES, FUSED, LOWMEM, MODES, PRESETS, layer_suite, model_suite
 
 #: (kind, mode, limit on ×base) — the issue's goals, for training steps, inference and memory.
 GOALS = [("train", "k", 1.05), ("train", "qk", 1.08), ("train", "qkv", 1.20), ("train", "bias_k", 1.03),
@@ -46,9 +46,10 @@ QUICK = [("layer", "micro", 4, CORE), ("train", "micro", 4, CORE + LOWMEM + FAMI
          ("infer", "micro", 4, ["k"] + FAMILY_MODES)]
 #: On CUDA the model suites also time K and bias-K on the opt-in Triton kernel and on eager attention beside the
 #: default (SDPA), QKV trained through attention_core's hand-written backward beside autograd's (the default), and
-#: the other position-encoding families at every preset (on the CPU: at the digits preset only, for time).
+#: every suite the four variants on the fused iRPE kernel (``triton_fused``), and the other position-encoding
+#: families at every preset (on the CPU: at the digits preset only, for time).
 CUDA_EXTRA = {"train": ["k_triton", "bias_k_triton", "k_eager", "bias_k_eager", "qkv_core", "qkv_lowmem_core"]
-              + FAMILY_MODES, "infer": ["k_triton"] + FAMILY_MODES}
+              + FUSED + FAMILY_MODES, "infer": ["k_triton"] + FUSED + FAMILY_MODES, "layer": FUSED}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -31,6 +31,11 @@ MODES: Dict[str, Dict[str, str]] = {
     # GPU: the same variants on the opt-in Triton kernel instead of SDPA's memory-efficient kernel
     "k_triton": dict(mode="contextual", on="k", kernel="triton"),
     "bias_k_triton": dict(mode="bias", on="k", kernel="triton"),
+    # GPU: the fused iRPE kernel (tables gathered inside, no L×L tensor), opt-in and not yet measured
+    "k_fused": dict(mode="contextual", on="k", kernel="triton_fused"),
+    "qk_fused": dict(mode="contextual", on="qk", kernel="triton_fused"),
+    "qkv_fused": dict(mode="contextual", on="qkv", kernel="triton_fused"),
+    "bias_k_fused": dict(mode="bias", on="k", kernel="triton_fused"),
     # GPU: K and bias-K on eager attention instead of SDPA; QKV with attention_core's backward instead of autograd's
     "k_eager": dict(mode="contextual", on="k", kernel="eager"),
     "bias_k_eager": dict(mode="bias", on="k", kernel="eager"),
@@ -46,6 +51,9 @@ CORE = ["k", "qk", "qkv", "bias_k"]
 LOWMEM = ["k_lowmem", "qkv_lowmem"]
 #: Attributes of :class:`RPEAttention` a bench mode sets (the rest of a MODES entry is the RPEConfig).
 MODULE_OPTIONS = ("recompute_weights", "kernel", "core_backward")
+#: The variants run on a fused Triton kernel (CUDA, bf16/fp16 only).
+FUSED = ["k_fused", "qk_fused", "qkv_fused", "bias_k_fused"]
+TRITON_KERNELS = ("triton", "triton_fused")
 
 
 def _config_fields(mode: str) -> Dict[str, str]:
@@ -76,9 +84,9 @@ def rpe_config(mode: str) -> RPEConfig:
 
 
 def fp32_checkable(mode: str) -> bool:
-    """The fp32 exactness check cannot run a mode pinned to the Triton kernel (bf16/fp16 only); that kernel's
-    exactness is tested against float64 instead (tests/test_triton_attention.py)."""
-    return MODES.get(mode, {}).get("kernel") != "triton"
+    """The fp32 exactness check cannot run a mode pinned to a Triton kernel (bf16/fp16 only); those kernels'
+    exactness is tested against float64 instead (tests/test_triton_attention.py, tests/test_triton_irpe.py)."""
+    return MODES.get(mode, {}).get("kernel") not in TRITON_KERNELS
 
 
 def _count_macs(model: nn.Module, mode: str) -> int:
@@ -257,7 +265,7 @@ def layer_suite(preset: str, batch: int, modes: Sequence[str], device: torch.dev
     by_name = {c.name: c for c in cases}
     for c in cases:
         ref_name = f"{reference_of(c.mode, modes)}/reference"
-        if c.impl == "ours" and ref_name in by_name:
+        if c.impl == "ours" and ref_name in by_name and fp32_checkable(c.mode):
             a, b = layers[c.name](x), layers[ref_name](x)
             c.check = (a - b).abs().max().item()
     run_interleaved(cases, warmup, rounds, device, budget_s, clock)

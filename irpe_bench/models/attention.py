@@ -22,9 +22,12 @@ module's options and the call's device and autograd state):
   attention dropout (it replays the dropout mask);
 * ``triton`` — opt-in only: :mod:`.triton_attention`, FlashAttention-2 with the iRPE term as a bias tile. Exact,
   but not faster than SDPA's memory-efficient kernel on the GPUs measured (docs/performance.md), so ``auto``
-  never picks it.
+  never picks it;
+* ``triton_fused`` — opt-in only: :mod:`.triton_irpe`, FlashAttention-2 that gathers the iRPE tables itself
+  (bias and contextual on q/k, the contextual value term), forward and backward, with no L×L tensor in memory.
+  Exact, but its speed is not measured yet (docs/performance.md), so ``auto`` never picks it.
 
-``attn.kernel`` (default ``"auto"``) forces ``triton``, ``sdpa`` or the ``eager`` family (eager, core,
+``attn.kernel`` (default ``"auto"``) forces ``triton``, ``triton_fused``, ``sdpa`` or the ``eager`` family (eager, core,
 recompute or checkpoint by the rules above), and ``attn.core_backward`` the hand-written backward on or off,
 for benchmarks and tests. A forced kernel that cannot compute the layer raises with the reason instead of
 falling back (:func:`select_kernel`).
@@ -46,6 +49,7 @@ from ..rpe import (
     attention_logits_terms,
     bucket_ids,
     bucket_index,
+    offset_ids,
 )
 from .attention_core import attention_core
 
@@ -79,6 +83,17 @@ def _triton_problem(q: torch.Tensor, terms: Sequence[LogitsTerm]) -> Optional[st
     return f"device {q.device}, dtype {q.dtype}, head_dim {q.shape[-1]}"
 
 
+def _fused_problem(q: torch.Tensor, terms: Sequence[LogitsTerm]) -> Optional[str]:
+    """Why the fused iRPE kernel cannot run on q, None where it can; ``terms``: the dense terms (a mask) only."""
+    from .triton_irpe import problem  # NOTE: opt-in; triton is imported only when asked for
+
+    return problem(q, dense_terms=len(terms))
+
+
+#: The forced kernels that can refuse particular inputs: why they cannot run on q and these terms, None if they can.
+_PROBLEMS = {"triton": _triton_problem, "triton_fused": _fused_problem}
+
+
 def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: Sequence[torch.Tensor], scale: float) -> torch.Tensor:
     """``(scale · q) kᵀ + Σ terms`` (B, H, L, L), as the official code orders it.
 
@@ -105,18 +120,18 @@ RECOMPUTE_WEIGHTS = False
 CORE_BACKWARD: Optional[bool] = None
 #: Kernels :func:`select_kernel` accepts (``RPEAttention.kernel``); ``auto`` picks by device and by whether the
 #: iRPE term needs a gradient.
-KERNELS = ("auto", "triton", "sdpa", "eager")
+KERNELS = ("auto", "triton", "sdpa", "eager", "triton_fused")
 
 
 def select_kernel(kernel: str = "auto", *, core_backward: Optional[bool] = None, has_v_table: bool = False,
                   fused_attn: bool = True, grad_enabled: bool = False, term_needs_grad: bool = False,
                   device_type: str = "cpu", training: bool = False, attn_dropout: float = 0.0,
                   recompute_weights: bool = False, triton_problem: Optional[str] = None) -> str:
-    """The kernel for one attention call (module docstring): ``triton``, ``sdpa``, ``eager``, ``core``,
-    ``recompute`` or ``checkpoint``.
+    """The kernel for one attention call (module docstring): ``triton``, ``triton_fused``, ``sdpa``, ``eager``,
+    ``core``, ``recompute`` or ``checkpoint``.
 
     Args:
-        kernel: ``attn.kernel``: ``auto`` or a forced ``triton`` / ``sdpa`` / ``eager``.
+        kernel: ``attn.kernel``: ``auto`` or a forced ``triton`` / ``triton_fused`` / ``sdpa`` / ``eager``.
         core_backward: ``attn.core_backward``: None (by device: on for the CPU), True or False.
         has_v_table: a value-side table, whose term needs the attention weights themselves.
         fused_attn: timm's ``fused_attn`` of the wrapped layer (False: timm's switch to eager attention).
@@ -126,13 +141,14 @@ def select_kernel(kernel: str = "auto", *, core_backward: Optional[bool] = None,
         training: the module is in training mode.
         attn_dropout: the attention dropout probability (applies in training only).
         recompute_weights: ``attn.recompute_weights``.
-        triton_problem: why the Triton kernel cannot run on these inputs, None where it can (only read when
-            ``kernel="triton"``).
+        triton_problem: why the forced Triton kernel cannot run on these inputs, None where it can (only read
+            when ``kernel`` is ``triton`` or ``triton_fused``).
 
     Raises:
         ValueError: an unknown kernel or ``core_backward``, or a forced kernel that cannot compute this layer:
             ``sdpa`` or ``triton`` with a value table or timm's ``fused_attn=False`` (both need the weights),
-            ``triton`` where it cannot run (no CUDA, dtype, head_dim, attention dropout). ``sdpa`` forced on
+            ``triton_fused`` with ``fused_attn=False``, either Triton kernel where it cannot run (no CUDA, dtype,
+            head_dim, attention dropout; for ``triton_fused`` an attention mask). ``sdpa`` forced on
             the CPU while a term needs its gradient is allowed: SDPA's math fallback computes it exactly, only
             slower (what benchmarks of the forced kernel measure).
     """
@@ -141,17 +157,19 @@ def select_kernel(kernel: str = "auto", *, core_backward: Optional[bool] = None,
     if core_backward not in (None, True, False):
         raise ValueError(f"RPEAttention.core_backward={core_backward!r}; allowed: None (by device), True, False")
     dropout = training and attn_dropout > 0
-    if kernel in ("sdpa", "triton"):
-        if has_v_table or not fused_attn:
-            why = "a value table needs the attention weights" if has_v_table else \
+    if kernel in ("sdpa", "triton", "triton_fused"):
+        weights_needed = has_v_table and kernel != "triton_fused"  # NOTE: the fused kernel sums them per bucket
+        if weights_needed or not fused_attn:
+            why = "a value table needs the attention weights" if weights_needed else \
                 "timm's fused_attn=False asks for eager attention"
             raise ValueError(f"RPEAttention.kernel={kernel!r} cannot run this layer: {why}; use 'auto' or 'eager'")
-        if kernel == "triton":
+        if kernel != "sdpa":
             if dropout:
                 triton_problem = f"attention dropout {attn_dropout} (the Triton kernel has none)"
             if triton_problem is not None:
-                raise ValueError(f"RPEAttention.kernel='triton' cannot run here ({triton_problem}); it needs CUDA, "
-                                 "bf16/fp16, head_dim 16/32/64/128 and no attention dropout")
+                raise ValueError(f"RPEAttention.kernel={kernel!r} cannot run here ({triton_problem}); it needs CUDA, "
+                                 "bf16/fp16, head_dim 16/32/64/128 and no attention dropout"
+                                 + (" or mask" if kernel == "triton_fused" else ""))
         return kernel
     # NOTE: auto takes SDPA unless the weights are needed (a v table; fused_attn=False) or the CPU trains the term
     if kernel == "auto" and not has_v_table and fused_attn and (
@@ -207,6 +225,7 @@ class RPEAttention(nn.Module):
                    if a in config.on else None)
             setattr(self, f"rpe_{a}", rpe)
         self._buckets_grid: Optional[Tuple[int, int]] = None  # the grid the buffers hold; None: to be built
+        self._offsets: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (bucket_ids it was read from, table)
         self._build_buckets(torch.empty(0).device)  # NOTE: the default device, meta under `with torch.device`
 
     def _build_buckets(self, device: torch.device) -> None:
@@ -258,6 +277,9 @@ class RPEAttention(nn.Module):
                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attention with iRPE on (B, H, L, d) q, k, v → (B, H, L, d), on the kernel :meth:`kernel_for` picks,
         over the grid's :meth:`buckets`."""
+        if self.kernel == "triton_fused":  # NOTE: no logits term is built: the kernel gathers the tables itself
+            self.kernel_for(q, [attn_mask] if attn_mask is not None else [])  # raises where it cannot run
+            return self.attend_fused(q, k, v, buckets)
         ids = buckets.ids
         terms = attention_logits_terms(self.rpe_q, self.rpe_k, q, k, self.scale, ids, expand=False,
                                        index=buckets.index, index_t=buckets.index_t)
@@ -282,6 +304,23 @@ class RPEAttention(nn.Module):
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale
         )
 
+    def attend_fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: Buckets) -> torch.Tensor:
+        """:meth:`attend` on the ``triton_fused`` kernel, without the kernel selection (which also checks the
+        device: tests run this under Triton's interpreter on the CPU): the kernel gathers the tables itself."""
+        from .triton_irpe import irpe_attention  # NOTE: opt-in; triton is imported only here
+
+        tables = {f"table_{a}": getattr(self, f"rpe_{a}").table for a in "qkv" if getattr(self, f"rpe_{a}") is not None}
+        return irpe_attention(q, k, v, self._offset_ids(buckets.ids), self.grid_size, self.num_prefix_tokens,
+                              scale=self.scale, mode=self.config.mode, **tables)
+
+    def _offset_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """:func:`~irpe_bench.rpe.offset_ids` of the grid's ids, cached per ids buffer (a new grid, device or
+        dtype move replaces the buffer, and so the table). NOTE: a cache, not a buffer: only the fused kernel,
+        chosen after construction, reads it."""
+        if self._offsets is None or self._offsets[0] is not ids:
+            self._offsets = (ids, offset_ids(ids, *self.grid_size, self.num_prefix_tokens))
+        return self._offsets[1]
+
     def _eager(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, terms: Sequence[LogitsTerm],
                buckets: Buckets) -> torch.Tensor:
         terms = [_expanded(t).to(q.dtype) for t in terms]
@@ -298,7 +337,7 @@ class RPEAttention(nn.Module):
             fused_attn=self.fused_attn, grad_enabled=torch.is_grad_enabled(),
             term_needs_grad=any(r.requires_grad for t in terms for r in _sources(t)), device_type=q.device.type,
             training=self.training, attn_dropout=self.attn_drop.p, recompute_weights=self.recompute_weights,
-            triton_problem=_triton_problem(q, terms) if self.kernel == "triton" else None)
+            triton_problem=_PROBLEMS[self.kernel](q, terms) if self.kernel in _PROBLEMS else None)
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}, fused_attn={self.fused_attn}"

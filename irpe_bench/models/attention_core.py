@@ -84,7 +84,7 @@ def _pairs(flat: Sequence[torch.Tensor]) -> List[Tuple[torch.Tensor, torch.Tenso
     return list(zip(flat[0::2], flat[1::2]))
 
 
-def _table_grad(x: torch.Tensor, dz: torch.Tensor, table: torch.Tensor, term_scale: float = 1.0) -> torch.Tensor:
+def table_grad(x: torch.Tensor, dz: torch.Tensor, table: torch.Tensor, term_scale: float = 1.0) -> torch.Tensor:
     """``term_scale · Σ_{b, i} x_iᵀ dz_i`` per head: x (B, H, L, m), dz (B, H, L, n) → the table's (H or 1, m, n),
     in its dtype (summed over heads too when the table is shared).
 
@@ -156,7 +156,7 @@ class _AttentionCore(torch.autograd.Function):
                 t = as_matrix(table_v).to(v.dtype)  # (H,) K, d
                 dp.add_(gather_buckets((go @ t.transpose(-2, -1)).to(p.dtype), index_v))
                 per_bucket = scatter_buckets(p, index_v, table_v.shape[-2]).to(v.dtype)  # B, H, L, K
-                grad_table_v = _table_grad(per_bucket, go, table_v)
+                grad_table_v = table_grad(per_bucket, go, table_v)
             delta = (go.to(p.dtype) * out.to(p.dtype)).sum(-1, keepdim=True)
             ds = dp.sub_(delta).mul_(p)  # NOTE: in place into dp: p may be the saved weights, never written
             grad_dense = None  # NOTE: an attention mask needs none; a bias-mode term does (one pass over dS)
@@ -173,7 +173,7 @@ class _AttentionCore(torch.autograd.Function):
                 if src is not None:  # NOTE: x is q or k: accumulated there, no separate gradient to sum
                     grads_qk[src].add_(grad_x)
                     grad_x = None
-                grad_contextual += [grad_x, _table_grad(x, dz_c, table, term_scale)]
+                grad_contextual += [grad_x, table_grad(x, dz_c, table, term_scale)]
         return (*grads_qk, grad_v, grad_dense, grad_table_v, None, *grad_contextual)
 
 

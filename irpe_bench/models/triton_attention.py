@@ -6,8 +6,8 @@ mask falls back to the memory-efficient kernel, well behind the flash baseline
 (``benchmarks/bench_attention_kernels.py``; FlexAttention's compiled ``score_mod`` gather was slower still at
 197 tokens). This kernel is FlashAttention-2's algorithm (Dao, 2023) with one extra tile load. It is exact but
 not faster than the memory-efficient kernel on the GPUs measured (docs/performance.md), so models use it only
-when asked (``RPEAttention.kernel = "triton"``); it is the starting point for a kernel that gathers the iRPE
-term inside instead of reading a materialised L×L bias:
+when asked (``RPEAttention.kernel = "triton"``). :mod:`.triton_irpe` builds on its tiles and online softmax
+(the helpers below are shared) to gather the iRPE term inside instead of reading a materialised L×L bias:
 
 * forward, one program per (query block, batch·head): for each key block,
   ``s = scale · q kᵀ + bias``, online softmax (running max ``m`` and sum ``l``), ``acc += p v``; stores
@@ -51,19 +51,23 @@ CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3), (64
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
-def _kernel(fn):
-    """``triton.jit``, plus autotuning over :data:`CONFIGS` keyed by sequence length and head width."""
+def tuned_kernel(fn=None, *, configs=CONFIGS, key=("L", "D")):
+    """``triton.jit``, plus autotuning over ``configs`` (:data:`CONFIGS`) keyed by the arguments named in ``key``
+    (sequence length and head width)."""
+    if fn is None:
+        return lambda f: tuned_kernel(f, configs=configs, key=key)
     jitted = triton.jit(fn)
     if INTERPRETED:
         return jitted
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in CONFIGS]
-    return triton.autotune(configs, key=["L", "D"])(jitted)
+    tried = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in configs]
+    return triton.autotune(tried, key=list(key))(jitted)
 
 
-def _launch(kernel, rows_of: str, L: int, BH: int, *args, **constexprs):
-    """Launch over (blocks of ``rows_of`` = BLOCK_M or BLOCK_N, batch·head), tuned or with the first config."""
+def launch(kernel, rows_of: str, L: int, BH: int, *args, configs=CONFIGS, **constexprs):
+    """Launch over (blocks of ``rows_of`` = BLOCK_M or BLOCK_N, batch·head), tuned or with the first of
+    ``configs`` (the list ``kernel`` was tuned over)."""
     if INTERPRETED:
-        m, n, w, _ = CONFIGS[0]
+        m, n, w, _ = configs[0]
         blocks = dict(BLOCK_M=m, BLOCK_N=n)
         return kernel[(triton.cdiv(L, blocks[rows_of]), BH)](*args, **blocks, **constexprs, num_warps=w)
     return kernel[lambda meta: (triton.cdiv(L, meta[rows_of]), BH)](*args, **constexprs)
@@ -73,12 +77,12 @@ if triton is not None:
     LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = 2^(x·log2 e): exp2 is the fast unit
 
     @triton.jit
-    def _tile(Ptr, b, h, sb, sh, sl, rows, offs_d, ok):
+    def tile(Ptr, b, h, sb, sh, sl, rows, offs_d, ok):
         """The (rows, D) tile of a (B, H, L, D) tensor; rows past L read as 0."""
         return tl.load(Ptr + b * sb + h * sh + rows[:, None] * sl + offs_d[None, :], mask=ok[:, None], other=0.0)
 
     @triton.jit
-    def _program_block(X, sxb, sxh, sxl, H, L, BLOCK: tl.constexpr, D: tl.constexpr):
+    def program_block(X, sxb, sxh, sxl, H, L, BLOCK: tl.constexpr, D: tl.constexpr):
         """This program's (batch·head, batch, head) and its BLOCK rows of X (queries or keys, by the grid's first
         axis): row offsets, head-dim offsets, the row mask and the (BLOCK, D) tile."""
         pid, bh = tl.program_id(0), tl.program_id(1)
@@ -86,7 +90,37 @@ if triton is not None:
         rows = pid * BLOCK + tl.arange(0, BLOCK)
         offs_d = tl.arange(0, D)
         ok = rows < L
-        return bh, b, h, rows, offs_d, ok, _tile(X, b, h, sxb, sxh, sxl, rows, offs_d, ok)
+        return bh, b, h, rows, offs_d, ok, tile(X, b, h, sxb, sxh, sxl, rows, offs_d, ok)
+
+    @triton.jit
+    def row_stats(DO, LSE, Delta, b, h, bh, H, L, m, offs_d, ok, D: tl.constexpr):
+        """dO (rows, D), lse and δ of the query rows ``m`` (dO contiguous (B, H, L, D), the stats (B·H, L))."""
+        do = tile(DO, b, h, H * L * D, L * D, D, m, offs_d, ok)
+        return do, tl.load(LSE + bh * L + m, mask=ok, other=0.0), tl.load(Delta + bh * L + m, mask=ok, other=0.0)
+
+    @triton.jit
+    def query_tile(Q, DO, LSE, Delta, b, h, bh, sqb, sqh, sql, H, L, m, offs_d, col_ok, D: tl.constexpr):
+        """A key-block program's view of the query rows ``m``: the (rows, cols) mask, q, dO, lse and δ."""
+        row_ok = m < L
+        q = tile(Q, b, h, sqb, sqh, sql, m, offs_d, row_ok)
+        do, lse, delta = row_stats(DO, LSE, Delta, b, h, bh, H, L, m, offs_d, row_ok, D)
+        return row_ok[:, None] & col_ok[None, :], q, do, lse, delta
+
+    @triton.jit
+    def key_tile(K, V, b, h, skb, skh, skl, svb, svh, svl, L, n, offs_d, row_ok):
+        """A query-block program's view of the key rows ``n``: the (rows, cols) mask, k and v."""
+        col_ok = n < L
+        k = tile(K, b, h, skb, skh, skl, n, offs_d, col_ok)
+        return row_ok[:, None] & col_ok[None, :], k, tile(V, b, h, svb, svh, svl, n, offs_d, col_ok)
+
+    @triton.jit
+    def online_softmax(s, m_i, l_i):
+        """One key tile of the online softmax: the tile's weights ``p`` relative to the new running max, the
+        factor ``alpha`` that rescales what earlier tiles accumulated, the new running max and the new sum."""
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2((s - m_new[:, None]) * LOG2E)
+        alpha = tl.exp2((m_i - m_new) * LOG2E)
+        return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
 
     @triton.jit
     def _scores(q, k, Bias, b, h, sbb, sbh, sbm, sbn, m, n, ok, scale):
@@ -101,10 +135,10 @@ if triton is not None:
         p = tl.where(ok, tl.exp2((s - lse[:, None]) * LOG2E), 0.0)
         return p, p * (tl.dot(do, tl.trans(v)) - delta[:, None])
 
-    @_kernel
+    @tuned_kernel
     def _fwd(Q, K, V, Bias, Out, LSE, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sbb, sbh, sbm, sbn,
              sob, soh, sol, H, L, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
-        bh, b, h, offs_m, offs_d, row_ok, q = _program_block(Q, sqb, sqh, sql, H, L, BLOCK_M, D)
+        bh, b, h, offs_m, offs_d, row_ok, q = program_block(Q, sqb, sqh, sql, H, L, BLOCK_M, D)
         offs_n = tl.arange(0, BLOCK_N)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -112,39 +146,29 @@ if triton is not None:
         for start in range(0, L, BLOCK_N):
             n = start + offs_n
             col_ok = n < L
-            k = _tile(K, b, h, skb, skh, skl, n, offs_d, col_ok)
+            k = tile(K, b, h, skb, skh, skl, n, offs_d, col_ok)
             s = _scores(q, k, Bias, b, h, sbb, sbh, sbm, sbn, offs_m, n, row_ok[:, None] & col_ok[None, :], scale)
-            s = tl.where(col_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2((s - m_new[:, None]) * LOG2E)
-            alpha = tl.exp2((m_i - m_new) * LOG2E)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = _tile(V, b, h, svb, svh, svl, n, offs_d, col_ok)
+            p, alpha, m_i, l_i = online_softmax(tl.where(col_ok[None, :], s, float("-inf")), m_i, l_i)
+            v = tile(V, b, h, svb, svh, svl, n, offs_d, col_ok)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
         acc = acc / l_i[:, None]
         tl.store(Out + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :], acc.to(Out.dtype.element_ty),
                  mask=row_ok[:, None])
         tl.store(LSE + bh * L + offs_m, m_i + tl.log(l_i), mask=row_ok)
 
-    @_kernel
+    @tuned_kernel
     def _bwd_dkdv(Q, K, V, Bias, DO, LSE, Delta, DK, DV, DS, sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
                   sbb, sbh, sbm, sbn, H, L, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                   WRITE_DS: tl.constexpr):
         # NOTE: dO, dq, dk, dv, ds are contiguous (B, H, L, D) / (B, H, L, L) here (the wrapper makes them so).
-        bh, b, h, offs_n, offs_d, col_ok, k = _program_block(K, skb, skh, skl, H, L, BLOCK_N, D)
+        bh, b, h, offs_n, offs_d, col_ok, k = program_block(K, skb, skh, skl, H, L, BLOCK_N, D)
         offs_m = tl.arange(0, BLOCK_M)
-        v = _tile(V, b, h, svb, svh, svl, offs_n, offs_d, col_ok)
+        v = tile(V, b, h, svb, svh, svl, offs_n, offs_d, col_ok)
         dk = tl.zeros([BLOCK_N, D], tl.float32)
         dv = tl.zeros([BLOCK_N, D], tl.float32)
         for start in range(0, L, BLOCK_M):
             m = start + offs_m
-            row_ok = m < L
-            ok = row_ok[:, None] & col_ok[None, :]
-            q = _tile(Q, b, h, sqb, sqh, sql, m, offs_d, row_ok)
-            do = _tile(DO, b, h, H * L * D, L * D, D, m, offs_d, row_ok)
-            lse = tl.load(LSE + bh * L + m, mask=row_ok, other=0.0)
-            delta = tl.load(Delta + bh * L + m, mask=row_ok, other=0.0)
+            ok, q, do, lse, delta = query_tile(Q, DO, LSE, Delta, b, h, bh, sqb, sqh, sql, H, L, m, offs_d, col_ok, D)
             p, ds = _probs_and_ds(q, k, v, do, lse, delta, Bias, b, h, sbb, sbh, sbm, sbn, m, offs_n, ok, scale)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do)
             if WRITE_DS:
@@ -154,22 +178,17 @@ if triton is not None:
         tl.store(DK + base, (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
         tl.store(DV + base, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
-    @_kernel
+    @tuned_kernel
     def _bwd_dq(Q, K, V, Bias, DO, LSE, Delta, DQ, sqb, sqh, sql, skb, skh, skl, svb, svh, svl,
                 sbb, sbh, sbm, sbn, H, L, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
-        bh, b, h, offs_m, offs_d, row_ok, q = _program_block(Q, sqb, sqh, sql, H, L, BLOCK_M, D)
+        bh, b, h, offs_m, offs_d, row_ok, q = program_block(Q, sqb, sqh, sql, H, L, BLOCK_M, D)
         offs_n = tl.arange(0, BLOCK_N)
-        do = _tile(DO, b, h, H * L * D, L * D, D, offs_m, offs_d, row_ok)
-        lse = tl.load(LSE + bh * L + offs_m, mask=row_ok, other=0.0)
-        delta = tl.load(Delta + bh * L + offs_m, mask=row_ok, other=0.0)
+        do, lse, delta = row_stats(DO, LSE, Delta, b, h, bh, H, L, offs_m, offs_d, row_ok, D)
         dq = tl.zeros([BLOCK_M, D], tl.float32)
         for start in range(0, L, BLOCK_N):
             n = start + offs_n
-            col_ok = n < L
-            k = _tile(K, b, h, skb, skh, skl, n, offs_d, col_ok)
-            v = _tile(V, b, h, svb, svh, svl, n, offs_d, col_ok)
-            _, ds = _probs_and_ds(q, k, v, do, lse, delta, Bias, b, h, sbb, sbh, sbm, sbn, offs_m, n,
-                                  row_ok[:, None] & col_ok[None, :], scale)
+            ok, k, v = key_tile(K, V, b, h, skb, skh, skl, svb, svh, svl, L, n, offs_d, row_ok)
+            _, ds = _probs_and_ds(q, k, v, do, lse, delta, Bias, b, h, sbb, sbh, sbm, sbn, offs_m, n, ok, scale)
             dq += tl.dot(ds.to(k.dtype), k)
         tl.store(DQ + bh * L * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
                  mask=row_ok[:, None])
@@ -186,7 +205,7 @@ class _AttentionWithBias(torch.autograd.Function):
         B, H, L, D = q.shape
         o = torch.empty((B, H, L, D), device=q.device, dtype=q.dtype)
         lse = torch.empty((B * H, L), device=q.device, dtype=torch.float32)
-        _launch(_fwd, "BLOCK_M", L, B * H, q, k, v, bias, o, lse, *q.stride()[:3], *k.stride()[:3],
+        launch(_fwd, "BLOCK_M", L, B * H, q, k, v, bias, o, lse, *q.stride()[:3], *k.stride()[:3],
                 *v.stride()[:3], *_bias_strides(bias), *o.stride()[:3], H, L, scale, D=D)
         ctx.save_for_backward(q, k, v, bias, o, lse)
         ctx.scale = scale
@@ -202,9 +221,9 @@ class _AttentionWithBias(torch.autograd.Function):
         need_ds = ctx.needs_input_grad[3]
         ds = torch.empty((B, H, L, L), device=q.device, dtype=bias.dtype) if need_ds else dq  # dq: a dummy
         args = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_bias_strides(bias), H, L, ctx.scale)
-        _launch(_bwd_dkdv, "BLOCK_N", L, B * H, q, k, v, bias, do, lse, delta, dk, dv, ds, *args, D=D,
+        launch(_bwd_dkdv, "BLOCK_N", L, B * H, q, k, v, bias, do, lse, delta, dk, dv, ds, *args, D=D,
                 WRITE_DS=need_ds)
-        _launch(_bwd_dq, "BLOCK_M", L, B * H, q, k, v, bias, do, lse, delta, dq, *args, D=D)
+        launch(_bwd_dq, "BLOCK_M", L, B * H, q, k, v, bias, do, lse, delta, dq, *args, D=D)
         dbias = ds.sum_to_size(bias.shape) if need_ds else None  # broadcast dims of the bias summed
         return dq, dk, dv, dbias, None
 

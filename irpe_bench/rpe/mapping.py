@@ -165,3 +165,32 @@ def bucket_ids(
     starts = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)
     ids += starts.view(-1, 1, 1)
     return ids.contiguous()
+
+
+def offset_slots(height: int, width: int) -> int:
+    """Slots of :func:`offset_ids`: one per patch offset ``(2h − 1)·(2w − 1)``, then the prefix-token slot."""
+    return (2 * height - 1) * (2 * width - 1) + 1
+
+
+def offset_ids(ids: torch.Tensor, height: int, width: int, num_prefix_tokens: int = 0) -> torch.Tensor:
+    """The bucket ids of :func:`bucket_ids` as a function of the patch offset alone: (C, L, L) → (C, S) int32,
+    S = :func:`offset_slots`.
+
+    Slot ``(Δr + h − 1)·(2w − 1) + Δc + w − 1`` holds ``I`` of any two patches with offset ``(Δr, Δc) = pos_i −
+    pos_j``; the last slot holds the prefix tokens' bucket (0 without prefix tokens, never read then). Every
+    mapping is translation invariant on its grid (its ids are a function of the offset; ``quant_rank`` ranks
+    among the grid's own distances), so one representative pair per offset gives the whole table: ids are read,
+    not recomputed, so they match :func:`bucket_ids` exactly, index function and float rounding included.
+
+    NOTE: why a table per offset: a fused kernel rebuilds ``I(i, j)`` of any tile from the token coordinates
+    and this (C, ~4·L) table instead of reading a (C, L, L) one; reversing its patch slots gives ``I(j, i)``
+    (``offset ↦ −offset``), the query-side lookup.
+    """
+    p = num_prefix_tokens
+    dr, dc = torch.arange(1 - height, height), torch.arange(1 - width, width)
+    rows_i, rows_j = dr.clamp(min=0), (-dr).clamp(min=0)  # row of i, of j: rows_i − rows_j = Δr, both in range
+    cols_i, cols_j = dc.clamp(min=0), (-dc).clamp(min=0)
+    i = (p + rows_i[:, None] * width + cols_i[None, :]).flatten().to(ids.device)
+    j = (p + rows_j[:, None] * width + cols_j[None, :]).flatten().to(ids.device)
+    prefix = ids[:, :1, 0] if p > 0 else ids.new_zeros((ids.shape[0], 1))
+    return torch.cat([ids[:, i, j], prefix], dim=1).to(torch.int32).contiguous()
