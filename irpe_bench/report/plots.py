@@ -57,11 +57,14 @@ def _save(fig, path: Path, **kwargs: Any) -> PlotResult:
     return PlotResult(path)
 
 
+def _ci_err(means: List[float], cis: List[Optional[List[float]]]) -> List[List[float]]:
+    """Asymmetric error bars from each point's CI (zero length where n = 1: the point has no interval)."""
+    return [[m - ci[0] if ci else 0.0 for m, ci in zip(means, cis)],
+            [ci[1] - m if ci else 0.0 for m, ci in zip(means, cis)]]
+
+
 def _yerr(groups: List[GroupRow]) -> List[List[float]]:
-    """Asymmetric error bars from each group's CI (zero length where n = 1: the point has no interval)."""
-    lo = [g.mean - g.ci95[0] if g.ci95 else 0.0 for g in groups]
-    hi = [g.ci95[1] - g.mean if g.ci95 else 0.0 for g in groups]
-    return [lo, hi]
+    return _ci_err([g.mean for g in groups], [g.ci95 for g in groups])
 
 
 def _label(g: GroupRow) -> str:
@@ -153,8 +156,7 @@ def accuracy_by_size(board: Leaderboard, path: Path) -> PlotResult:
         sizes = sorted(g.by_img_size, key=int)
         st = [g.by_img_size[s] for s in sizes]
         means = [x["mean"] for x in st]
-        err = [[m - x["ci95"][0] if x["ci95"] else 0.0 for m, x in zip(means, st)],
-               [x["ci95"][1] - m if x["ci95"] else 0.0 for m, x in zip(means, st)]]
+        err = _ci_err(means, [x["ci95"] for x in st])
         shift = (i - (len(rows) - 1) / 2) * 0.15  # points of one size side by side, not on top of each other
         ax.errorbar([int(s) + shift for s in sizes], means, yerr=err, marker="s" if g.baseline else "o",
                     capsize=3, label=f"{g.variant} (n={g.n})", color="black" if g.baseline else None)
