@@ -61,7 +61,6 @@ class Family:
     """One family: how it is attached to a timm ViT, what it needs of each input, how it follows a new grid."""
 
     name: str = ""
-    summary: str = ""
     #: options of ``PosConfig`` this family reads, with their defaults (the others must stay unset)
     defaults: Dict[str, Any] = {}
     default_layers: Union[str, Tuple[int, ...]] = "all"
@@ -160,7 +159,6 @@ class _Rope(Family):
 
 @FAMILIES.register("rope_axial")
 class RopeAxial(_Rope):
-    summary = "2D axial RoPE on q, k (RoPE-ViT; timm RotaryEmbeddingCat)"
     rope_type = "cat"
     defaults = {"rope_theta": 100.0}
 
@@ -170,7 +168,6 @@ class RopeAxial(_Rope):
 
 @FAMILIES.register("rope_mixed")
 class RopeMixed(_Rope):
-    summary = "RoPE-Mixed: learnable 2D frequencies per layer and head (RoPE-ViT; timm RotaryEmbeddingMixed)"
     rope_type = "mixed"
     defaults = {"rope_theta": 10.0}
 
@@ -228,7 +225,6 @@ class _Bias(Family):
 
 @FAMILIES.register("rpb")
 class RelativeBiasTable(_Bias):
-    summary = "relative position bias table per layer (Swin/BEiT; timm RelPosBias)"
     no_decay = (r"\.relative_position_bias_table$",)
 
     def bias_module(self, cfg, grid, num_heads, num_prefix_tokens, device):
@@ -237,7 +233,6 @@ class RelativeBiasTable(_Bias):
 
 @FAMILIES.register("cpb")
 class ContinuousBias(_Bias):
-    summary = "continuous log-spaced relative bias, an MLP per layer (Swin-v2; timm RelPosMlp mode='swin')"
     defaults = {"cpb_hidden": 512}
     no_decay = (r"\.rel_pos\.mlp\.",)  # Swin-v2 leaves its cpb_mlp out of weight decay
 
@@ -265,7 +260,6 @@ def _peg_hook(block: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
 
 @FAMILIES.register("cpe")
 class ConditionalEncoding(Family):
-    summary = "CPVT's positional encoding generator: depthwise 3×3 conv of the patch grid (timm PosConv)"
     default_layers = (1,)
     per_attention = False
 
