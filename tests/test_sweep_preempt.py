@@ -178,7 +178,10 @@ def test_the_launcher_forwards_sigterm_to_both_postgresql_workers(tmp_path, post
                 ckpt = Path(t.user_attrs["run_dir"]) / "checkpoints" / "last.ckpt"
                 assert f"Trial {t.number} (deit_tiny_ctx_product_50_shared_k) will resume from {ckpt}" in err
                 stopped[t.number] = _checkpoint_at(ckpt)
-        assert len(stopped) == 2 and sum(t.state == TrialState.WAITING for t in trials) == 3
+        # on a loaded machine one worker may finish its first trial before the other reaches the wanted epoch:
+        # then it is on the third grid point at the signal; either way each unfinished point is queued once
+        complete = sum(t.state == TrialState.COMPLETE for t in trials)
+        assert len(stopped) == 2 and sum(t.state == TrialState.WAITING for t in trials) == len(seeds) - complete
 
         t0 = time.time()
         rerun = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--no-leaderboard"],
