@@ -189,3 +189,35 @@ def test_the_pre_registered_claims_in_the_results_section():
                  and f["comparison"]["delta_ci95"] == pytest.approx([float(low), float(high)], abs=0.005)
                  and f["comparison"]["n_pairs"] == int(n)]
         assert len(match) == 1 and match[0]["verdict"].startswith(verdict.strip()), (delta, verdict)
+
+
+def test_the_families_study_in_the_results_section():
+    """The README's bullet on ``pos_families`` quotes its leaderboard's ``by_img_size``: each named row's Δ [CI] at
+    the training size, its verdict (Holm p < 0.05 or not), the size's minimum detectable difference, and the range
+    by which the rows without the absolute embedding fall below it at the larger sizes (all resolved), while the
+    iRPE rows beside it are not."""
+    text = _flat(README)
+    start = text.index("**Other position encodings**")
+    bullet = text[start:text.index("On the embedded digits", start)]
+    board = _board("pos_families")
+    rows = {g["variant"]: g["by_img_size"] for g in board["groups"]}
+    named = {"PEG - absolute": "deit_tiny_cpe_noabs", "the bias table alone": "deit_tiny_rpb_noabs",
+             "no positions": "deit_tiny_norpe_noabs"}
+    for label, variant in named.items():
+        m = re.search(rf"{re.escape(label)} ({NUM}) \[({NUM}), ({NUM})\]", bullet)
+        assert m, label
+        cell = rows[variant]["28"]
+        assert float(m.group(1)) == pytest.approx(cell["delta"], abs=0.005)
+        assert [float(m.group(2)), float(m.group(3))] == pytest.approx(cell["delta_ci95"], abs=0.005)
+        assert cell["p_holm"] < 0.05
+    unresolved = ["deit_tiny_ctx_product_50_shared_k", "deit_tiny_ctx_product_50_shared_qkv",
+                  "deit_tiny_rope_axial_noabs", "deit_tiny_rope_mixed_noabs"]
+    assert all(rows[v]["28"]["p_holm"] >= 0.05 for v in unresolved)
+    mdd = re.search(rf"not resolved \(MDD ({NUM})\)", bullet)
+    assert mdd and float(mdd.group(1)) == pytest.approx(board["img_size_mdd"]["28"], abs=0.005)
+    drops = [-rows[v][s]["delta"] for v in rows if v.endswith("_noabs") for s in ("42", "56")]
+    assert all(rows[v][s]["p_holm"] < 0.05 and rows[v][s]["delta"] < 0 for v in rows if v.endswith("_noabs")
+               for s in ("42", "56"))
+    span = re.search(rf"is ({NUM})–({NUM}) points below it \(resolved\)", bullet)
+    assert span and [span.group(1), span.group(2)] == [f"{min(drops):.1f}", f"{max(drops):.1f}"]
+    assert all(rows[v][s]["p_holm"] >= 0.05 for v in unresolved[:2] for s in ("42", "56"))
