@@ -92,8 +92,9 @@ def _run_decided_row(tmp_path: Path, storage: str | None) -> optuna.Study:
     # the decided row stopped: seeds 0 and 1 only, for it and its baseline; nothing queued
     assert _seeds_of(study, "product") == _seeds_of(study, "none") == [0, 1]
     assert len(study.trials) == 4
-    # another machine joining later takes no new look and starts nothing (the record is a function of the trials)
-    assert main(["sweep", str(path), "--no-leaderboard"]) == 0
+    # another machine joining later (one worker, here in this process) takes no new look and starts nothing (the
+    # record is a function of the trials)
+    assert main(["sweep", str(path), "--no-leaderboard", "--set", "workers=1"]) == 0
     again = optuna.load_study(study_name=name, storage=url)
     assert again.user_attrs[ATTR] == rec and len(again.trials) == 4
     return study

@@ -16,6 +16,8 @@ What is checked (see ``docs/architecture.md``, the layers and the data flow):
   imports them, and a subcommand never imports the dispatcher (the ``--set`` helper is ``irpe_bench.overrides``);
 * no module imports a private name (``_x``) of another module, in the package or in ``benchmarks/``;
 * the installed package imports nothing from ``benchmarks`` (or ``tests``).
+* a launcher of several workers and ``status`` import no Lightning when they start (eager imports only: module
+  level, not inside functions).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import ast
 import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, NamedTuple, Set, Tuple
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "irpe_bench"
@@ -264,3 +268,54 @@ def test_no_private_names_cross_modules():
             elif e.target in MODULES and e.target.rsplit(".", 1)[-1].startswith("_"):
                 bad.append(e)
     assert not bad, "private names imported from another module (make them public or move them):\n" + _where(bad)
+
+
+def _eager_imports(tree: ast.AST) -> Iterator[ast.stmt]:
+    """The imports that run when the module is imported: module level (and class bodies, ``if``/``try`` blocks),
+    not inside functions, not under TYPE_CHECKING."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            yield from (n for child in node.orelse for n in _eager_imports(ast.Module([child], [])))
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            yield from _eager_imports(node)
+
+
+def eager_closure(start: str) -> Set[str]:
+    """Every module (of the package, and the top-level name of every third-party one) that importing ``start``
+    imports, following only eager imports (the parent packages' ``__init__`` modules included)."""
+    seen: Set[str] = set()
+    todo = [start]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        if module not in MODULES:
+            continue
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in MODULES]
+        path = MODULES[module]
+        source = path.read_text(encoding="utf-8")
+        lazy = ast.parse(source)
+        eager = ast.Module(list(_eager_imports(lazy)), [])
+        for e in edges(module, ast.unparse(eager), path.name == "__init__.py"):
+            todo.append(e.target if e.target.startswith(PACKAGE) else e.target.split(".")[0])
+    return seen
+
+
+def test_the_checker_follows_eager_imports_only():
+    closure = eager_closure("irpe_bench.train.preemption")
+    assert "lightning" in closure and "irpe_bench.train.stop" in closure
+    assert "lightning" in eager_closure("irpe_bench.sweep.epoch_progress")
+    assert "lightning" not in eager_closure("irpe_bench.train.stop")
+
+
+@pytest.mark.parametrize("module", ["irpe_bench.sweep.runner", "irpe_bench.sweep.cli", "irpe_bench.sweep.status",
+                                    "irpe_bench.sweep.disk", "irpe_bench.sweep.progress", "irpe_bench.sweep.preempt"])
+def test_the_launcher_and_status_import_no_lightning(module):
+    """A launcher of several workers and ``run.py status`` never train: importing Lightning (and torchmetrics
+    behind it) would double their start-up. The worker's Lightning parts (the epoch callback, the time limit, the
+    checkpoint plugin) are imported where a trial trains."""
+    assert "lightning" not in eager_closure(module), module

@@ -144,9 +144,7 @@ def test_two_workers_share_one_postgresql_study(tmp_path, postgresql_url):
                         study={"name": name, "storage": postgresql_url}, workers=2)
     storage = _psycopg(postgresql_url)
     try:
-        proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path)], env=_env(), cwd=ROOT,
-                              capture_output=True, text=True, timeout=400)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert main(["sweep", str(path)]) == 0  # the launcher in this process; its two workers are processes
         every = _study(tmp_path, name, storage).trials
         # NOTE: when both workers pass the budget check for the last slot, the later trial is discarded untrained
         trials = [t for t in every if t.user_attrs.get("status") != "discarded"]
@@ -254,7 +252,7 @@ def _watch_command_lines(proc: subprocess.Popen, seen: set) -> None:
 @pytest.mark.postgresql
 @pytest.mark.parametrize("route", ["--storage", "--set", "environment", "sweep file"])
 def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path, tmp_path_factory, postgresql_url,
-                                                                      route):
+                                                                      route, capsys, monkeypatch):
     """PostgreSQL with trust auth accepts any password, so a real sweep (two workers: their command lines are
     built from the sweep's own) can run with one in its URL, given by each route a user has; one trial fails with
     that URL in its exception's message. Afterwards nothing holds the password: no file the sweep wrote (reports
@@ -286,10 +284,14 @@ def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path, 
         assert "postgres:***@127.0.0.1" in stderr  # the storage is named, redacted
         workers = [c for c in command_lines if b"--worker" in c]
         assert len(workers) >= 2 and not [c for c in command_lines if secret.encode() in c]
-        status = subprocess.run([sys.executable, str(ROOT / "run.py"), "status", str(path), *extra], env=env,
-                                cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert status.returncode == 0 and "1 failed" in status.stdout, status.stderr[-3000:]
-        printed = stdout + stderr + status.stdout + status.stderr
+        # ``status`` by the same route, in this process (it has imported everything: no second start-up to pay)
+        if route == "environment":
+            monkeypatch.setenv("IRPE_BENCH_STORAGE", url)
+        capsys.readouterr()
+        assert main(["status", str(path), *extra]) == 0
+        status = capsys.readouterr()
+        assert "1 failed" in status.out, status.err[-3000:]
+        printed = stdout + stderr + status.out + status.err
         assert secret not in printed
         assert "lost the connection to postgresql://postgres:***@127.0.0.1" in stderr  # the reason, redacted
         written = [p for p in tmp_path.rglob("*") if p.is_file() and p != path]  # the user's own file aside

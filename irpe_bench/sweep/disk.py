@@ -31,7 +31,7 @@ from typing import Iterable, Optional, Set
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..train.checkpoint_io import free_bytes, hsize
+from ..train.disk_faults import free_bytes, hsize
 from .config import Sweep
 
 log = logging.getLogger(__name__)

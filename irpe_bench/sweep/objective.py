@@ -29,7 +29,6 @@ from ..keys import DISCARDED, MONITOR
 from ..redact import redact
 from ..train import ddp_env
 from ..train.config import flatten
-from ..train.time_limit import TimeLimit, TimeLimitExceeded
 from . import objectives as O
 from . import repeats as R
 from . import space as S
@@ -161,6 +160,8 @@ class Objective:
                 raise
             except Exception as e:
                 log.error("trial %d failed", trial.number, exc_info=True)  # the traceback: into train.log
+                from ..train.time_limit import TimeLimitExceeded
+
                 why = str(e) if isinstance(e, TimeLimitExceeded) else f"{type(e).__name__}: {e}"
                 self._record(trial, run_dir, K.FAILED, f"{prefix}{why}",
                              entries=entries if several else None, seed=config.seed)
@@ -186,6 +187,8 @@ class Objective:
 
     def _callbacks(self, trial: optuna.Trial) -> List[Any]:
         """The progress line's epoch events and, with ``study.trial_timeout_s``, the time limit of one run."""
+        from ..train.time_limit import TimeLimit  # NOTE: Lightning only in a process that trains
+
         limit = self.sweep.config.study.trial_timeout_s
         return [self.progress.callback(trial.study),
                 *([TimeLimit(limit, "trial_timeout_s")] if limit is not None else [])]
@@ -241,6 +244,7 @@ def ddp_rank_main(sweep: Sweep) -> int:
 
     from ..train.config import load_config
     from ..train.run import train
+    from ..train.time_limit import TimeLimit
     from .storage import open_storage
 
     trial_id, run_dir, resume = ddp_env.joined_trial()

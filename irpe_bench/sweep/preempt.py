@@ -36,7 +36,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from ..train import preemption
+from ..train import stop as train_stop
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class StopRequest:
         if self.reason is None:  # NOTE: the first reason wins; SLURM and the launcher may both send SIGTERM
             self.reason = reason
             log.warning("%s: stopping: the running trial saves a checkpoint at the next batch", reason)
-        preemption.request_stop()  # for a trial whose fit has not started listening yet
+        train_stop.request_stop()  # for a trial whose fit has not started listening yet
         self.event.set()
 
     def wait(self, timeout: float) -> bool:
@@ -127,7 +127,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
         for s, h in previous.items():
             signal.signal(s, h)
         _request = None
-        preemption.clear_stop()
+        train_stop.clear_stop()
 
 
 def say(message: str) -> None:

@@ -22,15 +22,17 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import IO, Iterator, Optional
+from typing import IO, TYPE_CHECKING, Iterator, Optional
 
-import lightning.pytorch as pl
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import keys as K
 from ..redact import redact
 from .status import StudyStatus, study_status
+
+if TYPE_CHECKING:
+    from .epoch_progress import EpochProgress
 
 #: a trial's log file in its run directory: everything the trial printed (appended by a resumed attempt)
 LOG_FILE = "train.log"
@@ -117,9 +119,11 @@ class Progress:
         self._trial = None
         self.write(f"{what} {outcome} · {self._status(study)}", final=True)
 
-    def callback(self, study: optuna.Study) -> pl.Callback:
+    def callback(self, study: optuna.Study) -> "EpochProgress":
         """The Lightning callback that reports each epoch's end (rank zero only)."""
-        return EpochProgress(self, study)
+        from .epoch_progress import EpochProgress  # NOTE: Lightning only where a trial trains (module docstring)
+
+        return EpochProgress(self.epoch_ended, study)
 
     # ---------------------------------------------------------------------------------------------- quiet
     @contextlib.contextmanager
@@ -158,17 +162,3 @@ class Progress:
                 if f is not None:
                     f.close()
             self._terminal = None
-
-
-class EpochProgress(pl.Callback):
-    """Reports the end of each training epoch (after its validation) to :class:`Progress`."""
-
-    def __init__(self, progress: Progress, study: optuna.Study) -> None:
-        self.progress = progress
-        self.study = study
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking:
-            acc1 = trainer.callback_metrics.get(K.MONITOR)
-            self.progress.epoch_ended(self.study, trainer.current_epoch + 1,
-                                      None if acc1 is None else float(acc1))

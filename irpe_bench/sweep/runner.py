@@ -36,7 +36,7 @@ from typing import Dict, List, NoReturn, Optional, Sequence
 
 import optuna
 
-from ..train.checkpoint_io import environment_error
+from ..train.disk_faults import environment_error
 from . import preempt
 from .budget import budget, target_trials
 from .config import Sweep

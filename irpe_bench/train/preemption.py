@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Optional, Union
 
@@ -27,24 +26,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from .stop import stop_requested
+
 log = logging.getLogger(__name__)
-
-# NOTE: a stop request belongs to the process, as the signal that brings it does
-_stop = threading.Event()
-
-
-def request_stop() -> None:
-    """Ask this process's training to stop and checkpoint (set by the sweep's signal handler)."""
-    _stop.set()
-
-
-def clear_stop() -> None:
-    _stop.clear()
-
-
-def stop_requested() -> bool:
-    return _stop.is_set()
-
 
 class PreemptionCheckpoint(pl.Callback):
     """On a stop while fitting (``SIGTERMException``, or any exception after SIGTERM): write ``path`` (the
