@@ -116,7 +116,7 @@ def test_read_only_commands_never_create_a_storage(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_status_of_a_real_worker_mid_trial(tmp_path):
+def test_status_of_a_real_worker_mid_trial(tmp_path, capsys):
     path = _sweep_file(tmp_path, seeds=(0, 1), max_epochs=40, limit_train_batches=4)
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     worker = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--no-leaderboard"],
@@ -136,16 +136,17 @@ def test_status_of_a_real_worker_mid_trial(tmp_path):
             if st.running and st.running[0].epoch >= 2:
                 break
         assert st is not None and st.running, "the worker never reported an epoch"
-        # Freeze the worker so the trial is still mid-run while `status` (a fresh interpreter) starts up.
+        # Freeze the worker so the trial is still mid-run while `status` reads it.
         worker.send_signal(signal.SIGSTOP)
         st = study_status(optuna.load_study(study_name="watch", storage=storage), 2)
         assert st.running, "the trial finished before the worker was frozen"
         (r,) = st.running
         assert r.worker.endswith(f":{worker.pid}") and r.epochs == 40 and 2 <= r.epoch < 40
         assert r.elapsed_s > 0 and st.counts["waiting"] == 1 and st.counts["finished"] == 0
-        out = subprocess.run([sys.executable, str(ROOT / "run.py"), "status", str(path)], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0 and f"on {r.worker}" in out.stdout and "/40" in out.stdout
+        capsys.readouterr()
+        assert main(["status", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert f"on {r.worker}" in out and "/40" in out
     finally:
         worker.kill()
         worker.wait(timeout=30)
