@@ -99,11 +99,15 @@ def test_killed_workers_with_torn_and_garbage_checkpoints_resume_and_complete_ea
     """Two workers started together on a fresh SQLite study (the README's first command), each SIGKILLed after
     its trial's first epoch; then one trial's ``last.ckpt`` is truncated to a fifth, the other's checkpoints all
     overwritten with garbage. The same command again: the first resumes from its best checkpoint, the second
-    starts afresh, both recorded — before, both failed on ``torch.load`` and a retry failed again."""
+    starts afresh, both recorded — before, both failed on ``torch.load`` and a retry failed again.
+
+    NOTE: a worker that got its trial going first is frozen (SIGSTOP) at that point until the other has its own
+    trial running, and only then are both killed: on a loaded machine the second worker can start seconds later,
+    and it must find the first one's trial running, not stale (it would retry it: not the scene of this test)."""
     url = f"sqlite:///{tmp_path}/optuna.db"
-    path = _sweep(tmp_path, [0, 1], url, tmp_path / "out", batches=8)
+    path = _sweep(tmp_path, [0, 1], url, tmp_path / "out", batches=8, grace_s=10)
     procs = [_start(path, tmp_path / f"w{i}.log") for i in range(2)]
-    killed = set()
+    ready, killed = {}, set()
     try:
         deadline = time.time() + 240
         while len(killed) < 2 and time.time() < deadline and any(p.poll() is None for p in procs):
@@ -115,10 +119,14 @@ def test_killed_workers_with_torn_and_garbage_checkpoints_resume_and_complete_ea
             for t in trials:
                 ckpts = Path(t.user_attrs.get("run_dir", "-")) / "checkpoints"
                 written = (ckpts / "last.ckpt").is_file() and any(ckpts.glob("epoch*.ckpt"))
-                if t.state == TrialState.RUNNING and t.intermediate_values and written and t.number not in killed:
-                    pid = int(t.user_attrs["worker"].rsplit(":", 1)[1])
-                    os.kill(pid, signal.SIGKILL)
-                    killed.add(t.number)
+                if t.state == TrialState.RUNNING and t.intermediate_values and written and t.number not in ready:
+                    ready[t.number] = int(t.user_attrs["worker"].rsplit(":", 1)[1])
+                    os.kill(ready[t.number], signal.SIGSTOP)  # frozen where it is: it cannot finish the trial
+            if sum(t.state == TrialState.RUNNING for t in trials) == 2:  # both workers have their trial
+                for number, pid in ready.items():
+                    if number not in killed:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.add(number)
     finally:
         for p in procs:
             if p.poll() is None and len(killed) < 2:
