@@ -121,7 +121,7 @@ class Progress:
 
     def callback(self, study: optuna.Study) -> "EpochProgress":
         """The Lightning callback that reports each epoch's end (rank zero only)."""
-        from .epoch_progress import EpochProgress  # NOTE: Lightning only where a trial trains (module docstring)
+        from .epoch_progress import EpochProgress  # NOTE: Lightning only where a trial trains (epoch_progress.py)
 
         return EpochProgress(self.epoch_ended, study)
 

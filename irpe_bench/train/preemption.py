@@ -7,7 +7,7 @@ checkpoint can resume from. :class:`PreemptionCheckpoint` is the callback that t
 ``last.ckpt`` (the file a resume reads), so a preempted run loses at most one batch, not the epoch in progress.
 
 A stop asked for before ``fit`` listens (Lightning forgets a SIGTERM that came before its ``fit`` started, e.g.
-while the data loaded) is kept by :func:`request_stop`; the callback then stops the run as it starts training.
+while the data loaded) is kept by :func:`.stop.request_stop`; the callback then stops the run as it starts training.
 
 NOTE: a checkpoint taken mid-epoch resumes mid-epoch, and Lightning restarts a plain ``DataLoader``'s stream of
 that epoch (it warns that the loader is not resumable): the rest of the interrupted epoch is not bit-identical
