@@ -69,21 +69,22 @@ def _is_type_checking(test: ast.expr) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _imports(tree: ast.AST, annotations: bool = False) -> Iterator[ast.stmt]:
+def _imports(tree: ast.AST, annotations: bool = False, eager: bool = False) -> Iterator[ast.stmt]:
     """Every import statement, however deeply nested (functions, classes, try), except under TYPE_CHECKING
-    (``annotations``: those too)."""
+    (``annotations``: those too); ``eager``: only those that run when the module is imported (none inside a
+    function)."""
     for node in ast.iter_child_nodes(tree):
         if isinstance(node, ast.If) and _is_type_checking(node.test) and not annotations:
-            yield from (n for child in node.orelse for n in _imports_of(child, annotations))
+            yield from (n for child in node.orelse for n in _imports_of(child, annotations, eager))
             continue
-        yield from _imports_of(node, annotations)
+        yield from _imports_of(node, annotations, eager)
 
 
-def _imports_of(node: ast.AST, annotations: bool = False) -> Iterator[ast.stmt]:
+def _imports_of(node: ast.AST, annotations: bool = False, eager: bool = False) -> Iterator[ast.stmt]:
     if isinstance(node, (ast.Import, ast.ImportFrom)):
         yield node
-    else:
-        yield from _imports(node, annotations)
+    elif not (eager and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))):
+        yield from _imports(node, annotations, eager)
 
 
 def _known(name: str) -> str:
@@ -93,11 +94,12 @@ def _known(name: str) -> str:
     return name
 
 
-def edges(module: str, source: str, is_package: bool = False, annotations: bool = False) -> List[Edge]:
+def edges(module: str, source: str, is_package: bool = False, annotations: bool = False,
+          eager: bool = False) -> List[Edge]:
     """The imports of ``module`` (its ``source`` text; ``is_package``: an ``__init__.py``; ``annotations``: with
-    the imports under TYPE_CHECKING)."""
+    the imports under TYPE_CHECKING; ``eager``: only those run at import time)."""
     out: List[Edge] = []
-    for node in _imports(ast.parse(source), annotations):
+    for node in _imports(ast.parse(source), annotations, eager):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 target = _known(alias.name) if alias.name.startswith(PACKAGE) else alias.name
@@ -123,8 +125,8 @@ def edges(module: str, source: str, is_package: bool = False, annotations: bool 
     return out
 
 
-def file_edges(module: str, path: Path, annotations: bool = False) -> List[Edge]:
-    return edges(module, path.read_text(encoding="utf-8"), path.name == "__init__.py", annotations)
+def file_edges(module: str, path: Path, annotations: bool = False, eager: bool = False) -> List[Edge]:
+    return edges(module, path.read_text(encoding="utf-8"), path.name == "__init__.py", annotations, eager)
 
 
 def dispatched(path: Path = ROOT / PACKAGE / "cli.py") -> List[Edge]:
@@ -270,18 +272,6 @@ def test_no_private_names_cross_modules():
     assert not bad, "private names imported from another module (make them public or move them):\n" + _where(bad)
 
 
-def _eager_imports(tree: ast.AST) -> Iterator[ast.stmt]:
-    """The imports that run when the module is imported: module level (and class bodies, ``if``/``try`` blocks),
-    not inside functions, not under TYPE_CHECKING."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            yield node
-        elif isinstance(node, ast.If) and _is_type_checking(node.test):
-            yield from (n for child in node.orelse for n in _eager_imports(ast.Module([child], [])))
-        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            yield from _eager_imports(node)
-
-
 def eager_closure(start: str) -> Set[str]:
     """Every module (of the package, and the top-level name of every third-party one) that importing ``start``
     imports, following only eager imports (the parent packages' ``__init__`` modules included)."""
@@ -296,11 +286,7 @@ def eager_closure(start: str) -> Set[str]:
             continue
         parts = module.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in MODULES]
-        path = MODULES[module]
-        source = path.read_text(encoding="utf-8")
-        lazy = ast.parse(source)
-        eager = ast.Module(list(_eager_imports(lazy)), [])
-        for e in edges(module, ast.unparse(eager), path.name == "__init__.py"):
+        for e in file_edges(module, MODULES[module], eager=True):
             todo.append(e.target if e.target.startswith(PACKAGE) else e.target.split(".")[0])
     return seen
 

@@ -16,6 +16,8 @@ from typing import Any, Literal, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..rpe.config import block_indices
+
 #: the fields a family may read besides ``family`` and ``layers``; the others must stay None
 OPTION_FIELDS = ("rope_theta", "cpb_hidden")
 
@@ -81,13 +83,7 @@ class PosConfig(BaseModel):
 
     def layer_indices(self, depth: int) -> Tuple[int, ...]:
         """The block indices that get the encoding in a ``depth``-block model; rejects indices out of range."""
-        if self.layers == "all":
-            return tuple(range(depth))
-        bad = [i for i in self.layers if i >= depth]
-        if bad:
-            raise ValueError(f"model.pos.layers={list(self.layers)}: index {bad[0]} is out of range for a model "
-                             f"with depth={depth} (allowed: 0..{depth - 1})")
-        return tuple(self.layers)
+        return block_indices(self.layers, depth, "model.pos.layers")
 
     def slug(self) -> str:
         """The family's name, then what differs from its defaults: ``rope_axial``, ``rope_mixed_t20``,

@@ -40,6 +40,18 @@ def _is_ratio_triple(a, b, g) -> bool:
         math.isclose(g, 8 * a, rel_tol=_REL_TOL)
 
 
+def block_indices(layers: Union[str, Tuple[int, ...]], depth: int, field: str = "layers") -> Tuple[int, ...]:
+    """``layers`` (``"all"`` or block indices, validated) as the indices of a ``depth``-block model; an index out
+    of range is refused naming ``field``. Shared by every per-layer encoding (iRPE, :mod:`irpe_bench.pos`)."""
+    if layers == "all":
+        return tuple(range(depth))
+    bad = [i for i in layers if i >= depth]
+    if bad:
+        raise ValueError(f"{field}={list(layers)}: index {bad[0]} is out of range for a model with "
+                         f"depth={depth} (allowed: 0..{depth - 1})")
+    return tuple(layers)
+
+
 class RPEConfig(BaseModel):
     """Where and how iRPE attaches to attention.
 
@@ -153,13 +165,7 @@ class RPEConfig(BaseModel):
     # ------------------------------------------------------------------ derived values
     def layer_indices(self, depth: int) -> Tuple[int, ...]:
         """The block indices that get iRPE in a ``depth``-block model; rejects indices out of range."""
-        if self.layers == "all":
-            return tuple(range(depth))
-        bad = [i for i in self.layers if i >= depth]
-        if bad:
-            raise ValueError(f"layers={list(self.layers)}: index {bad[0]} is out of range for a model with "
-                             f"depth={depth} (allowed: 0..{depth - 1})")
-        return self.layers
+        return block_indices(self.layers, depth)
 
     def num_buckets(self, num_prefix_tokens: int = 1) -> Tuple[int, ...]:
         """Table size of each mapping component (two for cross), including the prefix bucket."""
