@@ -26,8 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -36,6 +34,7 @@ from typing import Dict, List, NoReturn, Optional, Sequence
 
 import optuna
 
+from .. import preloaded
 from ..train.disk_faults import environment_error
 from . import preempt
 from .budget import budget, target_trials
@@ -246,7 +245,7 @@ def check_devices(sweep: Sweep) -> None:
 
 
 def launch(sweep: Sweep, argv: List[str]) -> int:
-    """Start ``workers`` child processes running ``argv`` (the same sweep command plus ``--worker I``) and wait
+    """Start ``workers`` processes running ``argv`` (the same sweep command plus ``--worker I``) and wait
     for all of them; returns the number that failed. The caller creates the study (and enqueues the grid)
     first, so the children only join it. SIGTERM/SIGUSR1 are forwarded to the children (each puts its trial
     back); when any of them stopped so (exit 75), :class:`.preempt.Preempted` is raised after all have ended."""
@@ -254,7 +253,7 @@ def launch(sweep: Sweep, argv: List[str]) -> int:
 
     c = sweep.config
     gpus = visible_gpus() if torch.cuda.is_available() else None
-    procs: List[subprocess.Popen] = []
+    procs: List[preloaded.Started] = []
     received: List[str] = []
 
     def forward(signum: int, _frame) -> None:
@@ -268,11 +267,10 @@ def launch(sweep: Sweep, argv: List[str]) -> int:
         for i in range(c.workers):
             if received:
                 break  # told to stop while starting them
-            cmd = [sys.executable, "-m", "irpe_bench.cli", *argv, "--worker", str(i)]
             env = worker_env(i, c.workers, c.devices_per_worker, c.workers_per_device, gpus)
-            # NOTE: a session of its own, so that Ctrl-C in the terminal reaches the launcher alone, which forwards
-            # it: not the workers' data-loader processes, and not a worker still importing (a traceback, a failure)
-            procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+            # NOTE: forked from one server that imported torch, timm and Lightning once (:mod:`..preloaded`), each in
+            # a session of its own, so that Ctrl-C in the terminal reaches the launcher alone, which forwards it
+            procs.append(preloaded.start([*argv, "--worker", str(i)], env=env))
         failed, stopped = 0, 0
         for i, p in enumerate(procs):
             if p.wait() == preempt.EXIT_PREEMPTED:

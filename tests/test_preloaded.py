@@ -1,0 +1,57 @@
+"""Commands started from the preloaded server (irpe_bench/preloaded.py) are processes of their own: exit code,
+session, working directory, environment and streams as given, a killing signal as a negative return code, and
+none of the command's arguments on a command line."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from irpe_bench import preloaded
+
+from ._train_helpers import tiny_dict, write_yaml
+
+
+def test_a_bad_command_answers_with_its_exit_code_and_one_line_on_its_stderr(tmp_path):
+    proc = preloaded.start(["nosuchcommand"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and out == ""
+    assert "invalid choice: 'nosuchcommand'" in err and "Traceback" not in err
+    merged = tmp_path / "merged.log"
+    with merged.open("w") as f:
+        proc = preloaded.start(["describe", "--help"], stdout=f, stderr=subprocess.STDOUT)
+        assert proc.wait(timeout=120) == 0
+    assert merged.read_text().startswith("usage: irpe-bench describe")
+    # the environment given is the command's own (a bad allocator policy fails before any work, named)
+    proc = preloaded.start(["describe", "deit_tiny_patch16_224"], env={**os.environ, "IRPE_BENCH_MALLOC": "bogus"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "IRPE_BENCH_MALLOC='bogus'" in err, err
+
+
+@pytest.mark.slow
+def test_a_started_run_has_its_own_session_and_cwd_and_dies_by_its_signal(tmp_path):
+    config = write_yaml(tmp_path / "c.yaml", tiny_dict(tmp_path, trainer={"max_epochs": 1000}))
+    cwd = tmp_path / "here"
+    cwd.mkdir()
+    log = tmp_path / "train.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = preloaded.start(["train", str(config), "--run-dir", str(tmp_path / "run")], env=env, cwd=cwd,
+                           stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists() and time.time() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.1)
+        assert os.getsid(proc.pid) == proc.pid != os.getsid(0)  # Ctrl-C in the starter's terminal misses it
+        assert Path(f"/proc/{proc.pid}/cwd").resolve() == cwd.resolve()
+        assert str(config).encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL and proc.returncode == -signal.SIGKILL
+    finally:
+        proc.kill()
