@@ -17,7 +17,7 @@ TINY: Dict[str, Any] = {
              "scale": [0.8, 1.0], "mixup": 0.0, "cutmix": 0.0},
     "optim": {"lr": 2e-3, "scale_lr": False, "warmup_epochs": 1, "step_on_epochs": False},
     "trainer": {"max_epochs": 2, "accelerator": "cpu", "precision": "32-true", "limit_train_batches": 4,
-                "limit_val_batches": 2, "enable_progress_bar": False, "log_every_n_steps": 1,
+                "limit_val_batches": 2, "limit_test_batches": 2, "enable_progress_bar": False, "log_every_n_steps": 1,
                 "throughput_skip_steps": 1, "benchmark_batches": 2},
     "log": {"wandb": False},
 }

@@ -192,7 +192,8 @@ def test_a_run_is_tested_at_other_sizes(tmp_path):
 
 
 def test_at_the_training_size_the_resized_copy_gives_the_test_metric(tmp_path):
-    """Resizing to the training size changes nothing: its accuracy is test/acc1 itself (same checkpoint, images)."""
+    """Resizing to the training size changes nothing: its accuracy is test/acc1 itself (same checkpoint, images,
+    and the same batches: the tiny config limits the test loop to two, ``trainer.limit_test_batches``)."""
     from irpe_bench import keys as K
     from irpe_bench.train import train
 
@@ -242,3 +243,14 @@ def test_a_sweep_over_families_draws_no_irpe_for_rope_and_reports_every_size(tmp
     assert "Minimum detectable difference at 80 % power" in md
     assert (tmp_path / "out" / "accuracy_by_size.png").stat().st_size > 0
     assert "test_acc1_by_size" in (tmp_path / "out" / "trials.csv").read_text().splitlines()[0]
+
+
+def test_the_sizes_see_the_test_batches_lightnings_test_loop_sees():
+    """``trainer.limit_test_batches`` as Lightning reads it: an int caps the batches, a float takes that fraction
+    of the loader rounded down; None, all of them. Before, the sizes ignored it and disagreed with test/acc1."""
+    from irpe_bench.train.resolution import batches_of
+
+    loader = list(range(10))
+    assert list(batches_of(loader, None)) == loader and list(batches_of(loader, 50)) == loader
+    assert list(batches_of(loader, 3)) == [0, 1, 2] and list(batches_of(loader, 0.25)) == [0, 1]
+    assert list(batches_of(loader, 1.0)) == loader

@@ -113,7 +113,7 @@ def test_test_metrics_are_the_checkpoint_chosen_on_validation(tmp_path, ema):
 
     config = tiny_config(tmp_path, optim={"ema_decay": ema, "lr": 3e-3},
                          trainer={"max_epochs": 4, "limit_train_batches": 6, "limit_val_batches": None,
-                                  "benchmark_batches": 0})
+                                  "limit_test_batches": None, "benchmark_batches": 0})
     summary = train(config, run_dir=tmp_path / "run")
     rows = list(csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open()))
     val = [float(r[MONITOR]) for r in rows if r.get(MONITOR)]

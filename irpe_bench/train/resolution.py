@@ -13,8 +13,9 @@ percent), and flat ``test/acc1@48`` … for the loggers.
 from __future__ import annotations
 
 import copy
+import itertools
 from contextlib import nullcontext
-from typing import Dict
+from typing import Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -24,6 +25,16 @@ from .config import TrainConfig
 
 
 @torch.inference_mode()
+def batches_of(loader, limit: Optional[Union[int, float]]):
+    """The first batches of ``loader`` that ``trainer.limit_test_batches`` lets Lightning's test loop see (an int:
+    that many; a float: that fraction of the loader, rounded down), so that every size is measured on the batches
+    ``test/*`` was: at the training size the two agree."""
+    if limit is None:
+        return loader
+    n = min(int(limit), len(loader)) if isinstance(limit, int) else int(len(loader) * limit)
+    return itertools.islice(loader, n)
+
+
 def evaluate_at(net: nn.Module, loader, num_classes: int, device: torch.device, precision: str) -> Dict[str, float]:
     """Top-1, top-5 (percent) and mean cross-entropy of ``net`` over ``loader``, as ``test/*`` measures them."""
     from torchmetrics.classification import MulticlassAccuracy
@@ -56,7 +67,8 @@ def evaluate_sizes(config: TrainConfig, net: nn.Module, device: torch.device, pr
         dm = build_datamodule(config.data, size, config.seed)
         dm.setup("test")
         model = resize_input(copy.deepcopy(net).to(device), size)
-        out[str(size)] = evaluate_at(model, dm.test_dataloader(), dm.num_classes, device, precision)
+        loader = batches_of(dm.test_dataloader(), config.trainer.limit_test_batches)
+        out[str(size)] = evaluate_at(model, loader, dm.num_classes, device, precision)
     return out
 
 
