@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from irpe_bench.cli import main
 from irpe_bench.sweep.preempt import EXIT_PREEMPTED
 
+from ._processes import start
 from ._train_helpers import tiny_dict, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,10 +51,13 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
 
 
-def _start(path: Path, log: Path, preexec=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--no-leaderboard"],
-                            cwd=path.parent, env=_env(), stdout=subprocess.DEVNULL, stderr=log.open("w"),
-                            preexec_fn=preexec)
+def _start(path: Path, log: Path, preexec=None):
+    """The sweep as a process of its own; with ``preexec`` (a limit set before ``exec``), started as a user would."""
+    argv = ["sweep", str(path), "--no-leaderboard"]
+    if preexec is None:
+        return start(argv, cwd=path.parent, env=_env(), stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *argv], cwd=path.parent, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"), preexec_fn=preexec)
 
 
 def _trials(url: str):
@@ -101,13 +105,15 @@ def test_killed_workers_with_torn_and_garbage_checkpoints_resume_and_complete_ea
     overwritten with garbage. The same command again: the first resumes from its best checkpoint, the second
     starts afresh, both recorded — before, both failed on ``torch.load`` and a retry failed again.
 
-    NOTE: a worker that got its trial going first is frozen (SIGSTOP) at that point until the other has its own
-    trial running, and only then are both killed: on a loaded machine the second worker can start seconds later,
-    and it must find the first one's trial running, not stale (it would retry it: not the scene of this test)."""
+    NOTE: each worker is killed as soon as its trial is going (an epoch reported, its checkpoints written); the
+    other one must find that trial running, not stale (it would retry it: not the scene of this test), hence a
+    grace period well above the seconds between the two workers' first epochs on a loaded machine. Freezing the
+    first one (SIGSTOP) until the other had its trial was tried: frozen inside a heartbeat's write it held
+    SQLite's lock, and the other worker waited on it until the test gave up."""
     url = f"sqlite:///{tmp_path}/optuna.db"
-    path = _sweep(tmp_path, [0, 1], url, tmp_path / "out", batches=8, grace_s=10)
+    path = _sweep(tmp_path, [0, 1], url, tmp_path / "out", batches=16, grace_s=12)
     procs = [_start(path, tmp_path / f"w{i}.log") for i in range(2)]
-    ready, killed = {}, set()
+    killed = set()
     try:
         deadline = time.time() + 240
         while len(killed) < 2 and time.time() < deadline and any(p.poll() is None for p in procs):
@@ -119,14 +125,9 @@ def test_killed_workers_with_torn_and_garbage_checkpoints_resume_and_complete_ea
             for t in trials:
                 ckpts = Path(t.user_attrs.get("run_dir", "-")) / "checkpoints"
                 written = (ckpts / "last.ckpt").is_file() and any(ckpts.glob("epoch*.ckpt"))
-                if t.state == TrialState.RUNNING and t.intermediate_values and written and t.number not in ready:
-                    ready[t.number] = int(t.user_attrs["worker"].rsplit(":", 1)[1])
-                    os.kill(ready[t.number], signal.SIGSTOP)  # frozen where it is: it cannot finish the trial
-            if sum(t.state == TrialState.RUNNING for t in trials) == 2:  # both workers have their trial
-                for number, pid in ready.items():
-                    if number not in killed:
-                        os.kill(pid, signal.SIGKILL)
-                        killed.add(number)
+                if t.state == TrialState.RUNNING and t.intermediate_values and written and t.number not in killed:
+                    os.kill(int(t.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+                    killed.add(t.number)
     finally:
         for p in procs:
             if p.poll() is None and len(killed) < 2:

@@ -15,7 +15,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +30,7 @@ from irpe_bench.cli import main
 from irpe_bench.report import sequential as Q
 from irpe_bench.sweep.decided import ATTR, row_key
 
+from ._processes import start
 from ._train_helpers import tiny_dict, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,8 +198,8 @@ def test_an_undecided_row_gets_more_seeds_and_a_killed_sweep_resumes_between_loo
     is retried, every allotted seed finishes once."""
     path = _sweep(tmp_path, {"min": 2, "max": 4, "step": 2, "until": "decided"}, heartbeat_s=1, grace_s=2)
     url = f"sqlite:///{tmp_path}/out/optuna.db"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--no-leaderboard"],
-                            env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start(["sweep", str(path), "--no-leaderboard"], env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.PIPE)
     first = None
     try:
         deadline = time.time() + 240

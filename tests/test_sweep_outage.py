@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -31,6 +30,7 @@ from optuna.trial import TrialState
 from irpe_bench.cli import main
 from irpe_bench.sweep.preempt import EXIT_PREEMPTED
 
+from ._processes import start
 from ._train_helpers import tiny_dict, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,16 +120,16 @@ def _env(url: str) -> dict:
             "IRPE_BENCH_STORAGE": url}
 
 
-def _start(path: Path, log: Path, url: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--no-leaderboard", *extra],
-                            cwd=path.parent, env=_env(url), stdout=subprocess.DEVNULL, stderr=log.open("w"))
+def _start(path: Path, log: Path, url: str, *extra: str):
+    return start(["sweep", str(path), "--no-leaderboard", *extra], cwd=path.parent, env=_env(url),
+                 stdout=subprocess.DEVNULL, stderr=log.open("w"))
 
 
 def _load(url: str) -> optuna.Study:
     return optuna.load_study(study_name="outage", storage=url.replace("postgresql://", "postgresql+psycopg://"))
 
 
-def _wait_running(proc: subprocess.Popen, url: str, trials: int, epochs: int, timeout: float = 300) -> None:
+def _wait_running(proc, url: str, trials: int, epochs: int, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, "the sweep ended too early"
@@ -155,7 +155,7 @@ def _counted(study: optuna.Study) -> list:
 
 @pytest.mark.slow
 def test_a_postgresql_restart_mid_sweep_costs_no_worker_and_no_trial(tmp_path, cluster):
-    seeds, epochs = (0, 1, 2), 20  # NOTE: long enough that both workers are mid-trial at once on a loaded machine
+    seeds, epochs = (0, 1, 2), 10  # NOTE: long enough that both workers (forked together) are mid-trial at once
     path = _sweep(tmp_path, seeds, epochs=epochs, grace_s=30)
     log = tmp_path / "sweep.log"
     proc = _start(path, log, cluster.url, "--set", "workers=2")

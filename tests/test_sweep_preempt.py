@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from irpe_bench.cli import main
 from irpe_bench.sweep.preempt import EXIT_PREEMPTED
 
+from ._processes import start
 from ._train_helpers import tiny_dict, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,12 +50,12 @@ def _env(**extra) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), **extra}
 
 
-def _start(path: Path, log: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--no-leaderboard"],
-                            cwd=path.parent, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+def _start(path: Path, log: Path, env: dict):
+    return start(["sweep", str(path), "--no-leaderboard"], cwd=path.parent, env=env, stdout=subprocess.DEVNULL,
+                 stderr=log.open("w"))
 
 
-def _wait_for_epochs(proc: subprocess.Popen, load, epochs: int, trials: int = 1, timeout: float = 300) -> None:
+def _wait_for_epochs(proc, load, epochs: int, trials: int = 1, timeout: float = 300) -> None:
     """Until ``trials`` trials are RUNNING, one has reported ``epochs`` validation epochs to the storage and each
     has written an epoch's checkpoint."""
     deadline = time.time() + timeout
@@ -72,7 +73,7 @@ def _wait_for_epochs(proc: subprocess.Popen, load, epochs: int, trials: int = 1,
     raise AssertionError("the trial never reached the wanted epoch")
 
 
-def _stop(proc: subprocess.Popen, sig: int) -> float:
+def _stop(proc, sig: int) -> float:
     t0 = time.time()
     proc.send_signal(sig)
     try:

@@ -9,13 +9,13 @@ import os
 import pty
 import re
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
+from ._processes import run as run_command
 from ._train_helpers import tiny_dict, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,13 +38,13 @@ def _env() -> dict:
 
 
 def _cmd(path: Path) -> list:
-    return [sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--no-leaderboard"]
+    return ["sweep", str(path), "--no-leaderboard"]
 
 
 @pytest.mark.slow
 def test_progress_lines_on_stderr_and_the_chatter_in_each_runs_log(tmp_path):
     path = _sweep(tmp_path, {"optim.lr": {"choices": [0.002, 1.0e9]}})  # the second diverges at once
-    proc = subprocess.run(_cmd(path), env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=400)
+    proc = run_command(_cmd(path), env=_env(), cwd=ROOT, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert [line for line in lines if not OWN_LINE.match(line)] == []  # nothing else on the terminal
@@ -90,8 +90,7 @@ def test_on_a_terminal_the_running_line_is_rewritten_in_place(tmp_path):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        proc = subprocess.run(_cmd(path), env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=slave, timeout=400)
+        proc = run_command(_cmd(path), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=slave, timeout=400)
     finally:
         os.close(slave)
     reader.join(timeout=30)

@@ -12,7 +12,6 @@ import re
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from irpe_bench import keys as K
 from irpe_bench.cli import main
 from irpe_bench.train.module import ClassificationModule
 
+from ._processes import start
 from ._train_helpers import tiny_dict, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,8 +144,8 @@ def test_a_trial_killed_after_its_last_epoch_keeps_its_speed_and_final_accuracy(
                         study={"heartbeat_s": 1, "grace_s": 3},
                         base_sections={"trainer": {"benchmark_batches": 400}})  # a long window after the last epoch
     last = None
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--no-leaderboard"],
-                            env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start(["sweep", str(path), "--no-leaderboard"], env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240
         while proc.poll() is None and time.time() < deadline:

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,8 @@ from optuna.trial import TrialState
 
 from irpe_bench.cli import main
 
+from ._processes import run as run_command
+from ._processes import start
 from ._train_helpers import tiny_dict, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,8 +103,8 @@ def test_killed_sweep_resumes_the_killed_trial_from_its_checkpoint(tmp_path):
     path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["product", "cross"]}},
                         study={"heartbeat_s": 1, "grace_s": 3},
                         base_sections={"trainer": {"max_epochs": 3, "limit_train_batches": 12}})
-    cmd = [sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--no-leaderboard"]
-    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start(["sweep", str(path), "--no-leaderboard"], env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.PIPE)
     runs = tmp_path / "out" / "runs"
     try:
         deadline = time.time() + 240
@@ -164,8 +165,7 @@ def test_a_two_process_ddp_trial_runs_once_with_both_ranks(tmp_path):
     path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["product"]}},
                         base_sections={"trainer": {"devices": 2, "strategy": "ddp", "max_epochs": 2,
                                                    "limit_train_batches": 3, "limit_val_batches": 2}})
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--no-leaderboard"],
-                          env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=400)
+    proc = run_command(["sweep", str(path), "--no-leaderboard"], env=_env(), cwd=ROOT, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = _study(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE]  # one trial, not one per rank
@@ -236,13 +236,14 @@ def _descendants(root: int) -> list:
     return out
 
 
-def _watch_command_lines(proc: subprocess.Popen, seen: set) -> None:
-    """Collect the command line of every process the sweep starts while it runs (workers, their children).
-    NOTE: not the sweep's own: that is the command the user typed, ``--storage URL`` and all (docs/sweeps.md)."""
+def _watch_command_lines(proc, seen: dict) -> None:
+    """Collect the command line of every process the sweep starts while it runs (the server its workers fork
+    from, the workers, their children), by pid. NOTE: not the sweep's own: that is the command the user typed,
+    ``--storage URL`` and all (docs/sweeps.md)."""
     while proc.poll() is None:
         for pid in _descendants(proc.pid):
             try:
-                seen.add(Path(f"/proc/{pid}/cmdline").read_bytes())
+                seen.setdefault(pid, set()).add(Path(f"/proc/{pid}/cmdline").read_bytes())
             except OSError:
                 pass
         time.sleep(0.05)
@@ -258,9 +259,10 @@ def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path, 
     password: no file the sweep wrote (reports in every format, run directories with their summaries and
     train.log, W&B offline runs), nothing it printed, no command line of a process it started (read while it
     ran), nothing stored in the study (its and every trial's user and system attributes), nor what ``status``
-    prints. Two workers where the password comes on the command line (their command lines are built from the
-    sweep's own: the route by which it could reach theirs); one, in the sweep's own process, where it comes from
-    the environment or the sweep file, which no command line carries (the same files, logs and attributes)."""
+    prints. Two workers on every route: a launcher hands its workers the command and the environment, the routes
+    by which the password could reach theirs. The sweep is a process of its own started as :mod:`._processes`
+    starts one (its own command line holds nothing of the test's: every command line read is one the sweep's code
+    chose); the fault comes in by ``sitecustomize``, which the workers' server loads when it starts."""
     import threading
 
     name, secret = f"pytest-{uuid.uuid4().hex[:8]}", f"pw{uuid.uuid4().hex[:10]}"
@@ -269,27 +271,22 @@ def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path, 
     fault = tmp_path_factory.mktemp("fault")  # outside tmp_path: the test's own file, like the sweep file
     (fault / "sitecustomize.py").write_text(_FAULT.format(url=url))
     study = {"name": name, **({"storage": url} if route == "sweep file" else {})}
-    workers = 2 if route.startswith("--") else 1
     path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "product"]}}, study=study,
-                        base_sections={"log": {"wandb": True}}, workers=workers)
+                        base_sections={"log": {"wandb": True}}, workers=2)
     extra = {"--storage": ["--storage", url], "--set": ["--set", f"study.storage={url}"]}.get(route, [])
     env = {**_env(**({"IRPE_BENCH_STORAGE": url} if route == "environment" else {})),
            "PYTHONPATH": f"{fault}{os.pathsep}{ROOT}"}
-    command_lines: set = set()
+    command_lines: dict = {}
     try:
-        command = [sys.executable, str(ROOT / "run.py"), "sweep", str(path), *extra]
-        proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = start(["sweep", str(path), *extra], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
         watcher = threading.Thread(target=_watch_command_lines, args=(proc, command_lines), daemon=True)
         watcher.start()
         stdout, stderr = proc.communicate(timeout=400)
         watcher.join(timeout=10)
         assert proc.returncode == 0, stderr[-3000:]
         assert "postgres:***@127.0.0.1" in stderr  # the storage is named, redacted
-        assert len([c for c in command_lines if b"--worker" in c]) >= (2 if workers == 2 else 0)
-        # NOTE: a child caught between fork and exec (a worker, git asked for the commit) still shows the command
-        # line of the sweep itself, which is the user's own (the one line allowed to hold what the user typed)
-        own = b"".join(os.fsencode(a) + b"\0" for a in command)
-        assert not [c for c in command_lines if secret.encode() in c and c != own]
+        assert not [c for lines in command_lines.values() for c in lines if secret.encode() in c]
         # ``status`` by the same route, in this process (it has imported everything: no second start-up to pay)
         if route == "environment":
             monkeypatch.setenv("IRPE_BENCH_STORAGE", url)
@@ -305,6 +302,8 @@ def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path, 
         assert not leaks
         stored = optuna.load_study(study_name=name, storage=_psycopg(postgresql_url))
         failed, done = sorted(stored.trials, key=lambda t: t.state != TrialState.FAIL)
+        pids = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in stored.trials}
+        assert pids and pids <= command_lines.keys(), (pids, command_lines.keys())  # the watcher saw the workers
         assert failed.state == TrialState.FAIL and done.state == TrialState.COMPLETE
         assert failed.user_attrs["error"] == ("RuntimeError: lost the connection to "
                                               f"{postgresql_url.replace('postgres@', 'postgres:***@')} while writing")

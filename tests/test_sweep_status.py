@@ -7,7 +7,6 @@ import datetime as dt
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from irpe_bench.sweep import load_sweep
 from irpe_bench.sweep.status import study_status, to_text
 from irpe_bench.sweep.storage import open_study, storage_from_url
 
+from ._processes import start
 from ._train_helpers import tiny_dict, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,8 +119,8 @@ def test_read_only_commands_never_create_a_storage(tmp_path, capsys):
 def test_status_of_a_real_worker_mid_trial(tmp_path, capsys):
     path = _sweep_file(tmp_path, seeds=(0, 1), max_epochs=40, limit_train_batches=4)
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    worker = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sweep", str(path), "--no-leaderboard"],
-                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = start(["sweep", str(path), "--no-leaderboard"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     try:
         storage = f"sqlite:///{tmp_path / 'out' / 'optuna.db'}"
         deadline, st = time.time() + 300, None
@@ -167,9 +167,9 @@ def test_dashboard_serves_the_study_over_http_on_loopback(watched, tmp_path):
 
     sweep, _, _ = watched
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "dashboard", str(sweep.path), "--port", str(port)],
-                            cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start(["dashboard", str(sweep.path), "--port", str(port)], cwd=tmp_path,
+                 env={**os.environ, "WANDB_MODE": "offline"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 text=True)
     try:
         deadline, studies = time.time() + 60, None
         while time.time() < deadline and proc.poll() is None:

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from irpe_bench.cli import main
 from irpe_bench.train import train
 
+from ._processes import start
 from ._train_helpers import tiny_config, tiny_dict, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +36,8 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
     cfg = write_yaml(tmp_path / "c.yaml", tiny_dict(tmp_path, **SECTIONS))
     run_dir = tmp_path / "killed"
     last = run_dir / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "train", str(cfg), "--run-dir", str(run_dir)],
-                            env=_child_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start(["train", str(cfg), "--run-dir", str(run_dir)], env=_child_env(), cwd=ROOT,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240
         while not last.is_file() and proc.poll() is None and time.time() < deadline:
