@@ -84,6 +84,7 @@ def _child(argv: List[str], env: Dict[str, str], cwd: Optional[str], fds: Dict[i
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.argv = [MODULE, *argv]
+    _threads_from_environment()
     _own_exit_handlers()
     try:
         runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
@@ -94,6 +95,19 @@ def _child(argv: List[str], env: Dict[str, str], cwd: Optional[str], fds: Dict[i
                 stream.flush()
             except (OSError, ValueError):
                 pass
+
+
+def _threads_from_environment() -> None:
+    """torch sized its thread pool from ``OMP_NUM_THREADS`` when the server imported it, with the server's
+    environment; size it from this process's (a launcher gives each worker its share of the cores there), or to
+    the CPUs this process may run on where it is unset, as a fresh interpreter's torch would."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    threads = int(given) if given.isdigit() and int(given) > 0 else len(os.sched_getaffinity(0))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _own_exit_handlers() -> None:

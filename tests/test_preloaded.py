@@ -3,6 +3,7 @@ session, working directory, environment and streams as given, a killing signal a
 none of the command's arguments on a command line."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -55,3 +56,20 @@ def test_a_started_run_has_its_own_session_and_cwd_and_dies_by_its_signal(tmp_pa
         assert proc.wait(timeout=60) == -signal.SIGKILL and proc.returncode == -signal.SIGKILL
     finally:
         proc.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_started_run_trains_on_the_threads_its_environment_gives(tmp_path, threads):
+    """torch sized its pool when the server imported it, from the server's environment; each started process
+    takes its own ``OMP_NUM_THREADS`` (a launcher's share of the cores per worker), as a fresh interpreter would."""
+    from irpe_bench import keys as K
+
+    config = write_yaml(tmp_path / "c.yaml", tiny_dict(tmp_path, trainer={"max_epochs": 1, "benchmark_batches": 0}))
+    proc = preloaded.start(["train", str(config), "--run-dir", str(tmp_path / "run")],
+                           env={**os.environ, "OMP_NUM_THREADS": threads}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert f" {threads} threads," in summary[K.DEVICE], summary[K.DEVICE]

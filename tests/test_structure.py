@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "irpe_bench"
 
 #: top-level modules every layer may read; they import no other part of the package
-NEUTRAL = {"irpe_bench.keys", "irpe_bench.overrides", "irpe_bench.redact", "irpe_bench.allocator", "irpe_bench.lazy"}
+NEUTRAL = {"irpe_bench.keys", "irpe_bench.overrides", "irpe_bench.redact", "irpe_bench.allocator", "irpe_bench.lazy",
+           "irpe_bench.preloaded"}
 #: subpackage -> the subpackages (and top-level modules) it must never import
 FORBIDDEN = {
     "rpe": {"models", "train", "sweep", "report", "bench"},

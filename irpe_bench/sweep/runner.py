@@ -271,6 +271,10 @@ def launch(sweep: Sweep, argv: List[str]) -> int:
             # NOTE: forked from one server that imported torch, timm and Lightning once (:mod:`..preloaded`), each in
             # a session of its own, so that Ctrl-C in the terminal reaches the launcher alone, which forwards it
             procs.append(preloaded.start([*argv, "--worker", str(i)], env=env))
+            # NOTE: a signal that came while this one was being started (the first start waits for the server's
+            # imports) found it not yet in ``procs``: it is told now (a repeat changes nothing, :mod:`.preempt`)
+            if received:
+                procs[-1].send_signal(signal.Signals[received[0]])
         failed, stopped = 0, 0
         for i, p in enumerate(procs):
             if p.wait() == preempt.EXIT_PREEMPTED:
