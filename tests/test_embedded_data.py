@@ -106,7 +106,8 @@ def test_relpos_datamodule_holds_out_a_fixed_test_split():
 ])
 def test_a_real_run_trains_on_each_embedded_set(tmp_path, data):
     config = tiny_config(tmp_path, model={"img_size": 28, "patch_size": 7}, data=data,
-                         trainer={"max_epochs": 1, "limit_train_batches": 3, "limit_val_batches": 1})
+                         trainer={"max_epochs": 1, "limit_train_batches": 3, "limit_val_batches": 1,
+                                  "limit_test_batches": None})  # the whole test split: acc1 counts its images
     summary = train(config, run_dir=tmp_path / data["name"])
     assert summary["status"] == "finished" and summary["global_step"] == 3
     n_test = 1000 if data["name"] == "mnist" else 100
