@@ -105,7 +105,9 @@ def _threads_from_environment() -> None:
     if torch is None:
         return
     given = os.environ.get("OMP_NUM_THREADS", "").strip()
-    threads = int(given) if given.isdigit() and int(given) > 0 else len(os.sched_getaffinity(0))
+    affinity = getattr(os, "sched_getaffinity", None)  # NOTE: Linux; elsewhere every CPU
+    threads = int(given) if given.isdigit() and int(given) > 0 else \
+        len(affinity(0)) if affinity else (os.cpu_count() or 1)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
