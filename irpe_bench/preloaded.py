@@ -30,6 +30,7 @@ import runpy
 import signal
 import subprocess
 import sys
+import threading
 import weakref
 from multiprocessing import reduction
 from typing import IO, Dict, List, Optional, Sequence, Union
@@ -89,12 +90,9 @@ def _child(argv: List[str], env: Dict[str, str], cwd: Optional[str], fds: Dict[i
     try:
         runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
     finally:
-        atexit._run_exitfuncs()  # NOTE: multiprocessing ends its children with os._exit, past every exit handler
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        # NOTE: multiprocessing ends its children with os._exit (after flushing stdout and stderr), past every exit
+        # handler
+        atexit._run_exitfuncs()
 
 
 def _threads_from_environment() -> None:
@@ -148,8 +146,6 @@ class Started:
     def communicate(self, timeout: Optional[float] = None):
         """What the piped streams held once the process ended; both are read at once (threads), so a full pipe
         cannot block the process. Past ``timeout`` seconds: :class:`subprocess.TimeoutExpired`."""
-        import threading
-
         got: Dict[str, object] = {}
         readers = [threading.Thread(target=lambda n=n, f=f: got.__setitem__(n, f.read()), daemon=True)
                    for n, f in (("stdout", self.stdout), ("stderr", self.stderr)) if f is not None]
@@ -185,8 +181,7 @@ def start(argv: Sequence[str], env: Optional[Dict[str, str]] = None, cwd: Option
         if given is None:
             given = target  # this process's own
         elif given == subprocess.STDOUT and target == 2:
-            given = fds[1] if 1 in fds else 1
-            fds[2] = given
+            fds[2] = fds[1]
             continue
         if given == subprocess.DEVNULL:
             given = os.open(os.devnull, os.O_WRONLY)

@@ -3,9 +3,8 @@
 What these tests check is what a sweep or a training run does under signals, kills and faults, so each runs in a
 real process — its own pid, session, environment, exit code or killing signal — but starts at the command's
 first line instead of paying Python's imports of torch, timm and Lightning again (seconds of CPU each). Where the
-start-up itself is what a test checks (the command line a process shows, ``--help`` importing nothing heavy, the
-time a command takes, Lightning's DDP ranks, a process limit set before ``exec``), the test runs
-``python run.py`` as a user types it.
+start-up itself is what a test checks (``--help`` importing nothing heavy, the time a command takes, Lightning's
+DDP ranks, a process limit or ``strace`` set before ``exec``), the test runs ``python run.py`` as a user types it.
 """
 from __future__ import annotations
 

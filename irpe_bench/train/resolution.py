@@ -24,7 +24,6 @@ from .. import keys as K
 from .config import TrainConfig
 
 
-@torch.inference_mode()
 def batches_of(loader, limit: Optional[Union[int, float]]):
     """The first batches of ``loader`` that ``trainer.limit_test_batches`` lets Lightning's test loop see (an int:
     that many; a float: that fraction of the loader, rounded down), so that every size is measured on the batches
@@ -35,6 +34,7 @@ def batches_of(loader, limit: Optional[Union[int, float]]):
     return itertools.islice(loader, n)
 
 
+@torch.inference_mode()
 def evaluate_at(net: nn.Module, loader, num_classes: int, device: torch.device, precision: str) -> Dict[str, float]:
     """Top-1, top-5 (percent) and mean cross-entropy of ``net`` over ``loader``, as ``test/*`` measures them."""
     from torchmetrics.classification import MulticlassAccuracy
