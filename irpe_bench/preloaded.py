@@ -16,15 +16,22 @@ what it starts), and what a module
 reads from the environment when it is imported is the server's environment (nothing in this package does, except
 the Triton kernel's ``TRITON_INTERPRET``, which a worker never changes).
 
-The server is started on first use with the caller's environment and ends when its starter does. Nothing here
-touches CUDA before the fork (torch initialises it lazily), so each worker may still pick its GPUs through
-``CUDA_VISIBLE_DEVICES``.
+The server is started on first use with the caller's environment and ends when the last process that may use it
+does (its starter, and every process forked from it). A process forked from a server that starts commands in turn
+(a sweep launcher started so, as the tests start one) forks them from that same server instead of paying the
+imports for a server of its own — unless its environment differs from the server's in what acts when an
+interpreter starts (:data:`AT_START`: ``PYTHONPATH`` and the other ``PYTHON*`` variables, the dynamic loader's
+``LD_*``, Triton's ``TRITON_INTERPRET``): then what the server imported is not what a fresh interpreter with that
+environment would import, and it starts its own. Nothing here touches CUDA before the fork (torch initialises it
+lazily), so each worker may still pick its GPUs through ``CUDA_VISIBLE_DEVICES``.
 """
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import runpy
 import signal
@@ -42,9 +49,15 @@ PRELOAD: List[str] = ["torch", "timm", "lightning.pytorch", "optuna", "irpe_benc
 #: the module a started process runs, as ``python -m`` would
 MODULE = "irpe_bench.cli"
 
+#: what names of environment variables that act when an interpreter starts or imports begin with: a process whose
+#: environment differs from its server's in one of them does not fork from that server
+AT_START = ("PYTHON", "LD_", "TRITON_INTERPRET")
+
 Stream = Union[None, int, IO]
 
 _context = None
+#: in a process forked from a server: that server's environment (None elsewhere)
+_server_environment: Optional[Dict[str, str]] = None
 
 
 def _detached(duplicate) -> int:
@@ -62,16 +75,41 @@ class _Passed:
         return _detached, (reduction.DupFd(self.fd),)
 
 
+def _at_start(env: Dict[str, str]) -> Dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(AT_START)}
+
+
 def _server():
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
         _context.set_forkserver_preload(PRELOAD)
+        if _server_environment is not None and _at_start(_server_environment) == _at_start(dict(os.environ)):
+            _adopt_inherited_server()
     return _context
+
+
+def _adopt_inherited_server() -> None:
+    """Fork from the server this process was forked from. It knows that server's address and holds a write end of
+    its "alive" pipe (:mod:`multiprocessing.forkserver` hands both to every process it forks, so the server lives
+    while any of them does), but not its pid: ``ensure_running`` would start a server of its own. The server
+    is not this process's child, so whether it runs cannot be asked of ``waitpid``; it runs while this process
+    holds that pipe, and a server that ended anyway shows as a refused connection on the next start."""
+    server = multiprocessing.forkserver._forkserver
+    if server._forkserver_address is None or server._forkserver_alive_fd is None:
+        return
+    from multiprocessing import resource_tracker
+
+    server.ensure_running = resource_tracker.ensure_running
 
 
 def _child(argv: List[str], env: Dict[str, str], cwd: Optional[str], fds: Dict[int, int]) -> None:
     """In the forked process: become what ``python -m irpe_bench.cli ARGV`` in ``cwd`` with ``env`` would be."""
+    global _server_environment, _context
+    # NOTE: what the server imported stays out of this process's collections: none visits (and so copies, writing
+    # to each object's header) the pages it shares with the server, as gc.freeze's documentation advises for fork
+    gc.freeze()
+    _server_environment, _context = dict(os.environ), None
     os.setsid()
     for target, fd in fds.items():
         os.dup2(fd, target)

@@ -9,7 +9,8 @@ DDP ranks, a process limit or ``strace`` set before ``exec``), the test runs ``p
 from __future__ import annotations
 
 import subprocess
-from typing import List, Sequence
+from pathlib import Path
+from typing import Dict, List, Sequence
 
 from irpe_bench import preloaded
 
@@ -31,4 +32,27 @@ def run(argv: Sequence[str], timeout: float, **kwargs) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
 
 
-__all__: List[str] = ["start", "run"]
+def parents() -> Dict[int, int]:
+    """Every process's parent, by pid, from ``/proc``."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            out[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:  # the process ended
+            continue
+    return out
+
+
+def descendants(root: int) -> List[int]:
+    """The process ids under ``root`` (children, grandchildren …), from ``/proc``."""
+    of = parents()
+    out, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [p for p, ppid in of.items() if ppid == pid]
+        out += kids
+        frontier += kids
+    return out
+
+
+__all__: List[str] = ["start", "run", "parents", "descendants"]

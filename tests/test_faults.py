@@ -36,8 +36,8 @@ EPOCHS = 3
 CKPT_LIMIT = 150_000  # bytes: below a tiny checkpoint (~300 KB), above every other file a worker writes
 
 
-def _sweep(tmp_path: Path, seeds, storage: str, out: Path, batches: int = 4, **study) -> Path:
-    write_yaml(tmp_path / "base.yaml", tiny_dict(tmp_path, trainer={"max_epochs": EPOCHS, "benchmark_batches": 0,
+def _sweep(tmp_path: Path, seeds, storage: str, out: Path, batches: int = 4, epochs: int = EPOCHS, **study) -> Path:
+    write_yaml(tmp_path / "base.yaml", tiny_dict(tmp_path, trainer={"max_epochs": epochs, "benchmark_batches": 0,
                                                                     "limit_train_batches": batches}))
     data = {"study": {"name": "f", "sampler": "grid", "pruner": "none", "storage": storage, "heartbeat_s": 1,
                       "grace_s": 2, **study},
@@ -48,7 +48,7 @@ def _sweep(tmp_path: Path, seeds, storage: str, out: Path, batches: int = 4, **s
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
 
 
 def _start(path: Path, log: Path, preexec=None):
@@ -72,12 +72,12 @@ def _loads(p: Path) -> bool:
         return False
 
 
-def _each_point_complete_once(url: str, seeds) -> list:
+def _each_point_complete_once(url: str, seeds, epochs: int = EPOCHS) -> list:
     trials = _trials(url)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["seed"] for t in complete) == sorted(seeds), [(t.number, t.state) for t in trials]
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials)
-    assert all(t.user_attrs["status"] == "finished" and t.user_attrs["epochs"] == EPOCHS for t in complete)
+    assert all(t.user_attrs["status"] == "finished" and t.user_attrs["epochs"] == epochs for t in complete)
     return complete
 
 
@@ -100,44 +100,53 @@ def _umount(where: Path) -> None:
 
 @pytest.mark.slow
 def test_killed_workers_with_torn_and_garbage_checkpoints_resume_and_complete_each_trial_once(tmp_path):
-    """Two workers started together on a fresh SQLite study (the README's first command), each SIGKILLed after
-    its trial's first epoch; then one trial's ``last.ckpt`` is truncated to a fifth, the other's checkpoints all
-    overwritten with garbage. The same command again: the first resumes from its best checkpoint, the second
-    starts afresh, both recorded — before, both failed on ``torch.load`` and a retry failed again.
+    """Two workers started together on a fresh SQLite study (the README's first command: a launcher of two), each
+    SIGKILLed after its trial's first epoch; then one trial's ``last.ckpt`` is truncated to a fifth, the other's
+    checkpoints all overwritten with garbage. The same command again: the first resumes from its best checkpoint,
+    the second starts afresh, both recorded — before, both failed on ``torch.load`` and a retry failed again.
 
-    NOTE: each worker is killed as soon as its trial is going (an epoch reported, its checkpoints written); the
-    other one must find that trial running, not stale (it would retry it: not the scene of this test), hence a
-    grace period well above the seconds between the two workers' first epochs on a loaded machine. Freezing the
-    first one (SIGSTOP) until the other had its trial was tried: frozen inside a heartbeat's write it held
-    SQLite's lock, and the other worker waited on it until the test gave up."""
-    url = f"sqlite:///{tmp_path}/optuna.db"
-    path = _sweep(tmp_path, [0, 1], url, tmp_path / "out", batches=16, grace_s=12)
-    procs = [_start(path, tmp_path / f"w{i}.log") for i in range(2)]
-    killed = set()
+    NOTE: each worker is killed as soon as its trial is going (its first epoch's checkpoints written, seen by
+    polling the run directory, not the storage: a read of the storage takes longer than the epochs left would),
+    with epochs to spare, so that the kill lands before the trial could end. The other one must find that trial
+    running, not stale (it would retry it: not the scene of this test): it looks before its own first trial,
+    and the grace period is well above the time between the two workers' starts (forked together) on a loaded
+    machine; it is also what the recovery waits before it retries the killed trials. Freezing the first one
+    (SIGSTOP) until the other had its trial was tried: frozen inside a heartbeat's write it held SQLite's lock,
+    and the other worker waited on it until the test gave up."""
+    url, epochs = f"sqlite:///{tmp_path}/optuna.db", 6
+    path = _sweep(tmp_path, [0, 1], url, tmp_path / "out", batches=8, epochs=epochs, grace_s=5)
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "workers": 2}))
+    launcher = _start(path, tmp_path / "launcher.log")
+    going: dict = {}  # trial number -> (its worker's pid, its checkpoint directory)
+    killed: dict = {}  # trial number -> its worker's pid
     try:
         deadline = time.time() + 240
-        while len(killed) < 2 and time.time() < deadline and any(p.poll() is None for p in procs):
-            time.sleep(0.05)
-            try:
-                trials = _trials(url)
-            except Exception:  # noqa: BLE001 - not created yet
-                continue
-            for t in trials:
-                ckpts = Path(t.user_attrs.get("run_dir", "-")) / "checkpoints"
-                written = (ckpts / "last.ckpt").is_file() and any(ckpts.glob("epoch*.ckpt"))
-                if t.state == TrialState.RUNNING and t.intermediate_values and written and t.number not in killed:
-                    os.kill(int(t.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-                    killed.add(t.number)
+        while len(killed) < 2 and time.time() < deadline and launcher.poll() is None:
+            time.sleep(0.02)
+            if len(going) < 2:
+                try:
+                    trials = _trials(url)
+                except Exception:  # noqa: BLE001 - not created yet
+                    continue
+                for t in trials:
+                    if t.state == TrialState.RUNNING and {"worker", "run_dir"} <= t.user_attrs.keys():
+                        going.setdefault(t.number, (int(t.user_attrs["worker"].rsplit(":", 1)[1]),
+                                                    Path(t.user_attrs["run_dir"]) / "checkpoints"))
+            for number, (pid, ckpts) in going.items():
+                if number not in killed and (ckpts / "last.ckpt").is_file() and any(ckpts.glob("epoch*.ckpt")):
+                    os.kill(pid, signal.SIGKILL)
+                    killed[number] = pid
     finally:
-        for p in procs:
-            if p.poll() is None and len(killed) < 2:
-                p.kill()
-            p.wait(timeout=60)
-    assert len(killed) == 2, [(p.returncode, (tmp_path / f"w{i}.log").read_text()[-2000:]) for i, p in
-                              enumerate(procs)]
-    assert [p.returncode for p in procs] == [-signal.SIGKILL] * 2
+        if launcher.poll() is None and len(killed) < 2:
+            launcher.kill()
+        launcher.wait(timeout=60)
+    told = (tmp_path / "launcher.log").read_text()
+    assert len(killed) == 2 and len(set(killed.values())) == 2, told[-3000:]  # two trials, two workers
+    assert launcher.returncode == 1 and told.count("exited with code -9") == 2, told[-3000:]
     before = _trials(url)
     assert sorted(t.number for t in before) == [0, 1]  # each grid point started once, by one worker
+    assert [t.state for t in before] == [TrialState.RUNNING] * 2  # killed mid-trial, both
     torn, garbage = (Path(before[n].user_attrs["run_dir"]) / "checkpoints" for n in (0, 1))
     last = torn / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 5])
@@ -146,7 +155,7 @@ def test_killed_workers_with_torn_and_garbage_checkpoints_resume_and_complete_ea
         p.write_bytes(os.urandom(4096))
 
     assert main(["sweep", str(path), "--no-leaderboard"]) == 0  # the recovery command: the same one
-    complete = _each_point_complete_once(url, [0, 1])
+    complete = _each_point_complete_once(url, [0, 1], epochs)
     by_dir = {Path(t.user_attrs["run_dir"]): t for t in complete}
     resumed, fresh = by_dir[torn.parent].user_attrs["resume"], by_dir[garbage.parent].user_attrs["resume"]
     assert resumed["skipped"][0]["file"] == "last.ckpt" and not resumed["fresh"]

@@ -73,3 +73,54 @@ def test_a_started_run_trains_on_the_threads_its_environment_gives(tmp_path, thr
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert f" {threads} threads," in summary[K.DEVICE], summary[K.DEVICE]
+
+
+_MARKER = """import os, pathlib
+pathlib.Path(os.path.dirname(__file__), f"loaded-by-{os.getpid()}").touch()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start_up", ["same", "another PYTHONPATH"])
+def test_a_started_launcher_forks_its_workers_from_its_own_server_unless_its_start_up_differs(tmp_path, start_up):
+    """A sweep launcher that was itself forked from the server starts its workers from that server: no second
+    import of torch, timm and Lightning. Given a ``PYTHONPATH`` the server did not have, it starts a server of its
+    own, which imports what a fresh interpreter with that path would (here a ``sitecustomize`` that leaves a mark
+    with its pid), and the workers are that server's children."""
+    import multiprocessing.forkserver
+
+    import optuna
+
+    from ._processes import parents, start
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_MARKER)
+    write_yaml(tmp_path / "base.yaml", tiny_dict(tmp_path, trainer={
+        "max_epochs": 1, "benchmark_batches": 0, "limit_train_batches": 1, "limit_val_batches": 1,
+        "limit_test_batches": 1}))
+    write_yaml(tmp_path / "sweep.yaml", {"study": {"name": "s", "sampler": "grid", "pruner": "none"},
+                                         "base": "base.yaml", "space": {"seed": {"choices": [0, 1]}},
+                                         "out_dir": str(tmp_path / "out"), "workers": 2})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"PYTHONPATH": str(site)} if start_up != "same" else {})}
+    env.pop("PYTHONPATH", None) if start_up == "same" else None
+    proc = start(["sweep", str(tmp_path / "sweep.yaml"), "--no-leaderboard"], env=env, cwd=tmp_path,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = multiprocessing.forkserver._forkserver._forkserver_pid
+    seen: dict = {}
+    while proc.poll() is None:
+        seen.update(parents())
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/out/optuna.db").trials
+    workers = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials}
+    assert len(trials) == 2 and workers <= seen.keys(), (workers, len(seen))
+    their_server = {seen[w] for w in workers}
+    marks = sorted(p.name for p in site.glob("loaded-by-*"))
+    if start_up == "same":
+        assert their_server == {server} and marks == []
+    else:
+        (own,) = their_server
+        assert own != server and seen[own] == proc.pid  # the launcher's own server …
+        assert marks == [f"loaded-by-{own}"]  # … which loaded what its PYTHONPATH holds

@@ -116,7 +116,7 @@ def _sweep(tmp_path: Path, seeds, epochs: int, **study) -> Path:
 
 
 def _env(url: str) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT),
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
             "IRPE_BENCH_STORAGE": url}
 
 

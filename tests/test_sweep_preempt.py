@@ -47,7 +47,7 @@ def _sweep(tmp_path: Path, seeds, name: str = "pre", storage: str | None = None,
 
 
 def _env(**extra) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), **extra}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **extra}
 
 
 def _start(path: Path, log: Path, env: dict):

@@ -32,7 +32,7 @@ def _sweep(tmp_path: Path, space) -> Path:
 
 
 def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     env.pop("WANDB_SILENT", None)  # W&B as a user has it: talkative
     return env
 

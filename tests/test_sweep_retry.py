@@ -130,7 +130,7 @@ def test_trial_timeout_fails_the_slow_trial_and_the_sweep_goes_on(tmp_path):
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
 
 
 @pytest.mark.slow

@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 
 from irpe_bench.cli import main
 
+from ._processes import descendants, start
 from ._processes import run as run_command
-from ._processes import start
 from ._train_helpers import tiny_dict, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def _study(tmp_path: Path, name: str = "s", storage: str | None = None) -> optun
 
 
 def _env(**extra) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), **extra}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **extra}
 
 
 @pytest.mark.slow
@@ -218,30 +218,12 @@ ClassificationModule.training_step = training_step
 """
 
 
-def _descendants(root: int) -> list:
-    """The process ids under ``root`` (children, grandchildren …), from ``/proc``."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    out, frontier = [], [root]
-    while frontier:
-        pid = frontier.pop()
-        kids = [p for p, ppid in parents.items() if ppid == pid]
-        out += kids
-        frontier += kids
-    return out
-
-
 def _watch_command_lines(proc, seen: dict) -> None:
     """Collect the command line of every process the sweep starts while it runs (the server its workers fork
     from, the workers, their children), by pid. NOTE: not the sweep's own: that is the command the user typed,
     ``--storage URL`` and all (docs/sweeps.md)."""
     while proc.poll() is None:
-        for pid in _descendants(proc.pid):
+        for pid in descendants(proc.pid):
             try:
                 seen.setdefault(pid, set()).add(Path(f"/proc/{pid}/cmdline").read_bytes())
             except OSError:

@@ -25,8 +25,7 @@ SECTIONS = dict(trainer={"max_epochs": 3, "limit_train_batches": None, "limit_va
 
 def _child_env() -> dict:
     # one thread, like the in-process runs (conftest), so float reductions split the same way
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
-            "PYTHONPATH": str(ROOT)}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline"}
 
 
 @pytest.mark.slow
