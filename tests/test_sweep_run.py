@@ -303,13 +303,40 @@ def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path, 
         optuna.delete_study(study_name=name, storage=_psycopg(postgresql_url))
 
 
+def test_a_worker_with_nothing_to_start_leaves_soon_after_the_last_running_trial_ends(tmp_path):
+    """A worker that finds every trial started waits while they run (one may be a killed worker's, going
+    stale), and looks again soon, then less and less often: a sweep ends when its last trial does, not up to half
+    a heartbeat interval (15 s by default) later, as when every look waited that long. Here the one grid point
+    runs in this test (asked, told complete a second later); the worker starts nothing and returns soon after."""
+    import threading
+
+    from irpe_bench.sweep.config import load_sweep
+    from irpe_bench.sweep.runner import work
+    from irpe_bench.sweep.storage import open_study
+
+    sweep = load_sweep(_write_sweep(tmp_path, {"seed": {"choices": [0]}}))
+    assert sweep.config.study.heartbeat_s == 30  # the default: its looks level off at 15 s
+    study, _ = open_study(sweep, {})
+    trial = study.ask()  # the enqueued point, running (as another worker's)
+    done = threading.Timer(1.0, study.tell, args=(trial, 50.0))
+    started = time.monotonic()
+    done.start()
+    assert work(sweep, {}, study=study) == 0
+    waited = time.monotonic() - started
+    done.join()
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+    assert 1.0 <= waited < 5.0, waited
+
+
 @pytest.mark.slow
 def test_timeout_starts_no_new_trial_and_a_rerun_finishes_the_budget(tmp_path):
+    """The first trial starts within milliseconds of the worker's start (one read of the storage) and trains ten
+    epochs (~60 batches): it outlasts the 0.3 s, and no second trial starts."""
     path = _write_sweep(tmp_path, {"model.rpe.method": {"choices": ["none", "euclidean", "product"]}},
-                        study={"timeout_s": 0.5})
+                        study={"timeout_s": 0.3}, base_sections={"trainer": {"max_epochs": 10}})
     assert main(["sweep", str(path), "--no-leaderboard"]) == 0
     states = [t.state for t in _study(tmp_path).trials]
-    assert states == [TrialState.COMPLETE, TrialState.WAITING, TrialState.WAITING]  # one trial outlasts 0.5 s
+    assert states == [TrialState.COMPLETE, TrialState.WAITING, TrialState.WAITING]  # one trial outlasts 0.3 s
     assert main(["sweep", str(path), "--no-leaderboard", "--set", "study.timeout_s=null"]) == 0
     assert [t.state for t in _study(tmp_path).trials] == [TrialState.COMPLETE] * 3
 

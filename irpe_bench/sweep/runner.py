@@ -47,6 +47,11 @@ from .storage import WORKER_ENV, fail_running, heartbeat_enabled, open_study, pu
 
 log = logging.getLogger(__name__)
 
+#: A worker with nothing to start waits while others' trials run: mostly they end soon (the last trials of a
+#: sweep), and its first look comes after this many seconds, each next one twice as late; the looks level off at
+#: half the heartbeat interval (or ``work``'s ``poll_s``), often enough to see a killed worker's trial go stale.
+FIRST_LOOK_S = 0.25
+
 
 class _Tracked:
     """The objective, remembering the trial it runs until that trial returns or fails on its own (what a stop
@@ -116,15 +121,16 @@ def _loop(sweep: Sweep, study: optuna.Study, devices: Optional[int], poll_s: Opt
 
     from .extend import pinned_sweep
 
+    _freeze_what_outlives_trials()  # NOTE: before the clock of study.timeout_s starts: it counts trials
     total, started, ran = target_trials(sweep, study), time.time(), 0
     objective = _Tracked(Objective(pinned_sweep(sweep, study), devices, total))  # the study's choice lists
     tracked.append(objective)
     timeout = sweep.config.study.timeout_s
     beating = heartbeat_enabled(study)
-    poll = poll_s if poll_s is not None else max(1.0, sweep.config.study.heartbeat_s / 2)
+    longest = poll_s if poll_s is not None else max(1.0, sweep.config.study.heartbeat_s / 2)
+    pause = min(FIRST_LOOK_S, longest)
     policy = sweep.config.study.checkpoints
     retain(study, policy)  # trials finished by a worker killed before its retention ran
-    _freeze_what_outlives_trials()
     while preempt.requested() is None:
         if beating:
             with warnings.catch_warnings():
@@ -152,11 +158,12 @@ def _loop(sweep: Sweep, study: optuna.Study, devices: Optional[int], poll_s: Opt
             except Exception as e:  # NOTE: a failed tell of a FAIL trial surfaces as Optuna's AssertionError
                 if not _finished_elsewhere(study, objective.last, e):
                     raise
-            ran += 1
+            ran, pause = ran + 1, min(FIRST_LOOK_S, longest)
             continue
         if c["running"] == 0 or not beating:
             break
-        preempt.wait(poll)  # others' trials run; one may be a killed process whose heartbeat goes stale
+        preempt.wait(pause)  # others' trials run; one may be a killed process whose heartbeat goes stale
+        pause = min(2 * pause, longest)
     return ran
 
 
