@@ -58,6 +58,21 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason=postgresql_missing())
         for item in needs_server:
             item.add_marker(skip)
+    _slow_first_in_each_workers_share(items)
+
+
+def _slow_first_in_each_workers_share(items) -> None:
+    """Order the tests for ``-n N --dist worksteal`` (pyproject.toml): that scheduler hands each of the N workers
+    one contiguous share of this order, then moves the end of a busy worker's queue to an idle one. Each share
+    here starts with its part of the slow tests (dealt round-robin) and ends with quick ones, kept in module
+    order (their module fixtures set up once): what is left to move at the end is quick, and no worker ends the
+    run alone inside a long test. Every worker computes the same order (xdist requires it)."""
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    quick = [item for item in items if not item.get_closest_marker("slow")]
+    shares = [slow[k::workers] for k in range(workers)]
+    cut = [len(quick) * k // workers for k in range(workers + 1)]
+    items[:] = [item for k in range(workers) for item in shares[k] + quick[cut[k]:cut[k + 1]]]
 
 
 @pytest.fixture(autouse=True)
