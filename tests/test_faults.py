@@ -165,6 +165,7 @@ def test_killed_workers_with_torn_and_garbage_checkpoints_resume_and_complete_ea
     assert all(_loads(p) for d in (torn, garbage) for p in d.glob("*.ckpt"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (to kill the worker at that call)")
 def test_a_worker_killed_inside_its_checkpoint_write_leaves_no_torn_checkpoint(tmp_path):
     """SIGKILL delivered by the kernel at the worker's first ``rename(2)`` — the moment its first checkpoint is

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from hypothesis import given, settings, strategies
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 from scipy import stats
@@ -171,6 +172,24 @@ def test_paired_welch_failed_seed_and_holm_against_scipy(board):
     assert _g(board, "deit_tiny_ctx_product_50_shared_k").verdict == "higher"
     assert _g(board, "deit_tiny_ctx_cross_16_shared_k").verdict == "not resolved"
     assert holm([0.01, 0.04, 0.03]) == pytest.approx(independent_holm([0.01, 0.04, 0.03]))
+
+
+@pytest.mark.parametrize("ps", [[0.01], [0.04, 0.01, 0.03, 0.2], [0.02, 0.02, 0.5, 0.02], [0.0, 1.0, 0.3, 0.0],
+                                [0.9, 0.8, 0.7, 0.6, 0.01], [0.3, 0.1, 0.1, 0.05, 0.3, 0.2, 1.0, 0.004]])
+def test_holm_equals_statsmodels_multipletests(ps):
+    """The leaderboard's Holm is statsmodels' (ties, zeros, ones and caps), without the full garbage collection
+    that statsmodels runs at the end of every Holm call (which is also why this oracle is asked a few lists)."""
+    from statsmodels.stats.multitest import multipletests
+
+    expected = [float(p) for p in multipletests(ps, alpha=0.05, method="holm")[1]]
+    assert holm(ps) == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(strategies.lists(strategies.one_of(strategies.floats(0.0, 1.0), strategies.sampled_from([0.0, 0.01, 1.0])),
+                        max_size=12))
+def test_holm_equals_holm_written_out(ps):
+    assert holm(ps) == pytest.approx(independent_holm(ps), rel=1e-12, abs=0)
 
 
 def test_tie_shares_a_band_and_is_not_significant(board):

@@ -77,6 +77,7 @@ def _race(url: str) -> None:
         [(i, TrialState.COMPLETE, float(i)) for i in range(N_TRIALS)]
 
 
+@pytest.mark.slow
 def test_workers_released_together_on_fresh_sqlite_studies_run_each_trial_once(tmp_path):
     for i in range(ROUNDS):  # a race: several fresh files (before the fix every round had duplicates)
         _race(f"sqlite:///{tmp_path}/r{i}/optuna.db")
@@ -119,6 +120,7 @@ def _fail_as_stale(url: str, number: int, seen: dict, stop: threading.Event) -> 
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_worker_whose_trial_was_finished_elsewhere_goes_on(tmp_path):
     write_yaml(tmp_path / "base.yaml", tiny_dict(tmp_path, trainer={"max_epochs": 3, "benchmark_batches": 0}))
     data = {"study": {"name": "s", "sampler": "grid", "pruner": "none"}, "base": "base.yaml",

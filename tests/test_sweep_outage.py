@@ -293,6 +293,7 @@ def test_a_storage_call_waits_out_a_restart_and_gives_up_past_the_bound(cluster,
     assert optuna.load_study(study_name="calls", storage=storage).user_attrs == {"k": 4}
 
 
+@pytest.mark.slow
 @pytest.mark.postgresql
 def test_opening_a_storage_waits_for_a_free_connection_slot(postgresql_url, caplog):
     """A server with every connection slot taken (SQLSTATE 53300) is busy, not wrong: opening the storage waits

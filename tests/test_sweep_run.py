@@ -303,6 +303,7 @@ def test_storage_password_never_reaches_logs_wandb_or_the_leaderboard(tmp_path, 
         optuna.delete_study(study_name=name, storage=_psycopg(postgresql_url))
 
 
+@pytest.mark.slow
 def test_a_worker_with_nothing_to_start_leaves_soon_after_the_last_running_trial_ends(tmp_path):
     """A worker that finds every trial started waits while they run (one may be a killed worker's, going
     stale), and looks again soon, then less and less often: a sweep ends when its last trial does, not up to half

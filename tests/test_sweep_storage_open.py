@@ -41,6 +41,7 @@ def _race(url: str) -> list:
     return out
 
 
+@pytest.mark.slow
 def test_workers_opening_a_fresh_sqlite_storage_together_all_open_it(tmp_path):
     import sqlite3
 
@@ -52,6 +53,7 @@ def test_workers_opening_a_fresh_sqlite_storage_together_all_open_it(tmp_path):
             assert db.execute("SELECT COUNT(*) FROM alembic_version").fetchone() == (1,)
 
 
+@pytest.mark.slow
 @pytest.mark.postgresql
 def test_workers_opening_a_fresh_postgresql_storage_together_all_open_it(postgresql_url):
     import psycopg

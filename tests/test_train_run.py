@@ -252,6 +252,7 @@ def test_gpu_run_reports_the_gpu_it_trained_and_benchmarked_on(tmp_path):
     assert summary["throughput/infer_img_s"] > 0
 
 
+@pytest.mark.slow
 def test_compute_time_counts_the_loops_batches_and_nothing_around_them(tmp_path):
     """``time/compute_s``: a pause inside a training batch counts, pauses at fit start and at epoch ends (where
     checkpoints and loggers work) do not; every loop is timed, validation not twice; the trial records it."""
