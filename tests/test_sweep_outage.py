@@ -162,7 +162,7 @@ def test_a_postgresql_restart_mid_sweep_costs_no_worker_and_no_trial(tmp_path, c
     try:
         _wait_running(proc, cluster.url, trials=2, epochs=1)
         cluster.stop()  # both workers mid-trial: their connections end, every call fails until it is back
-        time.sleep(6)
+        time.sleep(3)
         cluster.start()
         proc.wait(timeout=900)
     finally:
@@ -184,7 +184,7 @@ def test_a_postgresql_restart_mid_sweep_costs_no_worker_and_no_trial(tmp_path, c
 @pytest.mark.slow
 def test_an_outage_past_storage_retry_s_stops_the_worker_and_a_rerun_finishes(tmp_path, cluster, monkeypatch):
     seeds = (0, 1)
-    path = _sweep(tmp_path, seeds, epochs=6, grace_s=4, storage_retry_s=5)
+    path = _sweep(tmp_path, seeds, epochs=6, grace_s=4, storage_retry_s=3)
     log = tmp_path / "sweep.log"
     proc = _start(path, log, cluster.url)
     try:
@@ -199,7 +199,7 @@ def test_an_outage_past_storage_retry_s_stops_the_worker_and_a_rerun_finishes(tm
     err = log.read_text()
     assert proc.returncode == EXIT_PREEMPTED, err[-4000:]
     assert stopped_after < 60, "the worker waited far past study.storage_retry_s"
-    assert "(study.storage_retry_s=5)" in err and SECRET not in err + _trial_logs(tmp_path)
+    assert "(study.storage_retry_s=3)" in err and SECRET not in err + _trial_logs(tmp_path)
     ckpt = next((tmp_path / "out" / "runs").glob("trial-0000-*/checkpoints/last.ckpt"))
     assert f"Trial 0 (deit_tiny_ctx_product_50_shared_k) will resume from {ckpt}" in err
     assert "could not be queued again" in err and "stays RUNNING" in err
@@ -268,7 +268,7 @@ def test_a_storage_call_waits_out_a_restart_and_gives_up_past_the_bound(cluster,
     storage = ResilientRDBStorage(driver_url(cluster.url), retry_s=60, engine_kwargs={"pool_pre_ping": True})
     study = optuna.create_study(storage=storage, study_name="calls")
     cluster.stop()
-    threading.Timer(4, cluster.start).start()
+    threading.Timer(2, cluster.start).start()
     with caplog.at_level(logging.WARNING, logger="irpe_bench.sweep.resilient"):
         study.set_user_attr("k", 1)  # blocks while the server is down, then goes through
     assert optuna.load_study(study_name="calls", storage=storage).user_attrs == {"k": 1}
@@ -312,7 +312,7 @@ def test_opening_a_storage_waits_for_a_free_connection_slot(postgresql_url, capl
         admin.execute(f"CREATE DATABASE {db} OWNER {db} CONNECTION LIMIT 3")
         url = postgresql_url.rsplit("/", 1)[0].replace("postgres@", f"{db}@") + f"/{db}"
         held = [psycopg.connect(url) for _ in range(3)]  # every slot (opening a storage takes more than one)
-        threading.Timer(3.0, lambda: [c.close() for c in held]).start()
+        threading.Timer(1.5, lambda: [c.close() for c in held]).start()
         with caplog.at_level(logging.WARNING, logger="irpe_bench.sweep.storage"):
             storage = storage_from_url(url)  # waits until the slot is free
         assert "has no free connection" in caplog.text and storage.get_all_studies() == []

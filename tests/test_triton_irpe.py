@@ -74,12 +74,20 @@ def compare(device: str, dtype: torch.dtype, cases) -> dict:
 
 
 @pytest.mark.slow
-def test_interpreted_bias_contextual_and_value_terms_match_float64():
-    """One interpreter process for the three families of cases (its start-up, torch and Triton imported with the
-    switch on, costs more than the cases): each reports its worst error per output and gradient."""
+def test_interpreted_kernels_match_float64():
+    """One interpreter process (its start-up, torch and Triton imported with the switch on, costs more than the
+    cases) for the attention-with-bias kernel (tests/test_triton_attention.py: with and without the bias's
+    gradient) and the three families of iRPE cases: each reports its worst error per output and gradient."""
     out = _interpreted("import torch; from tests.test_triton_irpe import compare, BIAS, CONTEXTUAL, VALUE; "
+                       "import tests.test_triton_attention as ta; "
+                       "print(ta.compare('cpu', torch.float16)); "
+                       "print(ta.compare('cpu', torch.float16, ta.CASES[:1], bias_grad=False)); "
                        "[print(compare('cpu', torch.float16, cases)) for cases in (BIAS, CONTEXTUAL, VALUE)]")
-    bias, contextual, value = (eval(line) for line in out.strip().splitlines()[-3:])  # noqa: S307 - our own dicts
+    lines = out.strip().splitlines()[-5:]
+    with_grad, without, bias, contextual, value = (eval(line) for line in lines)  # noqa: S307 - our own dicts
+    assert set(with_grad) == {"o", "dq", "dk", "dv", "dbias"} and set(without) == {"o", "dq", "dk", "dv"}
+    for name, err in {**with_grad, **without}.items():
+        assert err < 2e-3, ("attention", name, err)  # fp16 operands, fp32 accumulation: measured ~3e-4
     assert set(bias) == set(contextual) == {"o", "dq", "dk", "dv", "rpe_k", "rpe_q"}
     assert set(value) == {"o", "dq", "dk", "dv", "rpe_k", "rpe_q", "rpe_v"}
     for family, worst in (("bias", bias), ("contextual", contextual), ("value", value)):
