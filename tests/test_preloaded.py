@@ -107,9 +107,10 @@ def test_a_started_launcher_forks_its_workers_from_its_own_server_unless_its_sta
     proc = start(["sweep", str(tmp_path / "sweep.yaml"), "--no-leaderboard"], env=env, cwd=tmp_path,
                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     server = multiprocessing.forkserver._forkserver._forkserver_pid
-    seen: dict = {}
+    seen: dict = {}  # pid -> its parent when first seen (a server outliving the launcher is handed to init)
     while proc.poll() is None:
-        seen.update(parents())
+        for pid, parent in parents().items():
+            seen.setdefault(pid, parent)
         time.sleep(0.02)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
