@@ -123,6 +123,9 @@ def _child(argv: List[str], env: Dict[str, str], cwd: Optional[str], fds: Dict[i
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.argv = [MODULE, *argv]
+    # NOTE: multiprocessing has re-run the starter's main script here as __mp_main__ (``run.py`` imports the CLI);
+    # ``python -m`` finds the module not yet imported, and so does runpy (else it warns of a second copy)
+    sys.modules.pop(MODULE, None)
     _threads_from_environment()
     _own_exit_handlers()
     try:

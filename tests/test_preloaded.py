@@ -125,3 +125,29 @@ def test_a_started_launcher_forks_its_workers_from_its_own_server_unless_its_sta
         (own,) = their_server
         assert own != server and seen[own] == proc.pid  # the launcher's own server …
         assert marks == [f"loaded-by-{own}"]  # … which loaded what its PYTHONPATH holds
+
+
+_STARTER = """import subprocess, sys
+from irpe_bench.cli import main  # as run.py does
+from irpe_bench import preloaded
+
+if __name__ == "__main__":
+    preloaded.PRELOAD = []  # NOTE: what the server imports is not the point here: a light one starts in a moment
+    proc = preloaded.start(["describe", "--help"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=120)
+    sys.stderr.write(err)
+    sys.exit(proc.returncode)
+"""
+
+
+def test_a_process_started_from_a_script_that_imports_the_cli_runs_it_without_a_warning(tmp_path):
+    """multiprocessing re-runs the starter's main script in each started process (as ``__mp_main__``); where that
+    script imports the CLI, as ``run.py`` does, runpy warned of a second copy of the module on every worker's
+    stderr — the first lines a user of the README's first command saw."""
+    import sys
+
+    script = tmp_path / "starter.py"
+    script.write_text(_STARTER)
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Warning" not in done.stderr, done.stderr[-3000:]
