@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import pty
 import re
-import subprocess
 import threading
 from pathlib import Path
 
@@ -23,11 +22,11 @@ PRODUCT = "deit_tiny_ctx_product_50_shared_k"
 OWN_LINE = re.compile(r"^(\[s\] |sweep s: storage )")  # the progress lines and the sweep's header
 
 
-def _sweep(tmp_path: Path, space) -> Path:
+def _sweep(tmp_path: Path, space, workers: int = 1) -> Path:
     write_yaml(tmp_path / "base.yaml", tiny_dict(tmp_path, log={"wandb": True}, trainer={"enable_progress_bar": True}))
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"study": {"name": "s", "sampler": "grid", "pruner": "none"}, "base": "base.yaml",
-                                    "space": space, "out_dir": str(tmp_path / "out")}))
+                                    "space": space, "out_dir": str(tmp_path / "out"), "workers": workers}))
     return path
 
 
@@ -37,8 +36,8 @@ def _env() -> dict:
     return env
 
 
-def _cmd(path: Path) -> list:
-    return ["sweep", str(path), "--no-leaderboard"]
+def _cmd(path: Path, leaderboard: bool = False) -> list:
+    return ["sweep", str(path), *([] if leaderboard else ["--no-leaderboard"])]
 
 
 @pytest.mark.slow
@@ -73,7 +72,9 @@ def test_progress_lines_on_stderr_and_the_chatter_in_each_runs_log(tmp_path):
 
 @pytest.mark.slow
 def test_on_a_terminal_the_running_line_is_rewritten_in_place(tmp_path):
-    path = _sweep(tmp_path, {"optim.lr": {"choices": [0.002]}})
+    # two workers, as the README's first command has: the launcher trains nothing, so what W&B prints for the
+    # leaderboard's run would reach the terminal (after a trial in the same process it goes to that trial's log)
+    path = _sweep(tmp_path, {"optim.lr": {"choices": [0.002]}}, workers=2)
     master, slave = pty.openpty()
     chunks: list = []
 
@@ -90,7 +91,8 @@ def test_on_a_terminal_the_running_line_is_rewritten_in_place(tmp_path):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        proc = run_command(_cmd(path), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=slave, timeout=400)
+        # the leaderboard too (its W&B run): both streams on the terminal, as a user has them
+        proc = run_command(_cmd(path, leaderboard=True), env=_env(), cwd=ROOT, stdout=slave, stderr=slave, timeout=400)
     finally:
         os.close(slave)
     reader.join(timeout=30)
@@ -102,4 +104,6 @@ def test_on_a_terminal_the_running_line_is_rewritten_in_place(tmp_path):
     events = re.findall(rf"\r\x1b\[K\[s\] trial 0 \({PRODUCT}\) (started|epoch \d/2|complete)[^\r\n]*"
                         r"(\r?\n|(?=\r\x1b))", out)  # "": rewritten by the next line
     assert events == [("started", "\r\n"), ("epoch 1/2", ""), ("epoch 2/2", ""), ("complete", "\r\n")], out
-    assert "GPU available" not in out and "wandb:" not in out
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)  # on a terminal W&B colours its "wandb:" prefix
+    assert "GPU available" not in plain and "wandb:" not in plain
+    assert "Verdict on " in out and "W&B: run leaderboard-s (" in out  # where the leaderboard's W&B run is

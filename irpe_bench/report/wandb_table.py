@@ -57,7 +57,9 @@ def log_leaderboard(board: Leaderboard, paths: Mapping[str, Any], project: str, 
         job_type="leaderboard", dir=str(save_dir), mode=mode, reinit="create_new",
         config=redact_data({"study": board.study_name, "metric": board.metric,
                             **{f"sweep.{k}": v for k, v in board.sweep.items()}}),
-        settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_machine_info=True),
+        # NOTE: silent: W&B's own lines stay off the terminal of the command that wrote the leaderboard, whose
+        # last lines are the verdict and where the files are (sweep/leaderboard.py says where this run is)
+        settings=wandb.Settings(console="off", silent=True, x_disable_stats=True, x_disable_machine_info=True),
     )
     try:
         extra = [k for k in ("pareto", "feasible") if k not in board.omitted()["group"]]  # new kinds of study only

@@ -45,4 +45,7 @@ def write_leaderboard(sweep: "Sweep", meta: Dict[str, Any] | None = None, study=
 
     print(out["markdown"] if markdown else verdict_text(out["board"], str(out["md"])), end="" if not markdown else "\n")
     print(f"leaderboard: {out['md']} (also .csv, .html, .json, .tex and plots in {sweep.out_dir})", file=sys.stderr)
+    if out.get("wandb_id"):
+        print(f"W&B: run leaderboard-{sweep.config.study.name} ({out['wandb_id']}) under {sweep.out_dir / 'wandb'}",
+              file=sys.stderr)
     return out
