@@ -110,14 +110,14 @@ def test_retry_failed_lists_reasons_and_resumes_each_failed_trial_once(tmp_path,
 
 @pytest.mark.slow
 def test_trial_timeout_fails_the_slow_trial_and_the_sweep_goes_on(tmp_path):
-    # 1000 epochs of two batches cannot end in 8 s; one epoch ends well within it
-    path = _write_sweep(tmp_path, {"trainer.max_epochs": {"choices": [1000, 1]}}, study={"trial_timeout_s": 8},
+    # 1000 epochs of two batches cannot end in 3 s; one epoch, set-up included, ends well within it
+    path = _write_sweep(tmp_path, {"trainer.max_epochs": {"choices": [1000, 1]}}, study={"trial_timeout_s": 3},
                         base_sections={"trainer": {"limit_train_batches": 2, "limit_val_batches": 1},
                                        "optim": {"warmup_epochs": 0}})
     assert main(["sweep", str(path), "--no-leaderboard"]) == 0
     slow, quick = _study(tmp_path).trials
     assert slow.state == TrialState.FAIL and slow.user_attrs["status"] == "failed"
-    m = re.fullmatch(r"trial_timeout_s=8 exceeded after (\d+) epochs?", slow.user_attrs["error"])
+    m = re.fullmatch(r"trial_timeout_s=3 exceeded after (\d+) epochs?", slow.user_attrs["error"])
     assert m, slow.user_attrs["error"]
     assert 1 <= int(m[1]) < 1000 and len(slow.intermediate_values) == int(m[1])
     summary = json.loads((Path(slow.user_attrs["run_dir"]) / "summary.json").read_text())
