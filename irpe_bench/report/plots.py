@@ -39,7 +39,8 @@ class PlotResult(NamedTuple):
     reason: Optional[str] = None
 
 
-def _skip(name: str, reason: str, level: int = logging.INFO) -> PlotResult:
+def _skip(name: str, reason: str, level: int = logging.DEBUG) -> PlotResult:
+    # NOTE: debug: the reason is in the report, where the plot would be; a sweep's terminal ends in its verdict
     log.log(level, "plot %s skipped: %s", name, reason)
     return PlotResult(None, reason)
 
