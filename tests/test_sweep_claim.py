@@ -169,3 +169,56 @@ def test_four_real_sweep_workers_on_a_fresh_study_run_each_point_once(tmp_path):
     dirs = [t.user_attrs["run_dir"] for t in trials]
     assert len(set(dirs)) == len(dirs) == 8
     assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the workers did share the grid
+
+
+def _fail_stale(url: str, ready, go, results) -> None:
+    """Once released: the heartbeat check every worker makes before it starts a trial (stale trials failed,
+    each failed one queued again by the retry callback). NOTE: opened a grace period before (``ready``): a storage
+    that met a locked database while opening judges no trial stale for that long (it may have missed beats)."""
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    error = None
+    try:
+        storage = storage_from_url(url, StudyConfig(name="stale", heartbeat_s=1, grace_s=2))
+        study = optuna.load_study(study_name="stale", storage=storage)
+        ready.wait()
+        go.wait()
+        optuna.storages.fail_stale_trials(study)
+    except Exception as e:  # noqa: BLE001 - the parent reports what each process saw
+        error = f"{type(e).__name__}: {e}"
+    results.put(error)
+
+
+@pytest.mark.slow
+def test_workers_finding_the_same_killed_trials_stale_queue_each_retry_once(tmp_path):
+    """Trials whose worker died (running, heartbeat stale) are found by every worker's heartbeat check; workers
+    released together at that check fail each such trial once and queue one retry of it (before, on SQLite, two
+    workers could both fail it and both queue a retry: two retries then resumed one run directory at once)."""
+    url = f"sqlite:///{tmp_path}/stale.db"
+    storage = storage_from_url(url, StudyConfig(name="stale", heartbeat_s=1, grace_s=2))
+    study = optuna.create_study(study_name="stale", storage=storage)
+    for i in range(N_TRIALS):
+        study.enqueue_trial({"x": i})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        killed = [study.ask() for _ in range(N_TRIALS)]  # running, as the workers that were killed left them
+    for trial in killed:
+        storage.record_heartbeat(trial._trial_id)
+    ctx = mp.get_context("fork")
+    ready, go, results = ctx.Barrier(N_WORKERS + 1), ctx.Barrier(N_WORKERS + 1), ctx.Queue()
+    procs = [ctx.Process(target=_fail_stale, args=(url, ready, go, results)) for _ in range(N_WORKERS)]
+    for p in procs:
+        p.start()
+    ready.wait(timeout=120)
+    # past the grace period (2 s; SQLite's clock has whole seconds): the trials are stale, every worker may judge
+    time.sleep(3.2)
+    go.wait(timeout=120)
+    errors = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert [e for e in errors if e] == []
+    trials = optuna.load_study(study_name="stale", storage=storage_from_url(url)).trials
+    assert [t.state for t in trials[:N_TRIALS]] == [TrialState.FAIL] * N_TRIALS
+    retries = collections.Counter(t.system_attrs["retry_history"][-1] for t in trials[N_TRIALS:])
+    assert retries == {n: 1 for n in range(N_TRIALS)}, retries
+    assert all(t.state == TrialState.WAITING for t in trials[N_TRIALS:])

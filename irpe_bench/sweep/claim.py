@@ -1,4 +1,5 @@
-"""Claiming a queued trial: one atomic compare-and-set, so that a WAITING trial is run by exactly one worker.
+"""Claiming a queued trial, and failing a running one: atomic compare-and-sets, so that a WAITING trial is run by
+exactly one worker and a killed trial is failed (and queued again) by exactly one.
 
 Optuna pops a queued (WAITING) trial with ``storage.set_trial_state_values(id, RUNNING)``, which reads the
 trial's row ``FOR UPDATE``, checks that it is still WAITING and then writes RUNNING. PostgreSQL and MySQL lock
@@ -12,6 +13,11 @@ ran some point two to four times.)
 state = WAITING``: the database evaluates the condition under its write lock (SQLite's database lock, the row
 lock elsewhere), so exactly one worker sees a row changed. The journal storage needs nothing: its log is
 appended under a file lock and replayed in order, and only the first RUNNING record of a trial takes effect.
+
+Failing a trial without values (:func:`fail`) is the same read-then-write in Optuna and had the same race: two
+workers whose heartbeat check found the same killed trial stale both failed it, both queued its retry, and two
+retries resumed the same run directory at once (seen on SQLite: a two-worker sweep run again after both workers
+were killed, one retry failing on the other's CSV log). It is one conditional ``UPDATE`` too.
 """
 from __future__ import annotations
 
@@ -42,6 +48,24 @@ def claim(storage: RDBStorage, trial_id: int) -> bool:
         return False
 
 
+def fail(storage: RDBStorage, trial_id: int) -> bool:
+    """Move trial ``trial_id`` to FAIL if it has not finished yet: True for the one caller that did it (Optuna's
+    ``set_trial_state_values(id, FAIL)``, whose read and write are one step here); ``UpdateFinishedTrialError``
+    when it had finished (another worker failed it as stale, or it was told), as Optuna's raises."""
+    with _create_scoped_session(storage.scoped_session) as session:
+        changed = session.execute(
+            sa.update(models.TrialModel)
+            .where(models.TrialModel.trial_id == trial_id,
+                   models.TrialModel.state.in_([TrialState.RUNNING, TrialState.WAITING]))
+            .values(state=TrialState.FAIL, datetime_complete=datetime.now())
+            .execution_options(synchronize_session=False)).rowcount
+        if changed == 1:
+            return True
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        storage.check_trial_is_updatable(trial_id, trial.state)  # finished: UpdateFinishedTrialError
+        return False
+
+
 def retries_first(storage: RDBStorage, trial_id: int) -> bool:
     """Whether a worker may claim WAITING trial ``trial_id`` now: yes if it is a retry (a killed or preempted
     trial queued again, ``retry_history``) or no retry waits in its study.
@@ -59,4 +83,4 @@ def retries_first(storage: RDBStorage, trial_id: int) -> bool:
     return not retries or trial_id in retries
 
 
-__all__ = ["claim", "retries_first"]
+__all__ = ["claim", "fail", "retries_first"]

@@ -40,6 +40,7 @@ from sqlalchemy import exc as sa_exc
 from ..redact import redact
 from . import preempt
 from .claim import claim as _claim
+from .claim import fail as _fail
 from .claim import retries_first
 
 log = logging.getLogger(__name__)
@@ -171,13 +172,17 @@ class ResilientRDBStorage(RDBStorage):
                                ) -> bool:
         """Claiming a WAITING trial (Optuna's pop: RUNNING, no values) is one atomic compare-and-set
         (:func:`.claim.claim`: SQLite ignores the ``FOR UPDATE`` that Optuna relies on), and a queued retry is
-        claimed before older queued trials (:func:`.claim.retries_first`); the rest as Optuna does.
+        claimed before older queued trials (:func:`.claim.retries_first`); failing a trial without values (a stale
+        trial, a failed one, one put back) is one compare-and-set as well (:func:`.claim.fail`), so that exactly
+        one worker fails a killed trial and queues its retry; the rest as Optuna does.
         NOTE: a claim whose commit arrived but whose answer was lost is retried and then reads False: that trial
         stays RUNNING without a heartbeat (rare; ``--fail-running`` with no worker alive recovers it)."""
         if state == TrialState.RUNNING and values is None:
             if not self._call(retries_first, trial_id):  # a queued retry runs before older queued trials
                 return False
             return self._call(_claim, trial_id)
+        if state == TrialState.FAIL and values is None:
+            return self._call(_fail, trial_id)
         return self._call(RDBStorage.set_trial_state_values, trial_id, state, values)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
