@@ -30,40 +30,35 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 
 
+def _move(storage: RDBStorage, trial_id: int, sources: tuple, target: TrialState, **stamp: datetime) -> bool:
+    """One conditional ``UPDATE``: trial ``trial_id`` to ``target`` if its state is one of ``sources``. True for the
+    one caller whose update changed the row; False if it was in another unfinished state;
+    ``UpdateFinishedTrialError`` if it had finished (what Optuna expects of ``set_trial_state_values``)."""
+    T = models.TrialModel
+    with _create_scoped_session(storage.scoped_session) as session:
+        changed = session.execute(
+            sa.update(T).where(T.trial_id == trial_id, T.state.in_(sources)).values(state=target, **stamp)
+            .execution_options(synchronize_session=False)).rowcount
+        if changed == 1:
+            return True
+        storage.check_trial_is_updatable(trial_id, T.find_or_raise_by_id(trial_id, session).state)
+        return False
+
+
 def claim(storage: RDBStorage, trial_id: int) -> bool:
     """Move trial ``trial_id`` from WAITING to RUNNING if nobody did yet: True for the one caller that did it.
 
     False when another worker claimed it first; ``UpdateFinishedTrialError`` when it has finished meanwhile
     (what Optuna's pop expects of ``set_trial_state_values``)."""
-    with _create_scoped_session(storage.scoped_session) as session:
-        changed = session.execute(
-            sa.update(models.TrialModel)
-            .where(models.TrialModel.trial_id == trial_id, models.TrialModel.state == TrialState.WAITING)
-            .values(state=TrialState.RUNNING, datetime_start=datetime.now())
-            .execution_options(synchronize_session=False)).rowcount
-        if changed == 1:
-            return True
-        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-        storage.check_trial_is_updatable(trial_id, trial.state)  # finished: UpdateFinishedTrialError
-        return False
+    return _move(storage, trial_id, (TrialState.WAITING,), TrialState.RUNNING, datetime_start=datetime.now())
 
 
 def fail(storage: RDBStorage, trial_id: int) -> bool:
     """Move trial ``trial_id`` to FAIL if it has not finished yet: True for the one caller that did it (Optuna's
     ``set_trial_state_values(id, FAIL)``, whose read and write are one step here); ``UpdateFinishedTrialError``
     when it had finished (another worker failed it as stale, or it was told), as Optuna's raises."""
-    with _create_scoped_session(storage.scoped_session) as session:
-        changed = session.execute(
-            sa.update(models.TrialModel)
-            .where(models.TrialModel.trial_id == trial_id,
-                   models.TrialModel.state.in_([TrialState.RUNNING, TrialState.WAITING]))
-            .values(state=TrialState.FAIL, datetime_complete=datetime.now())
-            .execution_options(synchronize_session=False)).rowcount
-        if changed == 1:
-            return True
-        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-        storage.check_trial_is_updatable(trial_id, trial.state)  # finished: UpdateFinishedTrialError
-        return False
+    return _move(storage, trial_id, (TrialState.RUNNING, TrialState.WAITING), TrialState.FAIL,
+                 datetime_complete=datetime.now())
 
 
 def retries_first(storage: RDBStorage, trial_id: int) -> bool:
