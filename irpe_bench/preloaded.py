@@ -12,9 +12,8 @@ re-runs that command for the other ranks), Python's default signal handlers, its
 and its exit code — or minus the signal that ended it — as :attr:`Started.returncode`. What differs: its command
 line (``ps``, ``/proc/PID/cmdline``) is the server's, which holds no argument of the command, as does
 ``/proc/PID/environ`` (the environment a process was exec'd with; the one given is in ``os.environ`` and passes to
-what it starts), and what a module
-reads from the environment when it is imported is the server's environment (nothing in this package does, except
-the Triton kernel's ``TRITON_INTERPRET``, which a worker never changes).
+what it starts), and what a module reads from the environment when it is imported is the server's environment
+(nothing in this package does, except the Triton kernel's ``TRITON_INTERPRET``, which a worker never changes).
 
 The server is started on first use with the caller's environment and ends when the last process that may use it
 does (its starter, and every process forked from it). A process forked from a server that starts commands in turn

@@ -128,7 +128,7 @@ def _loop(sweep: Sweep, study: optuna.Study, devices: Optional[int], poll_s: Opt
     timeout = sweep.config.study.timeout_s
     beating = heartbeat_enabled(study)
     longest = poll_s if poll_s is not None else max(1.0, sweep.config.study.heartbeat_s / 2)
-    pause = min(FIRST_LOOK_S, longest)
+    first = pause = min(FIRST_LOOK_S, longest)
     policy = sweep.config.study.checkpoints
     retain(study, policy)  # trials finished by a worker killed before its retention ran
     while preempt.requested() is None:
@@ -158,7 +158,7 @@ def _loop(sweep: Sweep, study: optuna.Study, devices: Optional[int], poll_s: Opt
             except Exception as e:  # NOTE: a failed tell of a FAIL trial surfaces as Optuna's AssertionError
                 if not _finished_elsewhere(study, objective.last, e):
                     raise
-            ran, pause = ran + 1, min(FIRST_LOOK_S, longest)
+            ran, pause = ran + 1, first
             continue
         if c["running"] == 0 or not beating:
             break
