@@ -24,8 +24,9 @@ from ._independent import holm
 from ._independent_power import bounded_ci, power_at, stalled
 
 ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "results" / "runs"  # a user's own runs (the README's first command writes there; .gitignore)
 BOARDS = sorted(p for p in (ROOT / "results").rglob("leaderboard.json")
-                if "metric" in json.loads(p.read_text(encoding="utf-8")))
+                if RUNS not in p.parents and "metric" in json.loads(p.read_text(encoding="utf-8")))
 STORES = sorted(p.parent for p in BOARDS if (p.parent / "optuna.db").is_file())
 
 
